@@ -1,0 +1,39 @@
+# ambinb: `make report` runs the built-in default end to end; `make test` runs the tests.
+# Both create .venv and install the pinned dependencies on first use (only Python needed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test report lab book clean-runs lint
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install ambinb with its pinned dependencies
+
+test: $(STAMP)  ## run the unit tests and the notebook tests (nbval)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
+
+report: $(STAMP)  ## run the default job (toy corpus, tiny model) and build the book
+	$(BIN)/python -m ambinb.report
+
+book: $(STAMP)  ## build the book from what the runs already hold (no training)
+	$(BIN)/jupyter-book build book
+
+lab: $(STAMP)  ## open JupyterLab on the notebooks with the project's environment
+	$(BIN)/jupyter lab notebooks
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check ambinb tests bench
+
+clean-runs:  ## delete run folders and the built book (the toy corpus and tiny model stay)
+	rm -rf runs book/_build book/generated

@@ -1,0 +1,66 @@
+"""Figures the notebooks show and the book renders. Each returns a matplotlib Figure; saving is
+the caller's choice (:func:`save`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ambinb import metrics  # noqa: E402
+
+
+def _classes(df: pd.DataFrame) -> list[str]:
+    return [c[2:] for c in df.columns if c.startswith("p_")]
+
+
+def label_overview(df: pd.DataFrame, ambiguous_max_p: float = metrics.AMBIGUOUS_MAX_P) -> plt.Figure:
+    """Four panels: votes per class, annotators per utterance, entropy of p_gt, class balance per fold."""
+    classes = _classes(df)
+    p = df[[f"p_{c}" for c in classes]].to_numpy()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+
+    votes = df[[f"votes_{c}" for c in classes]].sum()
+    axes[0].bar(classes, votes.to_numpy(), color="tab:blue")
+    axes[0].set_title("votes per class")
+    axes[0].tick_params(axis="x", rotation=30)
+
+    counts = df["n_votes"].value_counts().sort_index()
+    axes[1].bar(counts.index.astype(str), counts.to_numpy(), color="tab:gray")
+    axes[1].set_title("annotators per utterance")
+    axes[1].set_xlabel("votes")
+
+    h = metrics.entropy(p)
+    ambiguous = p.max(axis=1) < ambiguous_max_p
+    axes[2].hist([h[~ambiguous], h[ambiguous]], bins=20, stacked=True, color=["tab:green", "tab:orange"],
+                 label=["clear", f"ambiguous (max p < {ambiguous_max_p})"])
+    axes[2].set_title(f"entropy of p_gt (bits); {ambiguous.mean():.0%} ambiguous")
+    axes[2].legend(fontsize=8)
+
+    balance = df.groupby("fold")[[f"p_{c}" for c in classes]].mean()
+    balance.columns = classes
+    bottom = np.zeros(len(balance))
+    for c in classes:
+        axes[3].bar(balance.index.astype(str), balance[c].to_numpy(), bottom=bottom, label=c)
+        bottom += balance[c].to_numpy()
+    axes[3].set_title("mean p_gt per test fold")
+    axes[3].set_xlabel("fold")
+    axes[3].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a figure atomically (temporary name, then rename), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,170 @@
+"""Run-folder files: atomic writes, provenance, predictions and ``metrics.json``.
+
+Every evaluation (a trained model, the base model, the ``classical`` reference) lands in its run
+folder through :func:`write_evaluation`, so the sweeps, ``06_ablations`` and the book read one
+format. A run is finished when its ``metrics.json`` exists and parses (:func:`is_finished`);
+files are written to a temporary name and renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ambinb import metrics
+from ambinb.paths import project_root
+
+PACKAGES = ("ambinb", "torch", "transformers", "peft", "trl", "accelerate", "numpy", "pandas", "scipy",
+            "opensmile", "papermill")
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+PARAMS_FILE = "params.json"
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (numpy values converted, NaN -> null)."""
+    return write_atomic(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def git_commit() -> str:
+    """The project's git commit, with ``+dirty`` when the tree has uncommitted changes;
+    ``unknown`` outside a checkout."""
+    root = project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def env_info(device: str | None = None) -> dict[str, Any]:
+    """Versions of Python and the key packages, the platform, the git commit and the device."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "git_commit": git_commit(), "device": device}
+
+
+def prior_distribution(p_train: np.ndarray) -> np.ndarray:
+    """The training-prior predictor's single answer: the mean training distribution, shape (C,)."""
+    p_train = metrics.check_distributions(p_train, "p_train")
+    mean = p_train.mean(axis=0)
+    return mean / mean.sum()
+
+
+def write_evaluation(run_dir: str | os.PathLike, utt_ids: list[str], classes: list[str],
+                     p_gt: np.ndarray, p_hat: np.ndarray, p_prior: np.ndarray, cfg: dict[str, Any],
+                     completions: list[str] | None = None, device: str | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``predictions.jsonl`` and ``metrics.json`` for one held-out evaluation.
+
+    Args:
+        run_dir: the run folder (``ambinb.paths.run_dir``).
+        utt_ids, classes: row and column names of ``p_gt`` / ``p_hat`` (N, C).
+        p_prior: the training folds' mean distribution (C,), scored as the ``prior`` row.
+        cfg: the resolved parameters (saved as ``params``; also written to ``params.json``).
+        completions: the generated text per utterance, if the model wrote any.
+        extra: further entries for ``metrics.json`` (wall time, counts, ...).
+
+    Returns:
+        The ``metrics.json`` content.
+    """
+    run_dir = Path(run_dir)
+    p_gt = metrics.check_distributions(p_gt, "p_gt")
+    p_hat = metrics.check_distributions(p_hat, "p_hat")
+    if len(utt_ids) != p_gt.shape[0] or len(classes) != p_gt.shape[1]:
+        raise ValueError(f"{len(utt_ids)} utt_ids and {len(classes)} classes for arrays of shape {p_gt.shape}")
+    prior = np.tile(np.asarray(p_prior, dtype=np.float64), (p_gt.shape[0], 1))
+    seed = int(cfg.get("seed", 0))
+    n_boot = int(cfg.get("bootstrap", 1000))
+    lines = []
+    for i, utt in enumerate(utt_ids):
+        row = {"utt_id": utt, "p_gt": p_gt[i].round(6).tolist(), "p_hat": p_hat[i].round(6).tolist()}
+        if completions is not None:
+            row["completion"] = completions[i]
+        lines.append(json.dumps(row))
+    write_atomic(run_dir / PREDICTIONS_FILE, "\n".join(lines) + "\n")
+    write_json(run_dir / PARAMS_FILE, cfg)
+    result = {
+        "metrics": metrics.score(p_gt, p_hat),
+        "ci95": metrics.bootstrap_ci(p_gt, p_hat, n_boot=n_boot, seed=seed),
+        "prior": metrics.score(p_gt, prior),
+        "prior_ci95": metrics.bootstrap_ci(p_gt, prior, n_boot=n_boot, seed=seed),
+        "classes": list(classes),
+        "dataset": cfg.get("dataset"), "strategy": cfg.get("strategy"), "fold": cfg.get("fold"),
+        "params": cfg,
+        "env": env_info(device),
+        **(extra or {}),
+    }
+    write_json(run_dir / METRICS_FILE, result)
+    return result
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    """True when the run folder holds a complete, parseable ``metrics.json``."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        return "metrics" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``metrics.json`` of a run folder."""
+    return json.loads((Path(run_dir) / METRICS_FILE).read_text())
+
+
+def read_predictions(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The ``predictions.jsonl`` of a run folder as a DataFrame (one row per utterance)."""
+    return pd.read_json(Path(run_dir) / PREDICTIONS_FILE, lines=True)

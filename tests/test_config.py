@@ -1,0 +1,103 @@
+"""Layered params: every file resolves, unknown keys and type changes fail with the key named."""
+
+import shutil
+
+import pytest
+import yaml
+
+from ambinb import config
+from ambinb.paths import params_dir, run_dir
+
+
+@pytest.mark.parametrize("dataset", config.available("datasets"))
+@pytest.mark.parametrize("strategy", config.available("strategies"))
+def test_every_dataset_and_strategy_resolves(dataset, strategy):
+    cfg = config.resolve(dataset=dataset, strategy=strategy)
+    assert cfg["dataset"] == dataset and cfg["strategy"] == strategy
+    assert set(config.defaults()) <= set(cfg)
+    assert cfg["classes"], "every dataset names its classes"
+
+
+@pytest.mark.parametrize("model", config.available("models"))
+def test_every_model_resolves(model):
+    assert config.resolve(model=model)["model"] == model
+
+
+def test_layer_order_and_notebook_override():
+    cfg = config.resolve(dataset="crema_d", fold=3, overrides={"seed": 7})
+    assert cfg["model"] == "qwen2_audio_7b"            # from datasets/crema_d.yaml
+    assert cfg["model_name_or_path"] == "Qwen/Qwen2-Audio-7B-Instruct"   # from models/
+    assert cfg["fold"] == 3 and cfg["seed"] == 7
+    assert cfg["layers"][-1] == "notebook"
+    assert len(cfg["classes"]) == 6
+
+
+def test_none_leaves_the_key_to_the_layers():
+    assert config.resolve(dataset="toy", data_root=None)["data_root"] == "data/toy"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(config.ConfigError, match="unknown key 'lerning_rate'"):
+        config.resolve(lerning_rate=0.1)
+    with pytest.raises(config.ConfigError, match="overrides: unknown key 'nope'"):
+        config.resolve(overrides={"nope": 1})
+
+
+def test_type_change_is_named():
+    with pytest.raises(config.ConfigError, match="key 'fold' must be int"):
+        config.resolve(fold="two")
+    with pytest.raises(config.ConfigError, match="key 'strict' must be bool"):
+        config.resolve(strict=1)
+    assert config.resolve(overrides={"eps": 0})["eps"] == 0.0  # an int where a float is declared is fine
+
+
+def test_unknown_layer_names_choices():
+    with pytest.raises(config.ConfigError, match="unknown dataset 'imocap'"):
+        config.resolve(dataset="imocap")
+    with pytest.raises(config.ConfigError, match="unknown strategy 'spt'"):
+        config.resolve(strategy="spt")
+
+
+def test_secrets_are_refused_in_params():
+    with pytest.raises(config.ConfigError, match="environment only"):
+        config.resolve(overrides={"openai_api_key": "sk-x"})
+
+
+@pytest.fixture
+def params_copy(tmp_path, monkeypatch):
+    shutil.copytree(params_dir(), tmp_path / "params")
+    monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))
+    return tmp_path / "params"
+
+
+def test_strategy_extends_chain_and_bad_file(params_copy):
+    (params_copy / "strategies" / "parent.yaml").write_text("seed: 5\nbootstrap: 10\n")
+    (params_copy / "strategies" / "child.yaml").write_text("extends: parent\nseed: 6\n")
+    cfg = config.resolve(strategy="child")
+    assert (cfg["seed"], cfg["bootstrap"]) == (6, 10)
+    assert cfg["layers"][-2:] == ["strategies/parent.yaml", "strategies/child.yaml"]
+    (params_copy / "strategies" / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(config.ConfigError, match="extends itself"):
+        config.resolve(strategy="loop")
+    (params_copy / "strategies" / "typo.yaml").write_text("sed: 1\n")
+    with pytest.raises(config.ConfigError, match=r"typo.yaml: unknown key 'sed'"):
+        config.resolve(strategy="typo")
+    (params_copy / "strategies" / "broken.yaml").write_text("seed: [1\n")
+    with pytest.raises(config.ConfigError, match="broken.yaml: not valid YAML"):
+        config.resolve(strategy="broken")
+
+
+def test_defaults_file_declares_every_key_once():
+    text = (params_dir() / "defaults.yaml").read_text()
+    keys = [line.split(":")[0] for line in text.splitlines() if line and not line[0].isspace() and line[0] != "#"]
+    assert len(keys) == len(set(keys)), "a key is declared twice in defaults.yaml"
+    assert set(keys) == set(yaml.safe_load(text))
+
+
+def test_run_dir_layout(tmp_path):
+    assert run_dir("toy", "sft", 2, tmp_path) == tmp_path / "toy" / "sft" / "fold2"
+    assert run_dir("toy", "labels", None, tmp_path) == tmp_path / "toy" / "labels"
+    with pytest.raises(ValueError, match="snake_case"):
+        run_dir("Toy", "sft", 0, tmp_path)
+    with pytest.raises(ValueError, match="fold"):
+        run_dir("toy", "sft", -1, tmp_path)

@@ -1,0 +1,100 @@
+"""ambinb.metrics against scipy / sklearn and hand-worked values."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy as scipy_entropy
+from scipy.stats import pearsonr
+from sklearn.metrics import r2_score
+
+from ambinb import metrics
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(4), size=50)
+    q = rng.dirichlet(np.ones(4) * 2, size=50)
+    return p, q
+
+
+def test_hand_worked_two_class():
+    p, q = np.array([[0.5, 0.5]]), np.array([[1.0, 0.0]])
+    assert metrics.bc(p, q)[0] == pytest.approx(math.sqrt(0.5))
+    assert metrics.brier(p, q)[0] == pytest.approx(0.25)
+    # JS by hand: m = (.75, .25); 0.5*(.5 log2(.5/.75) + .5 log2(.5/.25)) + 0.5*(1 log2(1/.75))
+    by_hand = 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(2)) + 0.5 * math.log2(1 / 0.75)
+    assert metrics.js(p, q)[0] == pytest.approx(by_hand, abs=1e-8)
+    assert by_hand == pytest.approx(0.3113, abs=1e-4)
+    # p and q are perfectly anti-/correlated over two classes: r^2 = 1
+    assert metrics.r2(p, q)[0] == pytest.approx(0.0)  # p is constant: no correlation -> 0
+    assert metrics.r2(np.array([[0.2, 0.8]]), q)[0] == pytest.approx(1.0)
+
+
+def test_against_scipy(pair):
+    p, q = pair
+    ref_js = np.array([jensenshannon(a, b, base=2) ** 2 for a, b in zip(p, q)])
+    np.testing.assert_allclose(metrics.js(p, q), ref_js, atol=1e-8)
+    ref_kl = np.array([scipy_entropy(a, b) for a, b in zip(p, q)])
+    np.testing.assert_allclose(metrics.kl(p, q), ref_kl, atol=1e-7)
+    ref_r2 = np.array([pearsonr(a, b)[0] ** 2 for a, b in zip(p, q)])
+    np.testing.assert_allclose(metrics.r2(p, q), ref_r2, atol=1e-10)
+    assert metrics.r2_cod(p, q) == pytest.approx(r2_score(p.ravel(), q.ravel()))
+    h_p = np.array([scipy_entropy(a, base=2) for a in p])
+    h_q = np.array([scipy_entropy(b, base=2) for b in q])
+    assert metrics.entropy_corr(p, q) == pytest.approx(pearsonr(h_p, h_q)[0], abs=1e-6)
+
+
+def test_identical_distributions_are_perfect(pair):
+    p, _ = pair
+    s = metrics.score(p, p)
+    assert s["js"] == pytest.approx(0, abs=1e-9) and s["kl"] == pytest.approx(0, abs=1e-7)
+    assert s["bc"] == pytest.approx(1) and s["r2"] == pytest.approx(1) and s["brier"] == 0
+    assert s["n"] == 50
+
+
+def test_score_keys_and_means(pair):
+    p, q = pair
+    s = metrics.score(p, q)
+    assert set(s) == {"js", "bc", "r2", "r2_cod", "brier", "kl", "entropy_corr", "collapse_rate", "n"}
+    assert s["brier"] == pytest.approx(np.mean((p - q) ** 2))
+    assert s["js"] == pytest.approx(np.mean([jensenshannon(a, b, base=2) ** 2 for a, b in zip(p, q)]))
+
+
+def test_collapse_rate_by_hand():
+    p = np.array([[0.6, 0.4], [0.5, 0.5], [0.9, 0.1], [0.7, 0.3]])  # rows 0, 1, 3 ambiguous
+    q = np.array([[0.95, 0.05], [0.5, 0.5], [0.99, 0.01], [0.05, 0.95]])  # rows 0 and 3 collapse
+    assert metrics.collapse_rate(p, q) == pytest.approx(2 / 3)
+    assert math.isnan(metrics.collapse_rate(np.array([[0.9, 0.1]]), np.array([[0.5, 0.5]])))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.ones(4) / 4, "shape"),
+    (np.array([[1.0]]), "at least 2"),
+    (np.array([[0.5, np.nan]]), "NaN"),
+    (np.array([[1.2, -0.2]]), "negative"),
+    (np.array([[0.5, 0.6]]), "sums to"),
+])
+def test_bad_input_raises(bad, message):
+    with pytest.raises(ValueError, match=f"p_gt: .*{message}"):
+        metrics.score(bad, np.array([[0.5, 0.5]]))
+
+
+def test_shape_mismatch_and_row_named():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.js(np.array([[0.5, 0.5]]), np.array([[0.2, 0.3, 0.5]]))
+    with pytest.raises(ValueError, match="p_hat: row 1"):
+        metrics.js(np.array([[0.5, 0.5], [0.5, 0.5]]), np.array([[0.5, 0.5], [0.9, 0.3]]))
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_is_deterministic(pair):
+    p, q = pair
+    ci = metrics.bootstrap_ci(p, q, n_boot=300, seed=3)
+    s = metrics.score(p, q)
+    for name in ("js", "bc", "r2", "brier", "kl", "r2_cod"):
+        lo, hi = ci[name]
+        assert lo <= s[name] <= hi, name
+        assert hi - lo > 0
+    assert ci == metrics.bootstrap_ci(p, q, n_boot=300, seed=3)
