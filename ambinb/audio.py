@@ -1,0 +1,390 @@
+"""Audio in: wav files, mel features, the frozen tower's outputs, and where they enter the language model.
+
+The Qwen2-Audio encoder always sees 3,000 mel frames (30 s, zero-padded) and its key padding is
+masked, so an utterance's tower output depends on that utterance alone. With the tower frozen (the
+paper's setting: LoRA on the language model only) the output never changes, so
+:class:`AudioFeatureCache` computes it once per utterance and every later forward (epochs, K
+rollouts, policy / old-policy / reference passes, readouts) reuses it. ``../shared/TOY-NOTES.md``
+measured ~30x per training step on the tiny model from this alone.
+
+Design:
+
+* The cache stores the tower's *last hidden state* (before ``multi_modal_projector``), cut to the
+  utterance's audio-token count. The projector runs in :func:`merge_audio`, so it can be trained
+  (full fine-tune) while the tower stays frozen.
+* Keys are ``(utt_id, sha1 of the 16 kHz waveform, hash of the tower weights)``: a regenerated
+  corpus or a changed tower never hits a stale entry. On disk (``feature_cache_dir``) the entries
+  live under ``<dir>/<tower hash>/``.
+* When the tower is trainable the cache keeps only the mel features (compacted: the padded tail of
+  a Whisper log-mel is one repeated column) and the tower runs with gradients on every call.
+* :func:`merge_audio` is the **one place where audio enters the language model**: it embeds the
+  token ids and writes the projected tower outputs at the ``<|AUDIO|>`` positions, exactly as
+  ``Qwen2AudioModel.forward`` does with ``masked_scatter``. Every forward in ambinb goes through
+  :func:`lm_forward`, which refuses ids holding ``<|AUDIO|>`` without features (the silent failure
+  of TRL's GRPOTrainer). Tests hook ``model.model.language_model`` to check it.
+
+Worked example of the token count: a 2.0 s clip has 32,000 samples -> 200 valid mel frames (hop
+160) -> conv stride 2 -> 100 -> average pool 2 -> 50 ``<|AUDIO|>`` positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+N_MELS = 128
+N_FRAMES = 3_000
+HOP = 160
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_BOS = "<|audio_bos|>"
+AUDIO_EOS = "<|audio_eos|>"
+AUDIO_SPECIAL_TOKENS = (AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
+
+_NOTED_RESAMPLING: set[tuple[int, int]] = set()
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used as it is; the message names the utterance and the file."""
+
+
+# --- waveforms ------------------------------------------------------------------------------
+
+def to_mono_16k(wave: np.ndarray, sample_rate: int, utt_id: str = "") -> np.ndarray:
+    """Average channels and resample to 16 kHz (polyphase), saying so once per source format.
+
+    Args:
+        wave: shape (samples,) or (samples, channels).
+        sample_rate: the rate of ``wave`` in Hz.
+
+    Example: a (16000, 2) array at 8 kHz -> a (32000,) float32 array at 16 kHz.
+    """
+    from scipy.signal import resample_poly
+
+    wave = np.asarray(wave, dtype=np.float32)
+    channels = 1 if wave.ndim == 1 else wave.shape[1]
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1)
+    elif wave.ndim != 1:
+        raise AudioError(f"{utt_id}: expected a waveform of shape (samples,) or (samples, channels), got {wave.shape}")
+    if sample_rate != SAMPLE_RATE:
+        g = math.gcd(int(sample_rate), SAMPLE_RATE)
+        wave = resample_poly(wave, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
+    if (sample_rate, channels) != (SAMPLE_RATE, 1) and (sample_rate, channels) not in _NOTED_RESAMPLING:
+        _NOTED_RESAMPLING.add((sample_rate, channels))
+        log.warning("audio at %d Hz with %d channel(s) (first: %s) is converted to 16 kHz mono",
+                    sample_rate, channels, utt_id or "?")
+    return wave
+
+
+def check_duration(wave: np.ndarray, utt_id: str, max_seconds: float = 30.0, truncate: bool = False) -> np.ndarray:
+    """Refuse, or cut when ``truncate`` is set, audio longer than the encoder's window.
+
+    Raises:
+        AudioError: naming the utterance and both durations, when too long and ``truncate`` is False,
+            or when the waveform is empty.
+    """
+    if wave.size == 0:
+        raise AudioError(f"{utt_id}: empty audio")
+    limit = int(round(max_seconds * SAMPLE_RATE))
+    if wave.shape[0] <= limit:
+        return wave
+    if not truncate:
+        raise AudioError(f"{utt_id}: audio is {wave.shape[0] / SAMPLE_RATE:.2f} s, longer than the encoder's "
+                         f"{max_seconds:g} s window (set truncate_audio: true to cut it)")
+    log.warning("%s: audio cut from %.2f s to %g s (truncate_audio)", utt_id, wave.shape[0] / SAMPLE_RATE,
+                max_seconds)
+    return wave[:limit]
+
+
+def load_wav(path: str | os.PathLike, utt_id: str = "", max_seconds: float = 30.0,
+             truncate: bool = False) -> np.ndarray:
+    """Read a sound file as a float32 16 kHz mono waveform of at most ``max_seconds``.
+
+    Raises:
+        AudioError: an unreadable or missing file, naming the utterance and the path; or too long.
+    """
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=False)
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError or OSError
+        raise AudioError(f"{utt_id or Path(path).stem}: cannot read audio file {path}: {err}") from err
+    wave = to_mono_16k(data, rate, utt_id)
+    return check_duration(wave, utt_id or Path(path).stem, max_seconds, truncate)
+
+
+def load_row_audio(row: Any, cfg: dict[str, Any]) -> np.ndarray:
+    """The waveform of one dataset-table row (``utt_id``, ``audio_path``), as the params say."""
+    path = str(row["audio_path"] or "")
+    if not path:
+        raise AudioError(f"{row['utt_id']}: the table has no audio_path for this utterance")
+    return load_wav(path, row["utt_id"], float(cfg.get("max_audio_seconds", 30.0)),
+                    bool(cfg.get("truncate_audio", False)))
+
+
+def wave_hash(wave: np.ndarray) -> str:
+    """sha1 of the float32 samples (16 hex digits): part of every feature-cache key."""
+    return hashlib.sha1(np.ascontiguousarray(wave, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+# --- mel features and token counts ----------------------------------------------------------
+
+def mel_features(feature_extractor: Any, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper log-mel features padded to 30 s, as ``Qwen2AudioProcessor`` computes them.
+
+    Returns:
+        ``input_features`` (B, 128, 3000) float32 and ``feature_attention_mask`` (B, 3000) long.
+    """
+    out = feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_attention_mask=True,
+                            padding="max_length", return_tensors="pt")
+    return out["input_features"].float(), out["attention_mask"].long()
+
+
+def n_audio_tokens(n_frames: int | torch.Tensor) -> int | torch.Tensor:
+    """``<|AUDIO|>`` positions for ``n_frames`` valid mel frames: ``((n-1)//2+1-2)//2+1``.
+
+    Example: 200 frames -> 50 tokens; 3000 frames -> 750 tokens.
+    """
+    return (((n_frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
+# --- the model's parts, whether or not peft wraps it ----------------------------------------
+
+def core(model: Any) -> Any:
+    """The ``Qwen2AudioModel`` inside a ``Qwen2AudioForConditionalGeneration`` (peft-wrapped or not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def audio_token_id(model: Any) -> int:
+    """The id of ``<|AUDIO|>`` in the model's config."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return int(base.config.audio_token_id)
+
+
+def tower_hash(model: Any) -> str:
+    """sha1 over the audio tower's parameter names, shapes, dtypes and bytes (16 hex digits)."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(core(model).audio_tower.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def tower_is_frozen(model: Any) -> bool:
+    """True when no audio-tower parameter requires a gradient."""
+    return not any(p.requires_grad for p in core(model).audio_tower.parameters())
+
+
+def run_tower(model: Any, input_features: torch.Tensor, feature_attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """The audio tower's last hidden state per utterance, cut to its audio-token count.
+
+    Builds the same key-padding mask as ``Qwen2AudioModel.forward`` so that the result equals what
+    the full path merges (before the projector). Gradients flow when the tower is trainable.
+
+    Returns:
+        One tensor (n_audio_tokens_i, d_audio) per row of ``input_features``.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    tower = core(model).audio_tower
+    device = tower.conv1.weight.device
+    input_features = input_features.to(device)
+    frames = feature_attention_mask.to(device).sum(-1)
+    conv_lengths = (frames - 1) // 2 + 1
+    n_tokens = n_audio_tokens(frames)
+    max_len = (input_features.shape[-1] - 2) // 2 + 1
+    mask_2d = (torch.arange(max_len, device=device)[None, :] < conv_lengths[:, None]).long()
+    dummy = torch.zeros((input_features.shape[0], max_len, 1), dtype=tower.conv1.weight.dtype, device=device)
+    mask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
+    hidden = tower(input_features, attention_mask=mask).last_hidden_state
+    return [hidden[i, : int(n)] for i, n in enumerate(n_tokens.tolist())]
+
+
+# --- the one place where audio enters the language model -------------------------------------
+
+def merge_audio(model: Any, input_ids: torch.Tensor, audio: list[torch.Tensor] | None) -> torch.Tensor:
+    """Token embeddings with the projected tower outputs written at the ``<|AUDIO|>`` positions.
+
+    Args:
+        input_ids: (B, T); the rows that hold ``<|AUDIO|>`` ids hold exactly as many as their
+            utterance has audio tokens (the processor's expansion).
+        audio: one tower output (n_i, d_audio) per row that holds audio tokens, in row order
+            (rows of one utterance may share a tensor); None when no row holds any.
+
+    Returns:
+        ``inputs_embeds`` (B, T, hidden) in the language model's dtype.
+
+    Raises:
+        ValueError: audio tokens without features, or counts that do not match, naming the row.
+    """
+    m = core(model)
+    embeds = model.get_input_embeddings()(input_ids)
+    is_audio = input_ids == audio_token_id(model)
+    per_row = is_audio.sum(-1).tolist()
+    rows_with_audio = [i for i, n in enumerate(per_row) if n]
+    if not rows_with_audio:
+        return embeds
+    if audio is None:
+        raise ValueError(f"rows {rows_with_audio} hold <|AUDIO|> tokens but no audio features were given: "
+                         "the language model would read the placeholder embedding instead of the audio")
+    if len(audio) != len(rows_with_audio):
+        raise ValueError(f"{len(rows_with_audio)} rows hold audio tokens but {len(audio)} feature tensors were given")
+    for row, feats in zip(rows_with_audio, audio):
+        if feats.shape[0] != per_row[row]:
+            raise ValueError(f"row {row}: {per_row[row]} <|AUDIO|> tokens but {feats.shape[0]} audio features")
+    proj = m.multi_modal_projector
+    feats = torch.cat([f.to(proj.linear.weight.device, proj.linear.weight.dtype) for f in audio], dim=0)
+    projected = proj(feats).to(embeds.device, embeds.dtype)
+    return embeds.masked_scatter(is_audio.unsqueeze(-1).to(embeds.device), projected)
+
+
+def lm_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               audio: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None,
+               cache: Any = None, use_cache: bool = False) -> Any:
+    """One forward of the language model (and head) on ids whose audio positions carry ``audio``.
+
+    Every ambinb forward (readout, rollout prefill and decoding, training losses) goes through here.
+    Returns the model output (``.logits`` (B, T, V), ``.cache``).
+    """
+    embeds = merge_audio(model, input_ids, audio)
+    kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": use_cache}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if cache is not None:
+        kwargs["cache"] = cache
+    return model(**kwargs)
+
+
+# --- the feature cache ----------------------------------------------------------------------
+
+@dataclass
+class _Mel:
+    """Mel features kept compact: the first ``body`` columns and the one column that fills the rest."""
+
+    body: torch.Tensor      # (128, n)
+    fill: torch.Tensor      # (128,)
+    frames: int             # valid frames (feature_attention_mask sum)
+
+    @staticmethod
+    def pack(features: torch.Tensor, frames: int) -> _Mel:
+        last = features[:, -1:]
+        same = (features == last).all(dim=0)
+        differ = torch.nonzero(~same)
+        n = int(differ.max()) + 1 if differ.numel() else 0
+        return _Mel(features[:, :n].clone(), features[:, -1].clone(), int(frames))
+
+    def unpack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.fill[:, None].expand(N_MELS, N_FRAMES).clone()
+        feats[:, : self.body.shape[1]] = self.body
+        mask = torch.zeros(N_FRAMES, dtype=torch.long)
+        mask[: self.frames] = 1
+        return feats, mask
+
+
+class AudioFeatureCache:
+    """Tower outputs per utterance, computed once (frozen tower) and reused; mel features otherwise.
+
+    >>> cache = AudioFeatureCache(model, processor.feature_extractor, cache_dir=".cache/audio_features")  # doctest: +SKIP
+    >>> feats = cache.features(["utt1", "utt2"], [wave1, wave2])    # two (n_i, d_audio) tensors  # doctest: +SKIP
+
+    Attributes:
+        tower_calls: utterances passed through the tower by this cache (a counter for tests and logs).
+        hits: lookups answered from memory or disk.
+    """
+
+    def __init__(self, model: Any, feature_extractor: Any, cache_dir: str | os.PathLike | None = None,
+                 batch_size: int = 8):
+        self.model = model
+        self.feature_extractor = feature_extractor
+        self.batch_size = max(1, int(batch_size))
+        self.key = tower_hash(model)
+        self.dir = Path(cache_dir) / self.key if cache_dir else None
+        self._tower: dict[tuple[str, str], torch.Tensor] = {}
+        self._mel: dict[tuple[str, str], _Mel] = {}
+        self.tower_calls = 0
+        self.hits = 0
+
+    def _check_tower(self) -> bool:
+        """True when cached tower outputs may be used (frozen tower with the weights hashed at creation)."""
+        if not tower_is_frozen(self.model):
+            return False
+        return True
+
+    def refresh(self) -> None:
+        """Re-hash the tower (call after loading other weights into it); stale entries are not used."""
+        self.key = tower_hash(self.model)
+        if self.dir is not None:
+            self.dir = self.dir.parent / self.key
+        self._tower.clear()
+
+    def _disk_path(self, utt_id: str, whash: str) -> Path | None:
+        if self.dir is None:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in utt_id)
+        return self.dir / f"{safe}.{whash}.pt"
+
+    def mels(self, utt_ids: list[str], waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mel features (B, 128, 3000) and masks (B, 3000), computed once per utterance and kept compact."""
+        keys = [(u, wave_hash(w)) for u, w in zip(utt_ids, waves)]
+        todo = [i for i, k in enumerate(keys) if k not in self._mel]
+        if todo:
+            feats, masks = mel_features(self.feature_extractor, [waves[i] for i in todo])
+            for j, i in enumerate(todo):
+                self._mel[keys[i]] = _Mel.pack(feats[j], int(masks[j].sum()))
+        packed = [self._mel[k].unpack() for k in keys]
+        return torch.stack([p[0] for p in packed]), torch.stack([p[1] for p in packed])
+
+    def features(self, utt_ids: list[str], waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """The tower output (n_i, d_audio) of each utterance; frozen tower: computed at most once each."""
+        if len(utt_ids) != len(waves):
+            raise ValueError(f"{len(utt_ids)} utterance ids for {len(waves)} waveforms")
+        if not self._check_tower():
+            feats, masks = self.mels(utt_ids, waves)
+            self.tower_calls += len(utt_ids)
+            return run_tower(self.model, feats, masks)
+        keys = [(u, wave_hash(w)) for u, w in zip(utt_ids, waves)]
+        out: dict[int, torch.Tensor] = {}
+        todo: list[int] = []
+        for i, key in enumerate(keys):
+            if key in self._tower:
+                out[i] = self._tower[key]
+                self.hits += 1
+                continue
+            path = self._disk_path(*key)
+            if path is not None and path.exists():
+                self._tower[key] = out[i] = torch.load(path, map_location="cpu")
+                self.hits += 1
+                continue
+            todo.append(i)
+        unique = list(dict.fromkeys(keys[i] for i in todo))
+        for start in range(0, len(unique), self.batch_size):
+            chunk = unique[start: start + self.batch_size]
+            first = {k: keys.index(k) for k in chunk}
+            feats, masks = self.mels([k[0] for k in chunk], [waves[first[k]] for k in chunk])
+            with torch.no_grad():
+                results = run_tower(self.model, feats, masks)
+            self.tower_calls += len(chunk)
+            for key, res in zip(chunk, results):
+                res = res.detach().to("cpu").contiguous()
+                self._tower[key] = res
+                path = self._disk_path(*key)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".tmp{os.getpid()}")
+                    torch.save(res, tmp)
+                    os.replace(tmp, path)
+        device = core(self.model).multi_modal_projector.linear.weight.device
+        return [(out[i] if i in out else self._tower[keys[i]]).to(device) for i in range(len(keys))]

@@ -1,0 +1,164 @@
+"""The chat for one utterance, and the token ids every caller builds from it.
+
+One user turn holds the audio (``<|audio_bos|><|AUDIO|><|audio_eos|>`` through the processor's chat
+template, exactly as Qwen2-Audio-7B-Instruct renders it), the transcript, the class list and the
+instructions; the assistant turn is the completion that :mod:`ambinb.cot` defines. Two presets:
+
+* ``ambinb``: ``<think>`` with a Keywords line and the three steps, then ``<answer>class</answer>``.
+* ``audio_reasoner``: Audio-Reasoner's own ``<THINK>``/``<RESPONSE>`` style, so that checkpoint is
+  evaluated as a baseline in the format it was trained on; the readout slot follows ``<RESPONSE>``.
+
+Tokenisation is by segments, and every caller uses the functions here so that training, rollouts
+and the readout see the same ids: the prompt (the chat text with ``<|AUDIO|>`` expanded to the
+utterance's audio-token count, as ``Qwen2AudioProcessor`` does), then ``answer_prefix(think)``,
+then the class name, then the closing tag and ``<|im_end|>``, each tokenised on its own. (Qwen's
+pre-tokeniser would otherwise glue ``>`` to the class name: ``">anger"`` is one pre-token.)
+
+Example (tiny model, 2 s clip): ``prompt_ids`` -> ``[<|im_start|>, system, ..., <|audio_bos|>,
+<|AUDIO|> x 50, <|audio_eos|>, ..., <|im_start|>, assistant, \\n]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ambinb import audio as audio_mod
+from ambinb.cot import AUDIO_ASPECTS, OutputFormat, answer_prefix, get_format
+
+IM_END = "<|im_end|>"
+ENDOFTEXT = "<|endoftext|>"
+
+_INSTRUCTIONS = {
+    "ambinb": (
+        "Which emotion does the speaker express? Think first inside {think_open} {think_close}: a "
+        "Keywords line, then Step 1 (text) on the words, Step 2 (audio) on the voice ("
+        + ", ".join(AUDIO_ASPECTS)
+        + "), and Step 3 (synthesis). Then give one class name inside {answer_open} {answer_close}."
+    ),
+    "audio_reasoner": (
+        "What emotion does the speaker express in this audio? Choose one of the listed classes and give "
+        "it as the response."
+    ),
+}
+
+
+class PromptError(ValueError):
+    """An utterance that cannot be turned into a prompt; the message names it."""
+
+
+def user_text(transcript: str, classes: list[str], preset: str = "ambinb", utt_id: str = "") -> str:
+    """The text of the user turn: transcript, class list and the preset's instructions.
+
+    Raises:
+        PromptError: an empty transcript or class list, naming the utterance.
+    """
+    if transcript is None or not str(transcript).strip():
+        raise PromptError(f"{utt_id or '?'}: empty transcript")
+    if len(classes) < 2:
+        raise PromptError(f"{utt_id or '?'}: need at least two class names, got {classes}")
+    fmt = get_format(preset)
+    instructions = _INSTRUCTIONS[preset].format(think_open=fmt.think_open, think_close=fmt.think_close,
+                                                answer_open=fmt.answer_open, answer_close=fmt.answer_close)
+    return (f'Transcript: "{str(transcript).strip()}"\n'
+            f"Classes: {', '.join(classes)}\n"
+            f"{instructions}")
+
+
+def build_chat(transcript: str, classes: list[str], preset: str = "ambinb", utt_id: str = "") -> list[dict[str, Any]]:
+    """The conversation for one utterance: one user turn with the audio first, then the text."""
+    return [{"role": "user", "content": [
+        {"type": "audio", "audio": utt_id or "audio"},
+        {"type": "text", "text": user_text(transcript, classes, preset, utt_id)},
+    ]}]
+
+
+def prompt_text(processor: Any, transcript: str, classes: list[str], preset: str = "ambinb",
+                utt_id: str = "") -> str:
+    """The chat rendered by the processor's template, ending with the assistant header."""
+    chat = build_chat(transcript, classes, preset, utt_id)
+    text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    if text.count(audio_mod.AUDIO_TOKEN) != 1:
+        raise PromptError(f"{utt_id}: the chat template rendered {text.count(audio_mod.AUDIO_TOKEN)} "
+                          f"{audio_mod.AUDIO_TOKEN} placeholders, expected 1")
+    return text
+
+
+def segment_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of one text segment, without special tokens added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_ids(tokenizer: Any, text: str, n_audio: int) -> list[int]:
+    """Ids of a rendered prompt with its ``<|AUDIO|>`` expanded to ``n_audio`` copies (the processor's rule)."""
+    return segment_ids(tokenizer, text.replace(audio_mod.AUDIO_TOKEN, audio_mod.AUDIO_TOKEN * int(n_audio)))
+
+
+def class_ids(tokenizer: Any, classes: list[str]) -> list[list[int]]:
+    """Each class name's ids as it is scored at the answer slot (tokenised on its own)."""
+    out = [segment_ids(tokenizer, c) for c in classes]
+    empty = [c for c, ids in zip(classes, out) if not ids]
+    if empty:
+        raise PromptError(f"class names {empty} tokenise to nothing")
+    return out
+
+
+def eos_ids(tokenizer: Any) -> list[int]:
+    """Ids that end an assistant turn: ``<|im_end|>`` and ``<|endoftext|>``."""
+    return [int(i) for i in (tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT))
+            if i is not None]
+
+
+@dataclass(frozen=True)
+class CompletionIds:
+    """A tokenised completion; ``slot`` indexes the first class-name token (right after the answer tag)."""
+
+    ids: list[int]
+    slot: int
+    answer_len: int
+
+
+def completion_ids(tokenizer: Any, think: str, answer: str, fmt: OutputFormat | str = "ambinb",
+                   close: bool = True) -> CompletionIds:
+    """Ids of ``answer_prefix(think) + answer + answer_close + <|im_end|>``, by segments.
+
+    Example: ``completion_ids(tok, "<think>...</think>", "anger")`` -> ids whose ``slot`` points at
+    the ids of ``"anger"``; the readout at that slot scores the class names.
+    """
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    prefix = segment_ids(tokenizer, answer_prefix(think, fmt))
+    name = segment_ids(tokenizer, answer)
+    tail = segment_ids(tokenizer, fmt.answer_close) + [int(tokenizer.convert_tokens_to_ids(IM_END))] if close else []
+    return CompletionIds(prefix + name + tail, len(prefix), len(name))
+
+
+@dataclass
+class Encoded:
+    """One utterance ready for the model: prompt ids (audio expanded) and its tower output."""
+
+    utt_id: str
+    prompt_ids: list[int]
+    audio: torch.Tensor   # (n_audio_tokens, d_audio), the tower's output before the projector
+
+
+def encode_rows(rows: Any, classes: list[str], processor: Any, cache: audio_mod.AudioFeatureCache,
+                cfg: dict[str, Any]) -> list[Encoded]:
+    """Load the audio of dataset-table rows, get their tower outputs from ``cache``, build their prompts.
+
+    Args:
+        rows: a DataFrame (or list of dict-like rows) with ``utt_id``, ``transcript``, ``audio_path``.
+        classes: the class names listed in the prompt (and read out later).
+        cfg: resolved params (``prompt_preset``, ``max_audio_seconds``, ``truncate_audio``).
+    """
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    waves = [audio_mod.load_row_audio(r, cfg) for r in records]
+    utt_ids = [str(r["utt_id"]) for r in records]
+    feats = cache.features(utt_ids, waves)
+    preset = cfg.get("prompt_preset", "ambinb")
+    out = []
+    for r, f in zip(records, feats):
+        text = prompt_text(processor, r["transcript"], classes, preset, str(r["utt_id"]))
+        out.append(Encoded(str(r["utt_id"]), prompt_ids(processor.tokenizer, text, f.shape[0]), f))
+    return out

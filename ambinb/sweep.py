@@ -1,0 +1,203 @@
+"""Sweeps: datasets x strategies x folds, each run into its own run folder.
+
+Usage::
+
+    python -m ambinb.sweep params/sweeps/toy.yaml [--dry-run] [--workers 2] [--executor local|slurm]
+    ambinb-sweep params/sweeps/toy.yaml
+
+A sweep file names ``datasets``, ``strategies`` and ``folds`` (and optionally ``workers``,
+``run_root``, ``overrides`` applied to every run, ``executor`` and ``slurm`` options). Each
+strategy's ``runner`` parameter says what runs it: a notebook name (executed through papermill
+into ``<run>/<notebook>.ipynb``) or ``module:function`` called with the resolved config.
+
+A run whose folder already holds a complete ``metrics.json`` is skipped, so a killed sweep
+rerun finishes the rest and loses nothing; a failing run is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ambinb import config, notebook, results
+from ambinb.paths import resolve_path, run_dir
+
+SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides", "executor",
+              "slurm", "threads_per_run"}
+
+
+@dataclass
+class Run:
+    """One (dataset, strategy, fold) of a sweep."""
+
+    dataset: str
+    strategy: str
+    fold: int
+    run_root: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    status: str = "pending"
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return run_dir(self.dataset, self.strategy, self.fold, self.run_root)
+
+    def config(self) -> dict[str, Any]:
+        return config.resolve(dataset=self.dataset, strategy=self.strategy, fold=self.fold,
+                              run_root=self.run_root, overrides=self.overrides)
+
+
+def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a sweep file; errors name the file and the key."""
+    path = Path(path)
+    spec = config.load_yaml(path)
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise config.ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
+    for key in ("datasets", "strategies", "folds"):
+        if not isinstance(spec.get(key), list) or not spec[key]:
+            raise config.ConfigError(f"{path}: '{key}' must be a non-empty list")
+    return spec
+
+
+def expand(spec: dict[str, Any], run_root: str | None = None) -> list[Run]:
+    """Every run of a sweep, checked: each config resolves and each runner exists, before anything runs."""
+    root = run_root or spec.get("run_root") or config.resolve()["run_root"]
+    runs = [Run(d, s, int(f), str(root), dict(spec.get("overrides") or {}))
+            for d in spec["datasets"] for s in spec["strategies"] for f in spec["folds"]]
+    for run in runs:
+        runner = run.config()["runner"]
+        if not runner:
+            raise config.ConfigError(f"strategy {run.strategy!r} declares no runner")
+        if ":" not in runner:
+            notebook.check_parameters(notebook.notebook_path(runner), _notebook_params(run))
+    return runs
+
+
+def _notebook_params(run: Run) -> dict[str, Any]:
+    params = {"dataset": run.dataset, "strategy": run.strategy, "fold": run.fold, "run_root": run.run_root}
+    if run.overrides:
+        params["overrides"] = run.overrides
+    return params
+
+
+def execute_run(run: Run, threads: int | None = None) -> Run:
+    """Run one (dataset, strategy, fold); never raises: the error lands in ``run.error``."""
+    start = time.time()
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["AMBINB_NUM_THREADS"] = str(threads)
+    try:
+        runner = run.config()["runner"]
+        if ":" in runner:
+            module, func = runner.split(":")
+            getattr(importlib.import_module(module), func)(run.config())
+        else:
+            notebook.execute(runner, run.folder / f"{runner}.ipynb", _notebook_params(run))
+        run.status = "done" if results.is_finished(run.folder) else "failed"
+        if run.status == "failed":
+            run.error = "finished without writing metrics.json"
+    except Exception as err:  # a failing run is reported; the sweep goes on
+        run.status, run.error = "failed", f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        log = run.folder / "error.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+    run.seconds = time.time() - start
+    return run
+
+
+def status_table(runs: list[Run]) -> str:
+    """A plain-text table: one line per run with its status, wall time, held-out JS or error."""
+    lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  {'status':<8} {'time':>7}  result"]
+    for r in runs:
+        result = r.error
+        if r.status in ("done", "skipped"):
+            m = results.read_metrics(r.folder)["metrics"]
+            result = f"JS {m['js']:.3f}  BC {m['bc']:.3f}"
+        lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {r.status:<8} {r.seconds:>6.0f}s  {result}")
+    return "\n".join(lines)
+
+
+def run_sweep(runs: list[Run], workers: int = 1, executor: str = "local", slurm: dict[str, Any] | None = None,
+              threads_per_run: int | None = None, progress: bool = True) -> list[Run]:
+    """Run every unfinished run (skipping finished ones), ``workers`` at a time; return them with status."""
+    todo = []
+    for run in runs:
+        if results.is_finished(run.folder):
+            run.status = "skipped"
+        else:
+            todo.append(run)
+    if executor == "slurm" or executor == "submitit-local":
+        return _run_submitit(runs, todo, executor, slurm or {})
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="sweep", disable=not progress or not todo)
+    if workers <= 1:
+        for run in todo:
+            bar.set_postfix_str(f"{run.dataset}/{run.strategy}/fold{run.fold}")
+            execute_run(run, threads_per_run)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(execute_run, run, threads_per_run): i for i, run in enumerate(todo)}
+            for fut in as_completed(futures):
+                done = fut.result()
+                todo[futures[fut]].__dict__.update(done.__dict__)
+                bar.set_postfix_str(f"{done.dataset}/{done.strategy}/fold{done.fold} {done.status}")
+                bar.update()
+    bar.close()
+    return runs
+
+
+def _run_submitit(runs: list[Run], todo: list[Run], executor: str, slurm: dict[str, Any]) -> list[Run]:
+    """Submit each unfinished run as a job (SLURM, or submitit's local executor for testing)."""
+    import submitit
+
+    folder = resolve_path(runs[0].run_root) / "_submitit" if runs else Path("_submitit")
+    ex = submitit.LocalExecutor(folder=folder) if executor == "submitit-local" else submitit.AutoExecutor(folder=folder)
+    ex.update_parameters(**({"timeout_min": 60} | slurm))
+    jobs = [ex.submit(execute_run, run) for run in todo]
+    for run, job in zip(todo, jobs):
+        run.__dict__.update(job.result().__dict__)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ambinb-sweep", description="Run a sweep of notebooks into run folders.")
+    parser.add_argument("sweep", help="a sweep file, e.g. params/sweeps/toy.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    parser.add_argument("--workers", type=int, default=None, help="runs at a time (default: the sweep's)")
+    parser.add_argument("--run-root", default=None, help="where run folders go (default: the sweep's or params')")
+    parser.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default=None)
+    args = parser.parse_args(argv)
+    spec = load_sweep(resolve_path(args.sweep) if not Path(args.sweep).exists() else args.sweep)
+    runs = expand(spec, args.run_root)
+    if args.dry_run:
+        for run in runs:
+            state = "finished, skip" if results.is_finished(run.folder) else "would run"
+            print(f"{run.dataset}/{run.strategy}/fold{run.fold}: {state}  ({run.config()['runner']}) -> {run.folder}")
+        return 0
+    run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
+              executor=args.executor or spec.get("executor", "local"), slurm=spec.get("slurm"),
+              threads_per_run=spec.get("threads_per_run"))
+    print(status_table(runs))
+    failed = [r for r in runs if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} run(s) failed; see error.log in their run folders.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Stand-in runners for the sweep tests: they write a run folder like a real strategy would."""
+
+import numpy as np
+
+from ambinb import results
+from ambinb.paths import run_dir
+
+
+def fake_run(cfg):
+    if cfg["seed"] == 13:
+        raise RuntimeError("planned failure")
+    rng = np.random.default_rng(cfg["fold"])
+    p = rng.dirichlet(np.ones(4), size=6)
+    q = rng.dirichlet(np.ones(4), size=6)
+    out = run_dir(cfg["dataset"], cfg["strategy"], cfg["fold"], cfg["run_root"])
+    results.write_evaluation(out, [f"u{i}" for i in range(6)], cfg["classes"], p, q, p.mean(0),
+                             {**cfg, "bootstrap": 20})

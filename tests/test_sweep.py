@@ -1,0 +1,64 @@
+"""Sweeps: expansion, skipping finished runs, failures reported without stopping, dry run, submitit."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ambinb import results, sweep
+from ambinb.paths import params_dir
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    shutil.copytree(params_dir(), tmp_path / "params")
+    (tmp_path / "params" / "strategies" / "fake.yaml").write_text("runner: sweep_runners:fake_run\n")
+    (tmp_path / "params" / "strategies" / "nonb.yaml").write_text("runner: 99_missing\n")
+    monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # job processes import sweep_runners
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("datasets: [toy]\nstrategies: [fake]\nfolds: [0, 1, 2]\n"
+                          f"run_root: {tmp_path / 'runs'}\n")
+    return tmp_path, sweep_file
+
+
+def test_runs_skips_finished_and_reports(project, capsys):
+    root, sweep_file = project
+    assert sweep.main([str(sweep_file)]) == 0
+    assert all(results.is_finished(root / "runs" / "toy" / "fake" / f"fold{k}") for k in range(3))
+    first = (root / "runs/toy/fake/fold1/metrics.json").stat().st_mtime_ns
+    shutil.rmtree(root / "runs/toy/fake/fold2")            # as if killed during fold 2
+    runs = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file)), progress=False)
+    assert [r.status for r in runs] == ["skipped", "skipped", "done"]
+    assert (root / "runs/toy/fake/fold1/metrics.json").stat().st_mtime_ns == first
+    table = sweep.status_table(runs)
+    assert "JS" in table and "done" in table
+    sweep.main([str(sweep_file), "--dry-run"])
+    assert capsys.readouterr().out.count("finished, skip") == 3
+
+
+def test_a_failing_run_does_not_stop_the_others(project):
+    root, sweep_file = project
+    sweep_file.write_text(sweep_file.read_text() + "overrides: {seed: 13}\n")
+    spec = sweep.load_sweep(sweep_file)
+    runs = sweep.run_sweep(sweep.expand(spec), workers=2, progress=False)
+    assert [r.status for r in runs] == ["failed"] * 3
+    assert "planned failure" in runs[0].error
+    assert (root / "runs/toy/fake/fold0/error.log").exists()
+    assert sweep.main([str(sweep_file)]) == 1
+
+
+def test_bad_sweep_files_fail_before_running(project):
+    root, sweep_file = project
+    sweep_file.write_text("datasets: [toy]\nstrategies: [fake]\nfolds: [0]\nworkerz: 2\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        sweep.load_sweep(sweep_file)
+    sweep_file.write_text("datasets: [toy]\nstrategies: [nonb]\nfolds: [0]\n")
+    with pytest.raises(FileNotFoundError):
+        sweep.expand(sweep.load_sweep(sweep_file))
+
+
+def test_submitit_local_executor(project):
+    root, sweep_file = project
+    runs = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file)), executor="submitit-local", progress=False)
+    assert [r.status for r in runs] == ["done"] * 3
