@@ -1,0 +1,192 @@
+"""Results across run folders: the tables, comparisons and diagnostics of ``06_ablations``.
+
+Everything here reads ``runs/<dataset>/<strategy>/fold<k>/`` (``metrics.json``,
+``predictions.jsonl``) and never trains. Runs that a table expects but that do not exist are
+shown as missing, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ambinb import metrics, results
+from ambinb.paths import resolve_path
+
+MAIN_METRICS = ("js", "bc", "r2", "brier")
+LOWER_IS_BETTER = {"js": True, "bc": False, "r2": False, "brier": True, "kl": True, "r2_cod": False,
+                   "collapse_rate": True, "entropy_corr": False}
+TABLE2_ROWS = ("base", "classical", "prior", "sft", "dpo", "grpo", "grpo_z")
+PRIOR = "prior"
+
+
+def collect(run_root: str = "runs") -> pd.DataFrame:
+    """One row per finished run: dataset, strategy, fold, every metric, and the fold's prior metrics
+    (columns ``prior_<metric>``)."""
+    root = resolve_path(run_root)
+    rows = []
+    for path in sorted(root.glob("*/*/fold*/metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+        except ValueError:
+            continue  # a run still being written is not finished
+        row = {"dataset": path.parts[-4], "strategy": path.parts[-3], "fold": int(path.parts[-2][4:]),
+               "folder": str(path.parent), "test_dataset": m.get("params", {}).get("test_dataset") or path.parts[-4]}
+        row.update({k: v for k, v in m["metrics"].items()})
+        row.update({f"prior_{k}": v for k, v in m.get("prior", {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_prior_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add the training-prior predictor as a strategy named ``prior`` (one row per dataset and fold)."""
+    if runs.empty:
+        return runs
+    prior_cols = [c for c in runs.columns if c.startswith("prior_")]
+    prior = runs.groupby(["dataset", "fold"], as_index=False).first()
+    prior = prior[["dataset", "fold", "test_dataset", *prior_cols]].rename(columns=lambda c: c.removeprefix("prior_"))
+    prior["strategy"] = PRIOR
+    return pd.concat([runs, prior], ignore_index=True)
+
+
+def summary(runs: pd.DataFrame, strategies: list[str], datasets: list[str], folds: list[int],
+            metric_names: tuple[str, ...] = MAIN_METRICS) -> pd.DataFrame:
+    """Mean and sd over folds per (dataset, strategy), with ``n_folds`` out of ``len(folds)`` expected.
+
+    A strategy with no finished fold appears with NaN and ``n_folds`` 0 (shown as missing).
+    """
+    runs = with_prior_rows(runs)
+    out = []
+    for ds in datasets:
+        for st in strategies:
+            sel = runs[(runs.dataset == ds) & (runs.strategy == st) & runs.fold.isin(folds)] if len(runs) else runs
+            row = {"dataset": ds, "strategy": st, "n_folds": len(sel), "expected": len(folds)}
+            for m in metric_names:
+                vals = sel[m].to_numpy(dtype=float) if len(sel) else np.array([])
+                row[m] = vals.mean() if vals.size else np.nan
+                row[f"{m}_sd"] = vals.std(ddof=1) if vals.size > 1 else np.nan
+            out.append(row)
+    return pd.DataFrame(out).set_index(["dataset", "strategy"])
+
+
+def pooled_predictions(run_root: str, dataset: str, strategy: str, folds: list[int]) -> pd.DataFrame:
+    """Predictions of every finished fold of one (dataset, strategy), concatenated with a ``fold`` column."""
+    frames = []
+    for k in folds:
+        folder = resolve_path(run_root) / dataset / strategy / f"fold{k}"
+        if results.is_finished(folder):
+            frames.append(results.read_predictions(folder).assign(fold=k))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def pooled_ci(run_root: str, dataset: str, strategy: str, folds: list[int], n_boot: int = 1000,
+              seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Bootstrap 95 % CIs of every metric over all held-out utterances of the finished folds."""
+    preds = pooled_predictions(run_root, dataset, strategy, folds)
+    if preds.empty:
+        return {}
+    return metrics.bootstrap_ci(np.stack(preds.p_gt), np.stack(preds.p_hat), n_boot=n_boot, seed=seed)
+
+
+def format_table(table: pd.DataFrame, metric_names: tuple[str, ...] = MAIN_METRICS,
+                 paper: pd.DataFrame | None = None, cis: dict | None = None) -> pd.DataFrame:
+    """Cells ``mean ± sd`` (``[lo, hi]`` CI when given), the best strategy per dataset in bold
+    (Markdown ``**``), ``missing`` where no fold finished, and the paper's value beside ours."""
+    cells = pd.DataFrame(index=table.index)
+    for m in metric_names:
+        col = []
+        for (ds, st), row in table.iterrows():
+            if row["n_folds"] == 0:
+                col.append("missing")
+                continue
+            text = f"{row[m]:.3f}" + ("" if np.isnan(row[f"{m}_sd"]) else f" ± {row[f'{m}_sd']:.3f}")
+            ci = (cis or {}).get((ds, st), {}).get(m)
+            if ci:
+                text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            if row["n_folds"] < row["expected"]:
+                text += f" ({int(row['n_folds'])}/{int(row['expected'])} folds)"
+            col.append(text)
+        cells[m] = col
+        for ds in table.index.get_level_values(0).unique():
+            vals = table.loc[ds, m].dropna()
+            if vals.empty:
+                continue
+            best = vals.idxmin() if LOWER_IS_BETTER[m] else vals.idxmax()
+            cells.loc[(ds, best), m] = f"**{cells.loc[(ds, best), m]}**"
+        if paper is not None:
+            cells[f"{m} (paper)"] = [f"{paper.loc[i, m]:.2f}" if i in paper.index else "" for i in table.index]
+    return cells
+
+
+def paired_tests(run_root: str, dataset: str, strategies: list[str], folds: list[int], metric: str = "js",
+                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """For each pair of strategies with predictions on the same utterances: the mean per-utterance
+    difference of ``metric`` (a - b) with a paired bootstrap 95 % CI, and a paired t-test over folds."""
+    per_utt = {}
+    for st in strategies:
+        preds = pooled_predictions(run_root, dataset, st, folds)
+        if not preds.empty:
+            values = getattr(metrics, metric)(np.stack(preds.p_gt), np.stack(preds.p_hat))
+            per_utt[st] = pd.DataFrame({"utt_id": preds.utt_id, "fold": preds.fold, metric: values})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a, b in combinations(per_utt, 2):
+        both = per_utt[a].merge(per_utt[b], on=["utt_id", "fold"], suffixes=("_a", "_b"))
+        if both.empty:
+            continue
+        diff = (both[f"{metric}_a"] - both[f"{metric}_b"]).to_numpy()
+        boot = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+        by_fold = both.groupby("fold")[[f"{metric}_a", f"{metric}_b"]].mean()
+        p_fold = (stats.ttest_rel(by_fold.iloc[:, 0], by_fold.iloc[:, 1]).pvalue
+                  if len(by_fold) > 1 else np.nan)
+        rows.append({"a": a, "b": b, f"mean {metric}(a) - {metric}(b)": diff.mean(),
+                     "ci95_low": np.quantile(boot, 0.025), "ci95_high": np.quantile(boot, 0.975),
+                     "folds": len(by_fold), "paired t-test p (folds)": p_fold, "utterances": len(diff)})
+    return pd.DataFrame(rows)
+
+
+def reliability(preds: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
+    """Predicted against annotated probability: every (utterance, class) cell binned by p_hat, with the
+    mean p_hat, mean p_gt and count per bin (a perfectly calibrated model lies on the diagonal)."""
+    p_hat = np.stack(preds.p_hat).ravel()
+    p_gt = np.stack(preds.p_gt).ravel()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p_hat, edges) - 1, 0, bins - 1)
+    df = pd.DataFrame({"bin": which, "p_hat": p_hat, "p_gt": p_gt})
+    return df.groupby("bin").agg(p_hat=("p_hat", "mean"), p_gt=("p_gt", "mean"), n=("p_gt", "size")).reset_index()
+
+
+def disagreements(run_root: str, dataset: str, strategies: list[str], folds: list[int], k: int = 5) -> pd.DataFrame:
+    """The ``k`` utterances where the strategies' predicted distributions differ most
+    (largest pairwise JS between any two strategies), with each strategy's p_hat and the p_gt."""
+    table = None
+    for st in strategies:
+        preds = pooled_predictions(run_root, dataset, st, folds)
+        if preds.empty:
+            continue
+        part = preds[["utt_id", "fold", "p_gt", "p_hat"]].rename(columns={"p_hat": st})
+        table = part if table is None else table.merge(part.drop(columns="p_gt"), on=["utt_id", "fold"])
+    if table is None or table.empty:
+        return pd.DataFrame()
+    present = [s for s in strategies if s in table.columns]
+    spread = np.zeros(len(table))
+    for a, b in combinations(present, 2):
+        spread = np.maximum(spread, metrics.js(np.stack(table[a]), np.stack(table[b])))
+    table["max_pairwise_js"] = spread
+    return table.sort_values("max_pairwise_js", ascending=False).head(k).reset_index(drop=True)
+
+
+def existing_strategies(run_root: str, dataset: str) -> list[str]:
+    """Strategies with at least one fold folder under ``<run_root>/<dataset>``."""
+    base = resolve_path(run_root) / dataset
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and any(p.glob("fold*"))) if base.exists() else []
+
+
+def folders(run_root: str) -> list[Path]:
+    """Every run folder with a finished evaluation."""
+    return sorted(p.parent for p in resolve_path(run_root).glob("*/*/fold*/metrics.json"))

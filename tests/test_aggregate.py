@@ -1,0 +1,58 @@
+"""06_ablations' numbers from run folders: fold means, missing runs, bold best, paired differences."""
+
+import numpy as np
+import pytest
+
+from ambinb import aggregate, metrics, paper, results
+
+CLASSES = ["anger", "happiness", "sadness", "neutral"]
+
+
+@pytest.fixture
+def run_root(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = {k: rng.dirichlet(np.ones(4), size=10) for k in range(3)}
+    for strategy, noise in (("sft", 0.2), ("dpo", 0.6)):
+        for k in range(3):
+            p = truth[k]
+            q = (1 - noise) * p + noise * rng.dirichlet(np.ones(4), size=10)
+            results.write_evaluation(tmp_path / "toy" / strategy / f"fold{k}", [f"f{k}u{i}" for i in range(10)],
+                                     CLASSES, p, q, np.full(4, 0.25), {"seed": 0, "bootstrap": 20, "fold": k})
+    return tmp_path
+
+
+def test_summary_means_sd_prior_and_missing(run_root):
+    runs = aggregate.collect(str(run_root))
+    assert len(runs) == 6
+    table = aggregate.summary(runs, ["sft", "dpo", "grpo", "prior"], ["toy"], [0, 1, 2])
+    per_fold = [results.read_metrics(run_root / "toy" / "sft" / f"fold{k}")["metrics"]["js"] for k in range(3)]
+    assert table.loc[("toy", "sft"), "js"] == pytest.approx(np.mean(per_fold))
+    assert table.loc[("toy", "sft"), "js_sd"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert table.loc[("toy", "grpo"), "n_folds"] == 0
+    uniform_js = [metrics.js(np.stack(results.read_predictions(run_root / "toy/sft" / f"fold{k}").p_gt),
+                             np.full((10, 4), 0.25)).mean() for k in range(3)]
+    assert table.loc[("toy", "prior"), "js"] == pytest.approx(np.mean(uniform_js), abs=1e-6)
+    cells = aggregate.format_table(table, paper=paper.table2())
+    assert cells.loc[("toy", "grpo"), "js"] == "missing"
+    assert cells.loc[("toy", "sft"), "js"].startswith("**")      # less noise, lower JS: best
+    assert not cells.loc[("toy", "dpo"), "bc"].startswith("**")
+
+
+def test_paired_tests_match_a_direct_computation(run_root):
+    tests = aggregate.paired_tests(str(run_root), "toy", ["sft", "dpo"], [0, 1, 2])
+    a = aggregate.pooled_predictions(str(run_root), "toy", "sft", [0, 1, 2])
+    b = aggregate.pooled_predictions(str(run_root), "toy", "dpo", [0, 1, 2])
+    direct = (metrics.js(np.stack(a.p_gt), np.stack(a.p_hat)) - metrics.js(np.stack(b.p_gt), np.stack(b.p_hat))).mean()
+    row = tests.iloc[0]
+    assert row["mean js(a) - js(b)"] == pytest.approx(direct)
+    assert row["ci95_low"] <= direct <= row["ci95_high"]
+    assert row["utterances"] == 30 and row["folds"] == 3
+
+
+def test_reliability_and_disagreements(run_root):
+    preds = aggregate.pooled_predictions(str(run_root), "toy", "sft", [0, 1, 2])
+    rel = aggregate.reliability(preds, bins=5)
+    assert rel.n.sum() == 30 * 4
+    worst = aggregate.disagreements(str(run_root), "toy", ["sft", "dpo"], [0, 1, 2], k=3)
+    assert list(worst.max_pairwise_js) == sorted(worst.max_pairwise_js, reverse=True)
+    assert aggregate.existing_strategies(str(run_root), "toy") == ["dpo", "sft"]
