@@ -190,3 +190,28 @@ def existing_strategies(run_root: str, dataset: str) -> list[str]:
 def folders(run_root: str) -> list[Path]:
     """Every run folder with a finished evaluation."""
     return sorted(p.parent for p in resolve_path(run_root).glob("*/*/fold*/metrics.json"))
+
+
+def table2(run_root: str, datasets: list[str], folds: list[int], n_boot: int = 1000) -> pd.DataFrame:
+    """Table 2: base, classical, prior, every other evaluated baseline, SFT, DPO, GRPO, GRPO_z by JS, BC,
+    R2, Brier per dataset (mean ± sd over folds, pooled bootstrap CI), best in bold, the paper beside."""
+    from ambinb import paper
+
+    runs = collect(run_root)
+    extra = sorted({s for ds in datasets for s in existing_strategies(run_root, ds)}
+                   - set(TABLE2_ROWS) - {"sft_ce", "sft_nocot", "dpo_ce"})
+    strategies = [*TABLE2_ROWS[:3], *extra, *TABLE2_ROWS[3:]]
+    table = summary(runs, strategies, datasets, folds)
+    cis = {(ds, st): pooled_ci(run_root, ds, st, folds, n_boot) for ds in datasets for st in strategies
+           if st != PRIOR}
+    return format_table(table, paper=paper.table2(), cis=cis)
+
+
+def table3(run_root: str, datasets: list[str], folds: list[int]) -> pd.DataFrame:
+    """Table 3: SFT with CoT + KL against KL only (no CoT), in-domain (each dataset) and cross-domain
+    (run folders named ``<train>_to_<test>``)."""
+    root = resolve_path(run_root)
+    cross = sorted(p.name for p in root.glob("*_to_*") if p.is_dir()) if root.exists() else []
+    runs = collect(run_root)
+    table = summary(runs, ["sft", "sft_nocot"], [*datasets, *cross], folds)
+    return format_table(table)

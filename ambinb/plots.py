@@ -64,3 +64,49 @@ def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     os.replace(tmp, path)
     return path
+
+
+def ce_vs_kl(table: pd.DataFrame, pairs: dict[str, tuple[str, str]], metric_names: tuple[str, ...] = ("js", "bc"),
+             ) -> plt.Figure:
+    """Figure 2: CE-only against CE + KL, one panel per metric, bars per (dataset, method) with fold sd.
+
+    Args:
+        table: ``ambinb.aggregate.summary`` output (index dataset, strategy).
+        pairs: method label -> (CE-only strategy, CE + KL strategy), e.g. ``{"SFT": ("sft_ce", "sft")}``.
+    """
+    datasets = list(table.index.get_level_values(0).unique())
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(5 * len(metric_names), 3.4), squeeze=False)
+    groups = [(ds, label) for ds in datasets for label in pairs]
+    x = np.arange(len(groups))
+    for ax, m in zip(axes[0], metric_names):
+        for j, (variant, color) in enumerate((("CE only", "tab:gray"), ("CE + KL", "tab:blue"))):
+            means, sds = [], []
+            for ds, label in groups:
+                key = (ds, pairs[label][j])
+                row = table.loc[key] if key in table.index else None
+                means.append(np.nan if row is None else row[m])
+                sds.append(np.nan if row is None else row[f"{m}_sd"])
+            ax.bar(x + (j - 0.5) * 0.38, means, 0.38, yerr=np.nan_to_num(sds), color=color, label=variant, capsize=3)
+            for xi, mean in zip(x, means):
+                if np.isnan(mean):
+                    ax.text(xi + (j - 0.5) * 0.38, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [f"{label}\n{ds}" for ds, label in groups])
+        ax.set_title(f"{m.upper()} ({'lower' if m in ('js', 'brier', 'kl') else 'higher'} is better)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(curves: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Predicted against annotated probability per strategy (``ambinb.aggregate.reliability`` frames)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--", label="calibrated")
+    for name, curve in curves.items():
+        ax.plot(curve.p_hat, curve.p_gt, marker="o", ms=3, label=name)
+    ax.set_xlabel("predicted probability (p_hat)")
+    ax.set_ylabel("annotated probability (p_gt)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
