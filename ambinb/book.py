@@ -19,6 +19,11 @@ from ambinb.paths import project_root, resolve_path
 # chapter page name -> the executed notebook it shows, relative to the run root
 CHAPTERS = {
     "01_labels": "{dataset}/labels/01_labels.ipynb",
+    "02_curate_cot": "{dataset}/curation/02_curate_cot.ipynb",
+    "03_sft": "{dataset}/sft/fold{fold}/03_sft.ipynb",
+    "04_dpo": "{dataset}/dpo/fold{fold}/04_dpo.ipynb",
+    "05_grpo": "{dataset}/grpo_z/fold{fold}/05_grpo.ipynb",
+    "06_ablations": "all/ablations/06_ablations.ipynb",
 }
 
 
@@ -53,18 +58,16 @@ def reproducibility_page(run_root: Path) -> str:
     return head + ("\n".join(rows) if rows else "| (no runs yet) | | | | | |") + "\n"
 
 
-def assemble(run_root: str = "runs", dataset: str = "toy") -> Path:
-    """Write ``book/generated/`` from the run folders; return it."""
+def assemble(run_root: str = "runs", dataset: str = "toy", fold: int = 0) -> Path:
+    """Write ``book/generated/`` from the run folders (chapters 03-05 show fold ``fold``); return it."""
     root = resolve_path(run_root)
     gen = book_dir() / "generated"
     shutil.rmtree(gen, ignore_errors=True)
     gen.mkdir(parents=True)
     for name, pattern in CHAPTERS.items():
-        executed = root / pattern.format(dataset=dataset)
+        executed = root / pattern.format(dataset=dataset, fold=fold)
         if executed.exists():
             shutil.copyfile(executed, gen / f"{name}.ipynb")
-            for png in executed.parent.glob("*.png"):
-                shutil.copyfile(png, gen / png.name)
         else:
             (gen / f"{name}.md").write_text(_placeholder(name, executed.relative_to(project_root())
                                                          if executed.is_relative_to(project_root()) else executed))
