@@ -6,7 +6,8 @@ Every loader returns a pandas DataFrame with the same schema, one row per uttera
 then ``votes_<class>`` (int) for every class, then ``p_<class>`` (float, each row sums to 1),
 then loader-specific extra columns (``n_raters``, ``fallback``; CREMA-D adds ``sex``,
 ``intended``, ``level``). ``p_<class> = votes_<class> / n_votes``, except for the rows marked
-``fallback`` (``n_votes == 0``), whose ``p`` is one-hot at the consensus label.
+``fallback`` (``n_votes == 0``), whose ``p`` is one-hot at the consensus label. ``fold`` is the
+0-based test fold; ``TRAIN_ONLY_FOLD`` (-1) marks rows that are never tested (CREMA-D ``emobox``).
 
 Worked example (IEMOCAP, PAPER.md "IEMOCAP subset")::
 
@@ -36,11 +37,11 @@ from __future__ import annotations
 
 import csv
 import importlib
-import io
 import json
 import math
 import os
 import re
+import sys
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -110,6 +111,14 @@ class LabelNote(UserWarning):
     """Information about how a corpus was loaded (e.g. label-only, no audio); not a problem."""
 
 
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this module."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class _Tally:
     """Collects what a loader skipped and why; raises at the first problem when ``strict``."""
 
@@ -137,7 +146,7 @@ class _Tally:
 
     def note(self, message: str) -> None:
         self.notes.append(message)
-        warnings.warn(message, LabelNote, stacklevel=4)
+        warnings.warn(message, LabelNote, stacklevel=_caller_level())
 
     def attach(self, df: pd.DataFrame, fallback: int, source: Path) -> pd.DataFrame:
         """Emit one warning per problem kind and attach the counters to ``df.attrs``."""
@@ -145,7 +154,7 @@ class _Tally:
             shown = "; ".join(self.examples[kind])
             more = f" (+{count - len(self.examples[kind])} more)" if count > len(self.examples[kind]) else ""
             warnings.warn(f"{count} x {kind}: {shown}{more}. Skipped and counted in df.attrs; strict=True raises.",
-                          LabelWarning, stacklevel=3)
+                          LabelWarning, stacklevel=_caller_level())
         df.attrs["skipped"] = dict(sorted(self.skipped.items()))
         df.attrs["warnings"] = dict(sorted(self.warnings.items()))
         df.attrs["notes"] = list(self.notes)
@@ -205,7 +214,7 @@ def validate_table(df: pd.DataFrame, where: str = "label table") -> pd.DataFrame
     cols = list(SCHEMA_COLUMNS) + [f"votes_{c}" for c in classes] + [f"p_{c}" for c in classes]
     nan = df[cols].isna().to_numpy()
     if nan.any():
-        bad_cols = [c for c, b in zip(cols, nan.any(axis=0)) if b]
+        bad_cols = [c for c, b in zip(cols, nan.any(axis=0), strict=True) if b]
         raise LabelError(f"{where}: missing values in {bad_cols} at {_rows(df, nan.any(axis=1))}")
     datasets = sorted(set(df["dataset"].astype(str)))
     for name in datasets:
@@ -596,11 +605,10 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     return df
 
 
-def _as_int(values: pd.Series) -> pd.Series:
-    """Strings -> nullable integers (<NA> where a value is not a whole number)."""
-    num = pd.to_numeric(values.str.strip(), errors="coerce")
-    whole = num.notna() & (num == num.round())
-    return num.where(whole).astype("Int64")
+def _whole_numbers(values: pd.Series) -> np.ndarray:
+    """Strings -> float64 array of whole numbers, NaN where a value is not one (``"3"`` ok, ``"3.5"``, ``"x"`` not)."""
+    num = pd.to_numeric(values.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    return np.where(num == np.round(num), num, np.nan)
 
 
 def crema_d_speaker_folds(actor_sex: dict[str, str], n_folds: int = 5, seed: int = 0) -> dict[str, int]:
@@ -707,7 +715,7 @@ def load_crema_d(root: str | os.PathLike, strict: bool = False, require_audio: b
                       f"({100000 + clip}) in {votes_path}", skipped="clip:no_voice_votes")
     df = _finish_table(rows, classes, ["n_raters", "fallback", "sex", "intended", "level"])
     if fold_scheme == "speaker":
-        folds = crema_d_speaker_folds(dict(zip(df["speaker"], df["sex"])), n_folds=n_folds, seed=seed)
+        folds = crema_d_speaker_folds(dict(zip(df["speaker"], df["sex"], strict=True)), n_folds=n_folds, seed=seed)
         df["fold"] = df["speaker"].map(folds).astype("int64")
     else:
         df["fold"] = crema_d_emobox_split(df["intended"], seed=seed)
@@ -717,11 +725,11 @@ def load_crema_d(root: str | os.PathLike, strict: bool = False, require_audio: b
 
 
 def _crema_d_clip_names(names: pd.DataFrame, path: Path, tally: _Tally) -> dict[int, str]:
-    numbers = _as_int(names["Stimulus_Number"])
+    numbers = _whole_numbers(names["Stimulus_Number"])
     out: dict[int, str] = {}
-    for i, (num, name) in enumerate(zip(numbers, names["Filename"].str.strip())):
+    for i, (num, name) in enumerate(zip(numbers, names["Filename"].str.strip(), strict=True)):
         where = f"{path} row {i + 2}"
-        if pd.isna(num) or not name:
+        if np.isnan(num) or not name:
             tally.problem("malformed_row", where, "Stimulus_Number or Filename missing or not a number",
                           skipped="SentenceFilenames_row:malformed")
         elif int(num) in out:
@@ -734,7 +742,8 @@ def _crema_d_clip_names(names: pd.DataFrame, path: Path, tally: _Tally) -> dict[
 
 def _crema_d_actors(demo: pd.DataFrame, path: Path, tally: _Tally) -> dict[str, str]:
     out: dict[str, str] = {}
-    for i, (actor, sex) in enumerate(zip(demo["ActorID"].str.strip(), demo["Sex"].str.strip().str.lower())):
+    actors, sexes = demo["ActorID"].str.strip(), demo["Sex"].str.strip().str.lower()
+    for i, (actor, sex) in enumerate(zip(actors, sexes, strict=True)):
         where = f"{path} row {i + 2}"
         if not actor.isdigit():
             tally.problem("malformed_row", where, f"ActorID {actor!r} is not a number",
@@ -751,33 +760,32 @@ def _crema_d_rows(table: pd.DataFrame, path: Path, clip_names: dict[int, str], a
                   audio: set[str] | None, audio_dir: Path, require_audio: bool,
                   tally: _Tally) -> tuple[list[dict[str, Any]], set[int]]:
     """The table's valid voice-only rows as row dicts, and every voice-only clip number seen."""
-    ids = _as_int(table.iloc[:, 0])
-    vote_cols = list(CREMA_D_VOTE_COLUMNS)
-    votes = pd.DataFrame({c: _as_int(table[c]) for c in vote_cols})
-    responses = _as_int(table["numResponses"])
-    file_names = table["fileName"].str.strip()
-    order = [vote_cols[list(CREMA_D_VOTE_COLUMNS.values()).index(c)] for c in CLASSES["crema_d"]]
+    ids = _whole_numbers(table.iloc[:, 0])
+    letters = {name: letter for letter, name in CREMA_D_VOTE_COLUMNS.items()}
+    vote_cols = [letters[c] for c in CLASSES["crema_d"]]
+    votes = np.stack([_whole_numbers(table[c]) for c in vote_cols], axis=1)
+    responses = _whole_numbers(table["numResponses"])
+    file_names = table["fileName"].str.strip().tolist()
     rows: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     voice_clips: set[int] = set()
-    for i in range(len(table)):
+    for i, name in enumerate(file_names):
         where = f"{path} row {i + 2}"
-        if pd.isna(ids.iat[i]):
+        if np.isnan(ids[i]):
             tally.problem("malformed_row", where, f"first column {table.iat[i, 0]!r} is not a number",
                           skipped="row:malformed")
             continue
-        modality, clip = divmod(int(ids.iat[i]), 100000)
+        modality, clip = divmod(int(ids[i]), 100000)
         if modality != 1:
             tally.skip(f"row:modality_{_MODALITY.get(modality, modality)}")
             continue
         voice_clips.add(clip)
-        name = file_names.iat[i]
-        row_votes = votes.iloc[i]
-        if row_votes.isna().any() or (row_votes < 0).any():
-            tally.problem("malformed_row", where, f"vote counts {dict(table.loc[i, vote_cols])} are not "
-                          f"non-negative integers", skipped="row:malformed")
+        if np.isnan(votes[i]).any() or (votes[i] < 0).any():
+            raw = dict(zip(vote_cols, table.loc[i, vote_cols].tolist(), strict=True))
+            tally.problem("malformed_row", where, f"vote counts {raw} are not non-negative integers",
+                          skipped="row:malformed")
             continue
-        counts = [int(row_votes[c]) for c in order]
+        counts = [int(v) for v in votes[i]]
         if sum(counts) == 0:
             tally.problem("zero_votes", where, f"{name} has no votes", skipped="row:zero_votes")
             continue
@@ -799,11 +807,12 @@ def _crema_d_rows(table: pd.DataFrame, path: Path, clip_names: dict[int, str], a
                           skipped="row:duplicate_id")
             continue
         seen[name] = where
-        if pd.isna(responses.iat[i]) or int(responses.iat[i]) != sum(counts):
+        n_raters = sum(counts) if np.isnan(responses[i]) else int(responses[i])
+        if n_raters != sum(counts) or np.isnan(responses[i]):
             tally.problem("vote_count_mismatch", where, f"numResponses {table['numResponses'].iat[i]!r} but the "
                           f"votes sum to {sum(counts)}; the votes are used")
-        rows.append(_crema_d_row(name, m, counts, int(responses.iat[i]) if not pd.isna(responses.iat[i])
-                                 else sum(counts), actor_sex, audio, audio_dir, require_audio, where, tally))
+        rows.append(_crema_d_row(name, m, counts, n_raters, actor_sex, audio, audio_dir, require_audio, where,
+                                 tally))
     return rows, voice_clips
 
 
@@ -821,7 +830,7 @@ def _crema_d_row(name: str, m: re.Match, counts: list[int], n_raters: int, actor
         tally.problem("unknown_category", where, f"intended emotion code {emo!r} unknown (known: "
                       f"{sorted(CREMA_D_INTENDED)})")
     top = max(counts)
-    tied = [c for c, n in zip(classes, counts) if n == top]
+    tied = [c for c, n in zip(classes, counts, strict=True) if n == top]
     consensus = intended if intended in tied else tied[0]
     audio_path = ""
     if audio is not None:
@@ -916,7 +925,8 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no label table there")
-    header = next(csv.reader(io.StringIO(path.read_text().split("\n", 1)[0])), [])
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh), [])
     dtypes = {c: _dtype(c) for c in header if c in SCHEMA_COLUMNS or c.startswith(("votes_", "p_"))
               or c in ("n_raters", "sex", "intended", "level")}
     try:

@@ -51,7 +51,7 @@ def label_overview(df: pd.DataFrame, ambiguous_max_p: float = metrics.AMBIGUOUS_
         bottom += balance[c].to_numpy()
     axes[3].set_title("mean p_gt per test fold")
     axes[3].set_xlabel("fold")
-    axes[3].legend(fontsize=7, loc="lower right")
+    axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
