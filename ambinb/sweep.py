@@ -28,8 +28,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ambinb import config, notebook, results
 from ambinb.paths import resolve_path, run_dir
 

@@ -3,10 +3,9 @@
 import ast
 import json
 import re
-import tomllib
-from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from ambinb import notebook, sweep
