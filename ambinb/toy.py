@@ -19,7 +19,8 @@ Ten voices form five sessions of two speakers (one female, one male voice), like
 
 Everything is deterministic for a seed: utterance ``i`` uses its own generator ``default_rng([seed,
 i])`` and a fresh eSpeak NG instance (eSpeak keeps pitch-flutter and gain state between calls, so
-a reused instance makes an utterance's samples depend on what was spoken before it).
+a reused instance makes an utterance's samples depend on what was spoken before it; it also seeds
+its breath noise from the clock unless told a seed).
 
 Files written by :func:`make_toy` into ``out_dir``::
 
@@ -31,7 +32,7 @@ Files written by :func:`make_toy` into ``out_dir``::
 Example::
 
     >>> df = ensure_toy("runs/toy/corpus", n=800, seed=0)          # doctest: +SKIP
-    toy corpus: built runs/toy/corpus (n=800, seed=0, sessions=5) in 9.8 s
+    toy corpus: built /.../runs/toy/corpus (n=800, seed=0, sessions=5) in 11.0 s; no meta.json
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def draw_prosody(rng: np.random.Generator, mixture: np.ndarray, speaker: Speaker
     """
     out = {}
     for key, sd in PROSODY_JITTER.items():
-        value = float(sum(w * PROSODY[c][key] for w, c in zip(mixture, CLASSES)))
+        value = float(sum(w * PROSODY[c][key] for w, c in zip(mixture, CLASSES, strict=True)))
         if key == "rate":
             value *= speaker.rate_factor
         elif key in ("pitch", "range", "volume"):
@@ -268,7 +269,8 @@ def plan_utterances(n: int = 800, seed: int = 0, sessions: int = 5) -> pd.DataFr
 
     Columns: ``utt_id``, ``speaker``, ``session``, ``voice``, ``primary``, ``secondary``,
     ``latent_<class>``, ``votes_<class>``, ``wording``, ``transcript`` and the eSpeak settings
-    ``rate``, ``pitch``, ``range``, ``volume``, ``wordgap``. Speakers take turns (utterance ``i``
+    ``rate``, ``pitch``, ``range``, ``volume``, ``wordgap`` and ``noise_seed`` (for eSpeak's breath
+    noise). Speakers take turns (utterance ``i``
     belongs to speaker ``i mod 2*sessions``) and utterance ``i`` draws from ``default_rng([seed, i])``,
     so a smaller corpus of the same seed is a prefix of a larger one.
     """
@@ -284,11 +286,12 @@ def plan_utterances(n: int = 800, seed: int = 0, sessions: int = 5) -> pd.DataFr
         votes = draw_votes(rng, mixture)
         transcript, wording = draw_transcript(rng, mixture)
         prosody = draw_prosody(rng, mixture, spk)
+        noise_seed = int(rng.integers(2**31 - 1))
         row = {"utt_id": f"{spk.speaker}_{DATASET}{i:0{width}d}", "speaker": spk.speaker, "session": spk.session,
                "voice": spk.voice, "primary": primary, "secondary": secondary}
-        row.update({f"latent_{c}": float(w) for c, w in zip(CLASSES, mixture)})
-        row.update({f"votes_{c}": int(v) for c, v in zip(CLASSES, votes)})
-        row.update({"wording": wording, "transcript": transcript, **prosody})
+        row.update({f"latent_{c}": float(w) for c, w in zip(CLASSES, mixture, strict=True)})
+        row.update({f"votes_{c}": int(v) for c, v in zip(CLASSES, votes, strict=True)})
+        row.update({"wording": wording, "transcript": transcript, **prosody, "noise_seed": noise_seed})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -344,9 +347,11 @@ class Espeak:
     """eSpeak NG from the ``espeakng-loader`` wheel, with fresh state for every utterance.
 
     eSpeak keeps static state (pitch flutter phase, gain control, random generator) across calls,
-    even across ``espeak_Terminate``/``espeak_Initialize``. So the library is copied once into a
-    private temporary folder and loaded, used and unloaded (``dlclose``) for each utterance: the
-    samples of an utterance then depend only on its text, voice and settings (about 10 ms each).
+    even across ``espeak_Terminate``/``espeak_Initialize``, and seeds its random generator (breath
+    noise of some voices) from the clock. So the library is copied once into a private temporary
+    folder and loaded, used and unloaded (``dlclose``) for each utterance, with the random generator
+    seeded explicitly: an utterance's samples then depend only on its text, voice, settings and
+    noise seed (about 10 ms each).
 
     Use as a context manager::
 
@@ -405,8 +410,11 @@ class Espeak:
             lib.espeak_Info.restype = ctypes.c_char_p
             return lib.espeak_Info(None).decode()
 
-    def speak(self, text: str, voice: str, settings: dict[str, int]) -> tuple[np.ndarray, int]:
+    def speak(self, text: str, voice: str, settings: dict[str, int], noise_seed: int = 0) -> tuple[np.ndarray, int]:
         """Speak ``text`` with ``voice`` and eSpeak ``settings`` (keys of ``_PARAMETER_IDS``).
+
+        ``noise_seed`` seeds eSpeak's own random generator (breath noise of some voices), which it
+        otherwise seeds from the clock.
 
         Returns:
             ``(samples, sample_rate)``: int16 mono samples at eSpeak's rate (22050 Hz).
@@ -420,6 +428,8 @@ class Espeak:
             raise ValueError(f"unknown eSpeak settings {sorted(unknown)}; known: {sorted(_PARAMETER_IDS)}")
         with _ESPEAK_LOCK, self._fresh_library() as (lib, rate):
             lib.espeak_SetSynthCallback(self._callback)
+            lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+            lib.espeak_ng_SetRandSeed(int(noise_seed))
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             code = lib.espeak_SetVoiceByName(voice.encode())
             if code != 0:
@@ -470,7 +480,7 @@ def speak_utterance(tts: Espeak, row: pd.Series) -> tuple[np.ndarray, int]:
     """
     settings = {k: int(row[k]) for k in _PARAMETER_IDS}
     for _ in range(MAX_RESPEAKS + 1):
-        raw, rate = tts.speak(row["transcript"], row["voice"], settings)
+        raw, rate = tts.speak(row["transcript"], row["voice"], settings, noise_seed=int(row["noise_seed"]))
         samples = to_sample_rate(raw, rate)
         seconds = len(samples) / SAMPLE_RATE
         if seconds <= MAX_SECONDS:
@@ -557,15 +567,14 @@ def read_table(out_dir: str | os.PathLike) -> pd.DataFrame:
     at ``out_dir`` so a moved corpus still finds its audio."""
     out = Path(out_dir).resolve()
     dtypes = {"utt_id": str, "dataset": str, "speaker": str, "transcript": str, "audio_path": str, "consensus": str}
-    table = pd.read_csv(out / LABELS_FILE, dtype=dtypes, keep_default_na=False, float_precision="round_trip")
+    table = pd.read_csv(out / LABELS_FILE, dtype=dtypes, keep_default_na=False)
     table["audio_path"] = [str(out / WAV_DIR / f"{u}.wav") for u in table["utt_id"]]
     return table
 
 
 def read_latent(out_dir: str | os.PathLike) -> pd.DataFrame:
     """Read ``latent.csv``: the latent mixture, wording bank and eSpeak settings per utterance."""
-    return pd.read_csv(Path(out_dir) / LATENT_FILE, dtype={"utt_id": str, "secondary": str}, keep_default_na=False,
-                       float_precision="round_trip")
+    return pd.read_csv(Path(out_dir) / LATENT_FILE, dtype={"utt_id": str, "secondary": str}, keep_default_na=False)
 
 
 def _reuse_reason(out: Path, n: int, seed: int, sessions: int) -> str:
