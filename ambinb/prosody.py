@@ -104,9 +104,18 @@ def measure(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ValueError: naming the file when openSMILE cannot read or process it.
     """
+    import soundfile
+
     try:
-        frame = _smile().process_file(str(path))
-    except Exception as err:  # opensmile/audiofile raise several types for unreadable audio
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for unreadable audio
+        raise ValueError(f"{path}: not a readable audio file: {err}") from err
+    if len(samples) == 0:
+        raise ValueError(f"{path}: the audio file is empty")
+    try:
+        # process_signal on samples read here is about twice as fast as process_file
+        frame = _smile().process_signal(samples.mean(axis=1), rate)
+    except Exception as err:
         raise ValueError(f"{path}: openSMILE could not measure this file: {err}") from err
     return frame.to_numpy(dtype=np.float64)[0]
 
@@ -129,7 +138,7 @@ def read_cache(cache_dir: str | os.PathLike) -> pd.DataFrame:
     path = _cache_path(cache_dir)
     if not path.exists():
         return pd.DataFrame(columns=[*KEY_COLUMNS, *feature_names()])
-    table = pd.read_csv(path, float_precision="round_trip")
+    table = pd.read_csv(path)  # pandas parses floats to the exact double written
     missing = [c for c in (*KEY_COLUMNS, *feature_names()) if c not in table.columns]
     if missing:
         log.warning("%s lacks columns %s; ignoring the cache", path, missing[:3])
@@ -169,7 +178,8 @@ def egemaps(paths: Iterable[str | os.PathLike], cache_dir: str | os.PathLike = "
         cache = pd.concat([cache[~stale] if stale is not None else cache, new], ignore_index=True)
         _write_cache(cache, cache_dir)
     table = cache.drop_duplicates("audio_path", keep="last").set_index("audio_path")
-    return table.loc[wanted, feature_names()].astype(np.float64)
+    values = table.loc[wanted, feature_names()].to_numpy(dtype=np.float64)
+    return pd.DataFrame(values, index=pd.Index(wanted, dtype=object, name="audio_path"), columns=feature_names())
 
 
 def _write_cache(cache: pd.DataFrame, cache_dir: str | os.PathLike) -> None:
@@ -248,3 +258,25 @@ def utterance_features(df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame:
 def speaker_normalised(df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame:
     """All 88 eGeMAPS functionals as per-speaker z-scores, indexed by ``utt_id`` (NaN without audio)."""
     return speaker_zscores(utterance_features(df, cfg), df["speaker"].astype(str))
+
+
+def by_class_figure(table: pd.DataFrame, label: pd.Series) -> Any:
+    """One box plot per prosody dimension: the speaker z-scores grouped by ``label`` (e.g. consensus).
+
+    ``table`` is :func:`prosody_table`'s output; ``label`` is indexed by ``utt_id``.
+    """
+    import matplotlib.pyplot as plt
+
+    dims = list(DIMENSIONS)
+    joined = table[dims].join(label.rename("label"), how="inner").dropna()
+    order = sorted(joined["label"].unique())
+    fig, axes = plt.subplots(1, len(dims), figsize=(2.3 * len(dims), 3.2), sharey=True)
+    for ax, dim in zip(axes, dims, strict=True):
+        ax.boxplot([joined.loc[joined["label"] == c, dim] for c in order], showfliers=False)
+        ax.set_xticks(range(1, len(order) + 1), order, rotation=45, ha="right")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        up, down, _ = WORDS[dim]
+        ax.set_title(f"{dim}\n(+ {up.split(' than')[0]})", fontsize=9)
+    axes[0].set_ylabel("z within speaker")
+    fig.tight_layout()
+    return fig

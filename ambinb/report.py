@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _stage("01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb", common)
     _stage("02_curate_cot", run_dir(dataset, "curation", None, root) / "02_curate_cot.ipynb",
-           {**common, "fold": fold})
+           {**common, "fold": fold, "subset": "all"})  # every fold trains on its own share
     sweep.run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
                     threads_per_run=spec.get("threads_per_run"))
     print(sweep.status_table(runs))

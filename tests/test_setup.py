@@ -59,7 +59,7 @@ def test_notebook_is_thin_and_clean(path):
 
 def test_every_parameter_passed_to_a_notebook_exists():
     """What the report and the sweeps pass must be declared in the notebook's parameters cell."""
-    passed = {"01_labels": {"dataset", "run_root"}, "02_curate_cot": {"dataset", "run_root", "fold"},
+    passed = {"01_labels": {"dataset", "run_root"}, "02_curate_cot": {"dataset", "run_root", "fold", "subset"},
               "06_ablations": {"run_root", "datasets", "folds"}}
     for nb_name, names in passed.items():
         notebook.check_parameters(notebook.notebook_path(nb_name), {n: None for n in names})

@@ -1,0 +1,483 @@
+"""Curation: the template writer and reader, schemas, the store, retries and faults against a local
+OpenAI-compatible server driven through the real ``openai`` client, key hygiene, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fake_openai import FakeOpenAI, audio_parts
+
+from ambinb import config, cot, curation, metrics
+
+CLASSES = ["anger", "happiness", "sadness", "neutral"]
+TRANSCRIPTS = ["Stop lying to me!", "I'm so happy for you.", "I miss her so much.", "The train leaves at seven.",
+               "We got the house!", "I feel so alone.", "Get out of my way right now.", "The door was open.",
+               "The meeting is on Thursday.", "I love this song so much.", "It's all my fault.",
+               "This is completely unacceptable."]
+KEY_ENV = "AMBINB_TEST_CURATION_KEY"
+FAKE_KEY = "test-key-QX7-curation-never-written-9f41"  # distinctive, and not shaped like a real key
+
+
+def make_table(n: int = 8, n_folds: int = 2) -> pd.DataFrame:
+    """A dataset table in the ambinb schema without audio: votes cycle through a few patterns."""
+    patterns = [(3, 0, 0, 0), (0, 2, 0, 1), (0, 0, 2, 2), (1, 0, 0, 4), (2, 2, 0, 0), (0, 0, 5, 0)]
+    rows = []
+    for i in range(n):
+        votes = patterns[i % len(patterns)]
+        speaker = f"spk{i % (2 * n_folds)}"
+        row = {"utt_id": f"u{i:03d}", "dataset": "toy", "speaker": speaker, "session": i % n_folds + 1,
+               "fold": i % n_folds, "transcript": TRANSCRIPTS[i % len(TRANSCRIPTS)] if i < len(TRANSCRIPTS)
+               else f"Plain sentence number {i}.", "audio_path": "",
+               "consensus": CLASSES[int(np.argmax(votes))], "n_votes": sum(votes)}
+        row.update({f"votes_{c}": v for c, v in zip(CLASSES, votes, strict=True)})
+        row.update({f"p_{c}": v / sum(votes) for c, v in zip(CLASSES, votes, strict=True)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_cfg(tmp_path: Path, **overrides) -> dict:
+    base = dict(run_root=str(tmp_path / "runs"), prosody_cache=str(tmp_path / "cache"), backoff_base=0.001,
+                backoff_max=0.01, curation_timeout=5.0, curation_concurrency=1, api_key_env=KEY_ENV)
+    base.update(overrides)
+    return config.resolve(dataset="toy", strategy="base", fold=0, overrides=base)
+
+
+def item(p=(0.7, 0.0, 0.0, 0.3), transcript="Stop lying to me!", prosody=None) -> curation.Item:
+    pros = prosody if prosody is not None else {"loudness": 1.3, "rate": 0.8, "pitch": 0.1, "pitch_var": 0.2,
+                                                "tension": 0.9, "roughness": -0.1}
+    return curation.Item("u1", transcript, "", tuple(CLASSES), tuple(p), pros)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+# --- evidence, hedges, template writer and reader ---------------------------------------------------
+
+def test_text_cues_find_words_on_word_bounds():
+    assert curation.text_cues("Stop lying to me!", CLASSES) == {"anger": ["stop", "lying"]}
+    assert curation.text_cues("The bus stopped.", CLASSES) == {}  # "stop" is not "stopped"
+    # "enough" (anger) inside "not good enough" (sadness) is not a cue of its own
+    assert curation.text_cues("Maybe I'm just not good enough.", CLASSES) == {"sadness": ["not good enough"]}
+    assert curation.text_cues("I can't wait, I love it but I miss him", CLASSES) == {
+        "happiness": ["love", "can't wait"], "sadness": ["miss"]}
+
+
+def test_supported_classes_follow_the_prototypes():
+    assert curation.supported_classes("loudness", 1.2, CLASSES) == ["anger", "happiness"]
+    assert curation.supported_classes("loudness", -0.6, CLASSES) == ["sadness"]
+    assert curation.supported_classes("loudness", 0.2, CLASSES) == ["neutral"]
+    assert curation.supported_classes("pitch", 0.2, CLASSES) == []  # neutral makes no claim on pitch level
+    assert curation.supported_classes("rate", float("nan"), CLASSES) == []
+
+
+def test_hedges_cover_the_bands():
+    assert [curation.hedge(s) for s in (1.0, 0.85, 0.7, 0.5, 0.3, 0.2, 0.06, 0.04)] == [
+        "almost certain", "almost certain", "likely", "about as likely as not", "a real possibility", "possible",
+        "a faint possibility", None]
+
+
+def test_synthesis_sentence_and_its_reading_by_hand():
+    text = curation.synthesis_sentence(["anger", "sadness", "neutral"], [0.7, 0.0, 0.3])
+    assert text == "Weighing text and voice, anger is likely and neutral is a real possibility."
+    q = curation.read_hedges(text, ["anger", "sadness", "neutral"])
+    np.testing.assert_allclose(q, [0.72 / 1.04, 0.0, 0.32 / 1.04])
+    assert curation.read_hedges("No hedge at all.", CLASSES) is None
+
+
+def test_template_reader_mixes_hedges_and_cited_cues_by_hand():
+    think = cot.render_think(
+        ["x"], "Words (cue for anger).",
+        {"Volume": "loud (cue for anger or happiness).", "Speed": "s.", "Pitch": "p.", "Tone": "t."},
+        "Weighing text and voice, anger is likely and neutral is a real possibility.")
+    # cues: anger 1 + 1/2, happiness 1/2 -> + 0.5 each -> (2, 1, 0.5, 0.5) / 4
+    cues = np.array([2.0, 1.0, 0.5, 0.5]) / 4
+    stated = np.array([0.72, 0.0, 0.0, 0.32]) / 1.04
+    expected = 0.7 * stated + 0.3 * cues
+    np.testing.assert_allclose(curation.read_template_cot(think, CLASSES), expected)
+    resolved = think.replace("possibility.", "possibility. " + curation.RESOLVED_SENTENCE)
+    np.testing.assert_allclose(curation.read_template_cot(resolved, CLASSES), 0.8 * stated + 0.2 * cues)
+
+
+def test_template_cot_is_deterministic_well_formed_and_names_majority_and_minority():
+    it = item()
+    think = curation.template_cot(it)
+    assert think == curation.template_cot(it)
+    assert cot.format_ok(cot.render_output(think, "anger"), CLASSES)
+    parts = cot.parse_think(think)
+    assert all(parts[k] for k in ("keywords", "text", "audio", "synthesis"))
+    assert all(f"{a}:" in parts["audio"] for a in cot.AUDIO_ASPECTS)
+    assert "majority reading is anger" in parts["synthesis"] and "minority reading is neutral" in parts["synthesis"]
+    assert "much louder than the speaker's usual (cue for anger or happiness)" in parts["audio"]
+    assert not any(ch.isdigit() for ch in parts["synthesis"])
+
+
+def test_template_synthesis_with_tied_leaders_names_no_majority():
+    synthesis = cot.parse_think(curation.template_cot(item(p=(0.4, 0.4, 0.2, 0.0))))["synthesis"]
+    assert "No single reading dominates: anger and happiness are evenly balanced" in synthesis
+    assert "the minority reading is sadness." in synthesis and "majority" not in synthesis
+
+
+def test_template_attempts_focus_then_resolve():
+    it = item(p=(0.0, 0.0, 0.0, 1.0))  # the words and the voice say anger, the target says neutral
+    first, second, third = (curation.template_cot(it, k) for k in (1, 2, 3))
+    assert "(cue for anger" in first and "(cue for anger" not in second
+    assert curation.RESOLVED_SENTENCE not in second and curation.RESOLVED_SENTENCE in third
+
+
+def test_contradicted_target_is_rejected_and_agreeing_one_accepted():
+    backend = curation.TemplateBackend()
+    agreeing = curation.curate_one(backend, item(p=(1.0, 0, 0, 0)), 0.05, 3, "v1")
+    contradicted = curation.curate_one(backend, item(p=(0, 0, 1.0, 0)), 0.05, 3, "v1")
+    assert agreeing["status"] == "accepted" and agreeing["validation_js"] <= 0.05
+    assert contradicted["status"] == "rejected" and len(contradicted["attempts"]) == 3
+    js_values = [a["js"] for a in contradicted["attempts"]]
+    assert contradicted["validation_js"] == min(js_values) > 0.05
+    assert contradicted["cot"] == min(contradicted["attempts"], key=lambda a: a["js"])["cot"]
+    # the recorded JS is the metric's JS between the target and the recorded reader distribution
+    q = np.array([[contradicted["validation"][c] for c in CLASSES]])
+    assert abs(metrics.js(np.array([[0, 0, 1.0, 0]]), q)[0] - contradicted["validation_js"]) < 1e-5
+
+
+def test_no_audio_is_said_not_invented():
+    think = curation.template_cot(item(prosody={}))
+    assert think.count("not measured (no audio for this utterance)") == 4
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+GOOD = {"keywords": ["loud", '"stop"'], "text": "Angry words.",
+        "audio": {"Volume": "loud", "Speed": "fast", "Pitch": "high", "Tone": "tense"},
+        "synthesis": "Mostly anger, with a real chance of neutral."}
+
+
+def test_parse_generation_accepts_the_schema_and_a_code_fence():
+    assert curation.parse_generation(json.dumps(GOOD))["audio"]["Tone"] == "tense"
+    assert curation.parse_generation("```json\n" + json.dumps(GOOD) + "\n```")["keywords"] == GOOD["keywords"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (json.dumps(GOOD)[:40], "not valid JSON"),
+    ("", "empty answer"),
+    ("[1, 2]", "not an object"),
+    (json.dumps({**GOOD, "keywords": "loud"}), "keywords must be a non-empty list"),
+    (json.dumps({**GOOD, "audio": {"Volume": "x"}}), "audio lacks ['Speed', 'Pitch', 'Tone']"),
+    (json.dumps({**GOOD, "synthesis": ""}), "synthesis must be a non-empty string"),
+    (json.dumps({**GOOD, "synthesis": "anger 67%, neutral 33%"}), "numeric shares"),
+    (json.dumps({**GOOD, "synthesis": "anger about 0.7"}), "numeric shares"),
+])
+def test_parse_generation_rejects_with_the_reason(content, message):
+    with pytest.raises(curation.AttemptError, match=re.escape(message)):
+        curation.parse_generation(content)
+
+
+def test_parse_validation():
+    q = curation.parse_validation('{"distribution": {"Anger": 0.6, "neutral": 0.4}}', CLASSES)
+    np.testing.assert_allclose(q, [0.6, 0, 0, 0.4])
+    np.testing.assert_allclose(curation.parse_validation('{"distribution": {"anger": 0.505, "sadness": 0.5}}',
+                                                         CLASSES), [0.505 / 1.005, 0, 0.5 / 1.005, 0])
+    for bad, message in [('{"distribution": {"fear": 1.0}}', "unknown label 'fear'"),
+                         ('{"distribution": {"anger": 0.5}}', "sums to 0.5000"),
+                         ('{"distribution": {"anger": true}}', "not a probability"),
+                         ('{"distribution": {"anger": -0.1, "sadness": 1.1}}', "not a probability"),
+                         ('{"dist": [1]}', "expected {\"distribution\"")]:
+        with pytest.raises(curation.AttemptError, match=re.escape(message)):
+            curation.parse_validation(bad, CLASSES)
+
+
+def test_backoff_delay_doubles_within_jitter_and_is_seeded():
+    rng = random.Random(0)
+    delays = [curation.backoff_delay(k, 1.0, 30.0, rng) for k in range(7)]
+    for k, d in enumerate(delays):
+        ceiling = min(30.0, 2.0**k)
+        assert ceiling / 2 <= d <= ceiling
+    rng2 = random.Random(0)
+    assert delays == [curation.backoff_delay(k, 1.0, 30.0, rng2) for k in range(7)]
+
+
+def test_cost_from_prices_by_hand(tmp_path):
+    cfg = make_cfg(tmp_path, price_prompt_per_1k=0.0025, price_completion_per_1k=0.01)
+    assert curation.cost_usd({"prompt": 2000, "completion": 500}, cfg) == pytest.approx(0.01)
+
+
+# --- the store -------------------------------------------------------------------------------------
+
+def test_store_ignores_and_repairs_a_truncated_last_line(tmp_path, caplog):
+    store = curation.CotStore(tmp_path / "cot.jsonl")
+    store.append({"utt_id": "a", "prompt_version": "v1", "status": "accepted"})
+    with open(store.path, "a") as fh:
+        fh.write('{"utt_id": "b", "prompt_vers')  # a crash mid-write
+    assert [r["utt_id"] for r in store.records()] == ["a"]
+    assert "truncated last line" in caplog.text
+    store.repair()
+    store.append({"utt_id": "b", "prompt_version": "v1", "status": "accepted"})
+    assert [r["utt_id"] for r in lines(store.path)] == ["a", "b"]
+
+
+def test_store_names_a_corrupt_line(tmp_path):
+    path = tmp_path / "cot.jsonl"
+    path.write_text('{"utt_id": "a", "prompt_version": "v1"}\nnot json\n{"utt_id": "c", "prompt_version": "v1"}\n')
+    with pytest.raises(ValueError, match="cot.jsonl, line 2"):
+        curation.CotStore(path).records()
+
+
+def test_load_curated_keeps_the_latest_record_per_key(tmp_path):
+    store = curation.CotStore(tmp_path / "cot.jsonl")
+    store.append({"utt_id": "a", "prompt_version": "v1", "status": "failed", "accepted": False})
+    store.append({"utt_id": "a", "prompt_version": "v2", "status": "accepted", "accepted": True})
+    store.append({"utt_id": "a", "prompt_version": "v1", "status": "accepted", "accepted": True})
+    df = curation.load_curated(store.path)
+    assert len(df) == 2 and set(df["status"]) == {"accepted"}
+    assert len(curation.load_curated(store.path, "v2")) == 1
+    assert curation.load_curated(tmp_path / "none.jsonl").empty
+
+
+# --- the template run end to end -------------------------------------------------------------------
+
+def test_curate_template_train_only_resumes_and_feeds_training(tmp_path):
+    df = make_table(12)
+    cfg = make_cfg(tmp_path)
+    summary = curation.curate(cfg, df, progress=False)
+    path = curation.store_path(cfg)
+    records = lines(path)
+    train_ids = set(df.loc[df["fold"] != 0, "utt_id"])
+    assert {r["utt_id"] for r in records} == train_ids and len(records) == len(train_ids)
+    assert summary["utterances"] == len(train_ids) and summary["skipped"] == 0
+    assert summary["accepted"] + summary["rejected"] + summary["failed"] == len(train_ids)
+    assert summary["tokens_prompt"] == 0 and summary["cost_usd"] == 0
+    for r in records:
+        assert set(r) >= {"utt_id", "cot", "p_gt", "accepted", "validation_js", "attempts", "backend", "model",
+                          "prompt_version", "tokens"}
+        assert r["backend"] == "template" and r["prompt_version"] == cfg["prompt_version"]
+        assert cot.parse_think(r["cot"])["synthesis"]
+    # rerun: nothing new, same file
+    before = path.read_bytes()
+    again = curation.curate(cfg, df, progress=False)
+    assert again["skipped"] == len(train_ids) and again["run"]["utterances"] == 0 and path.read_bytes() == before
+    cots = curation.accepted_cots(cfg)
+    assert set(cots) == {r["utt_id"] for r in records if r["accepted"]}
+    assert json.loads((path.parent / "summary.json").read_text())["accepted"] == summary["accepted"]
+    # a new prompt version curates afresh beside the old records
+    curation.curate({**cfg, "prompt_version": "v2"}, df, progress=False)
+    assert len(lines(path)) == 2 * len(train_ids)
+
+
+def test_curate_template_on_real_speech_cites_measured_prosody(tmp_path):
+    from ambinb.toy import ensure_toy
+
+    df = ensure_toy(tmp_path / "toy", n=30, seed=5, sessions=3)
+    cfg = make_cfg(tmp_path, prosody_workers=1)
+    summary = curation.curate(cfg, df, progress=False)
+    records = lines(curation.store_path(cfg))
+    assert len(records) == summary["utterances"] == int((df["fold"] != 0).sum())
+    audio_steps = [cot.parse_think(r["cot"])["audio"] for r in records]
+    assert not any("not measured" in a for a in audio_steps)
+    assert sum("than the speaker's usual" in a for a in audio_steps) > len(records) // 2
+
+
+def test_curate_refuses_another_writer_under_the_same_prompt_version(tmp_path):
+    df = make_table(6)
+    cfg = make_cfg(tmp_path)
+    curation.curate(cfg, df, progress=False)
+
+    class Other(curation.TemplateBackend):
+        model = "other-model"
+
+    with pytest.raises(curation.CurationError, match="set a new prompt_version"):
+        curation.curate(cfg, make_table(8), backend=Other(), progress=False)
+
+
+# --- the openai backend against the local fake server ----------------------------------------------
+
+@pytest.fixture
+def server():
+    with FakeOpenAI() as srv:
+        yield srv
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+
+
+def openai_cfg(tmp_path, srv, **kw):
+    return make_cfg(tmp_path, backend="openai", curation_model="fake-audio-model", base_url=srv.base_url, **kw)
+
+
+def test_openai_backend_happy_path_tokens_cost_and_concurrency(tmp_path, server, key_env):
+    df = make_table(12)
+    cfg = openai_cfg(tmp_path, server, curation_concurrency=3, price_prompt_per_1k=1.0, price_completion_per_1k=2.0)
+    summary = curation.curate(cfg, df, subset="all", progress=False)
+    assert summary["accepted"] == 12 and summary["attempts"] == 12
+    assert server.count("write") == 12 and server.count("read") == 12
+    assert summary["tokens_prompt"] > 0 and summary["tokens_completion"] > 0
+    assert summary["cost_usd"] == pytest.approx((summary["tokens_prompt"] * 1.0
+                                                 + summary["tokens_completion"] * 2.0) / 1000, abs=1e-6)
+    assert all(c["auth"] == f"Bearer {FAKE_KEY}" for c in server.calls)
+    reads = [c for c in server.calls if c["kind"] == "read"]
+    assert all("Listeners' split" not in json.dumps(c["body"]) for c in reads), "the reader must not see the target"
+    rec = lines(curation.store_path(cfg))[0]
+    assert rec["backend"] == "openai" and rec["model"] == "fake-audio-model"
+    assert cot.format_ok(cot.render_output(rec["cot"], "anger"), CLASSES)
+
+
+def test_openai_sends_audio_only_when_asked(tmp_path, server, key_env):
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF-not-really-a-wav")
+    it = curation.Item("u1", "Stop lying to me!", str(wav), tuple(CLASSES), (1.0, 0, 0, 0), {})
+    curation.OpenAIBackend(openai_cfg(tmp_path, server, send_audio=True)).generate(it, 1)
+    curation.OpenAIBackend(openai_cfg(tmp_path, server, send_audio=False)).generate(it, 1)
+    sent = [audio_parts(c["body"]) for c in server.calls]
+    import base64
+
+    assert sent[0] == [{"data": base64.b64encode(wav.read_bytes()).decode(), "format": "wav"}]
+    assert sent[1] == []
+
+
+def test_rate_limits_and_server_errors_are_retried_with_backoff(tmp_path, server, key_env):
+    waits = []
+    cfg = openai_cfg(tmp_path, server, backoff_base=0.5, backoff_max=8.0)
+    backend = curation.OpenAIBackend(cfg, sleep=waits.append)
+    server.push("write", "429", "500", "429")
+    rec = curation.curate_one(backend, item(p=(1.0, 0, 0, 0)), 0.05, 3, "v1")
+    assert rec["status"] == "accepted" and len(rec["attempts"]) == 1
+    assert server.count("write") == 4
+    # retry k waits within [c/2, c], c = min(cap, base * 2**k); retry-after 0 never shortens it
+    assert len(waits) == 3
+    for k, w in enumerate(waits):
+        assert 0.5 * 2**k / 2 <= w <= 0.5 * 2**k
+
+
+def test_timeouts_are_retried(tmp_path, key_env):
+    with FakeOpenAI(slow_seconds=1.0) as srv:
+        cfg = openai_cfg(tmp_path, srv, curation_timeout=0.2)
+        srv.push("read", "slow")
+        rec = curation.curate_one(curation.OpenAIBackend(cfg), item(p=(1.0, 0, 0, 0)), 0.05, 3, "v1")
+        assert rec["status"] == "accepted" and srv.count("read") == 2
+
+
+def test_transport_that_never_recovers_fails_the_attempt(tmp_path, server, key_env):
+    cfg = openai_cfg(tmp_path, server, curation_retries=2)
+    server.push("write", *["500"] * 3)
+    rec = curation.curate_one(curation.OpenAIBackend(cfg), item(p=(1.0, 0, 0, 0)), 0.05, 2, "v1")
+    assert rec["attempts"][0]["error"].startswith("transport: gave up after 2 retries (InternalServerError")
+    assert rec["status"] == "accepted" and len(rec["attempts"]) == 2  # the second attempt got through
+
+
+def test_truncated_json_and_wrong_schema_use_up_attempts_then_fail(tmp_path, server, key_env):
+    cfg = openai_cfg(tmp_path, server)
+    backend = curation.OpenAIBackend(cfg)
+    server.push("write", "truncated", "wrong_schema")
+    server.push("read", "wrong_schema")
+    rec = curation.curate_one(backend, item(p=(1.0, 0, 0, 0)), 0.05, 3, "v1")
+    errors = [a["error"] for a in rec["attempts"]]
+    assert "writer: answer is not valid JSON" in errors[0]
+    assert "writer: schema: keywords must be a non-empty list" in errors[1]
+    assert "reader: schema: expected {\"distribution\"" in errors[2]
+    assert rec["status"] == "failed" and rec["cot"] is None and rec["error"] == errors[2]
+    assert rec["tokens"]["completion"] > 0  # malformed answers still cost tokens
+
+
+def test_far_reading_is_rejected_then_rewritten_with_feedback(tmp_path, server, key_env):
+    cfg = openai_cfg(tmp_path, server)
+    server.push("read", "far")
+    rec = curation.curate_one(curation.OpenAIBackend(cfg), item(p=(0.6, 0, 0, 0.4)), 0.05, 3, "v1")
+    assert [a["accepted"] for a in rec["attempts"]] == [False, True] and rec["status"] == "accepted"
+    assert rec["attempts"][0]["js"] > 0.5
+    second_write = [c for c in server.calls if c["kind"] == "write"][1]
+    assert "An earlier analysis of this utterance was read as" in json.dumps(second_write["body"])
+
+
+def test_failed_records_are_redone_on_rerun(tmp_path, server, key_env):
+    df = make_table(4)
+    cfg = openai_cfg(tmp_path, server, curation_attempts=1)
+    server.push("write", "wrong_schema")
+    first = curation.curate(cfg, df, subset="all", progress=False)
+    assert first["failed"] == 1
+    second = curation.curate(cfg, df, subset="all", progress=False)
+    assert second["failed"] == 0 and second["accepted"] == 4 and second["run"]["utterances"] == 1
+    assert len(curation.load_curated(curation.store_path(cfg))) == 4
+
+
+def test_refused_credentials_stop_the_run(tmp_path, server, key_env):
+    cfg = openai_cfg(tmp_path, server)
+    server.push("any", "401")
+    with pytest.raises(curation.CurationError, match="AuthenticationError, status 401"):
+        curation.curate(cfg, make_table(4), subset="all", progress=False)
+
+
+def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    cfg = make_cfg(tmp_path, backend="openai")
+    with pytest.raises(curation.CurationError, match=KEY_ENV):
+        curation.make_backend(cfg)
+    assert curation.api_key({**cfg, "base_url": "http://127.0.0.1:9/v1"}) == "no-key"
+
+
+def test_the_key_is_never_written(tmp_path, server, key_env, caplog):
+    caplog.set_level("DEBUG")
+    cfg = openai_cfg(tmp_path, server)
+    server.push("write", "429", "truncated")
+    server.push("any", "500")
+    curation.curate(cfg, make_table(6), subset="all", progress=True)
+    assert server.calls and all(FAKE_KEY in c["auth"] for c in server.calls)  # it was used ...
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "cot.jsonl" for p in written) and any(p.name == "summary.json" for p in written)
+    for p in written:  # ... and appears in no file written, nor in the log
+        assert FAKE_KEY.encode() not in p.read_bytes(), p
+    assert FAKE_KEY not in caplog.text
+    assert "api_key" not in json.dumps({k: v for k, v in cfg.items() if k != "api_key_env"})
+
+
+# --- kill and resume ---------------------------------------------------------------------------------
+
+RUNNER = """
+import json, sys
+import pandas as pd
+from ambinb import curation
+cfg = json.load(open(sys.argv[1]))
+curation.curate(cfg, pd.read_json(sys.argv[2], orient="records"), subset="all", progress=False)
+"""
+
+
+def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path, key_env):
+    df = make_table(40)
+    df["transcript"] = [f"Plain sentence number {i}." for i in range(len(df))]  # one transcript per utterance
+    with FakeOpenAI(delay=0.04) as srv:
+        cfg = openai_cfg(tmp_path, srv, curation_concurrency=2)
+        (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+        df.to_json(tmp_path / "table.json", orient="records")
+        (tmp_path / "runner.py").write_text(RUNNER)
+        path = curation.store_path(cfg)
+        env = {**os.environ, "PYTHONPATH": str(Path(curation.__file__).parent.parent)}
+        proc = subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "cfg.json"),
+                                 str(tmp_path / "table.json")], env=env)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not path.exists() or path.read_bytes().count(b"\n") < 5):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = {r["utt_id"] for r in curation.CotStore(path).records()}
+        assert 5 <= len(done_before) < len(df), "the run was not killed part-way"
+        transcripts_done = set(df.loc[df["utt_id"].isin(done_before), "transcript"])
+        calls_before = len(srv.calls)
+
+        summary = curation.curate(cfg, df, subset="all", progress=False)
+
+        new_calls = srv.calls[calls_before:]
+        assert not {c["transcript"] for c in new_calls} & transcripts_done, "finished utterances were redone"
+        assert summary["skipped"] == len(done_before) and summary["accepted"] == len(df)
+        ids = [r["utt_id"] for r in lines(path)]  # every line parses: no truncated tail remains
+        assert sorted(ids) == sorted(df["utt_id"]), "every utterance exactly once"
+
