@@ -92,10 +92,12 @@ def check_duration(wave: np.ndarray, utt_id: str, max_seconds: float = 30.0, tru
 
     Raises:
         AudioError: naming the utterance and both durations, when too long and ``truncate`` is False,
-            or when the waveform is empty.
+            or when the waveform is empty or too short for one audio token (under 480 samples).
     """
     if wave.size == 0:
         raise AudioError(f"{utt_id}: empty audio")
+    if n_audio_tokens(wave.shape[0] // HOP) < 1:
+        raise AudioError(f"{utt_id}: audio of {wave.shape[0]} samples is too short to give one audio token")
     limit = int(round(max_seconds * SAMPLE_RATE))
     if wave.shape[0] <= limit:
         return wave
@@ -161,16 +163,21 @@ def n_audio_tokens(n_frames: int | torch.Tensor) -> int | torch.Tensor:
 
 # --- the model's parts, whether or not peft wraps it ----------------------------------------
 
+def base_model(model: Any) -> Any:
+    """The ``Qwen2AudioForConditionalGeneration`` inside DDP (``.module``) and peft wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def core(model: Any) -> Any:
-    """The ``Qwen2AudioModel`` inside a ``Qwen2AudioForConditionalGeneration`` (peft-wrapped or not)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
+    """The ``Qwen2AudioModel`` (audio tower, projector, language model) of a possibly wrapped model."""
+    return base_model(model).model
 
 
 def audio_token_id(model: Any) -> int:
     """The id of ``<|AUDIO|>`` in the model's config."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return int(base.config.audio_token_id)
+    return int(base_model(model).config.audio_token_id)
 
 
 def tower_hash(model: Any) -> str:
@@ -231,7 +238,7 @@ def merge_audio(model: Any, input_ids: torch.Tensor, audio: list[torch.Tensor] |
         ValueError: audio tokens without features, or counts that do not match, naming the row.
     """
     m = core(model)
-    embeds = model.get_input_embeddings()(input_ids)
+    embeds = base_model(model).get_input_embeddings()(input_ids)
     is_audio = input_ids == audio_token_id(model)
     per_row = is_audio.sum(-1).tolist()
     rows_with_audio = [i for i, n in enumerate(per_row) if n]
@@ -268,6 +275,35 @@ def lm_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return model(**kwargs)
 
 
+def lm_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              audio: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None,
+              cache: Any = None, use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+    """The language model's last hidden states (B, T, hidden) and its cache, without the head.
+
+    For callers that need logits at a few positions only (the readout, the rollout's prefill): a
+    vocabulary of 150k makes full (B, T, V) logits the largest tensor of a real-size forward. It
+    calls the inner model, past any DDP wrapper: a distributed training loss should go through
+    :func:`lm_forward` (the outer forward) or unwrap deliberately.
+    """
+    embeds = merge_audio(model, input_ids, audio)
+    kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": use_cache}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if cache is not None:
+        kwargs["cache"] = cache
+    out = core(model)(**kwargs)
+    return out.last_hidden_state, out.cache
+
+
+def head_logits(model: Any, hidden: torch.Tensor, float32: bool = False) -> torch.Tensor:
+    """The LM head on hidden states (..., hidden) -> (..., V); in float32 when asked (the readout)."""
+    head = base_model(model).lm_head
+    if float32:
+        bias = head.bias.float() if head.bias is not None else None
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+    return head(hidden)
+
+
 # --- the feature cache ----------------------------------------------------------------------
 
 @dataclass
@@ -297,7 +333,7 @@ class _Mel:
 class AudioFeatureCache:
     """Tower outputs per utterance, computed once (frozen tower) and reused; mel features otherwise.
 
-    >>> cache = AudioFeatureCache(model, processor.feature_extractor, cache_dir=".cache/audio_features")  # doctest: +SKIP
+    >>> cache = AudioFeatureCache(model, processor.feature_extractor, ".cache/audio_features")  # doctest: +SKIP
     >>> feats = cache.features(["utt1", "utt2"], [wave1, wave2])    # two (n_i, d_audio) tensors  # doctest: +SKIP
 
     Attributes:
@@ -316,12 +352,6 @@ class AudioFeatureCache:
         self._mel: dict[tuple[str, str], _Mel] = {}
         self.tower_calls = 0
         self.hits = 0
-
-    def _check_tower(self) -> bool:
-        """True when cached tower outputs may be used (frozen tower with the weights hashed at creation)."""
-        if not tower_is_frozen(self.model):
-            return False
-        return True
 
     def refresh(self) -> None:
         """Re-hash the tower (call after loading other weights into it); stale entries are not used."""
@@ -351,7 +381,7 @@ class AudioFeatureCache:
         """The tower output (n_i, d_audio) of each utterance; frozen tower: computed at most once each."""
         if len(utt_ids) != len(waves):
             raise ValueError(f"{len(utt_ids)} utterance ids for {len(waves)} waveforms")
-        if not self._check_tower():
+        if not tower_is_frozen(self.model):
             feats, masks = self.mels(utt_ids, waves)
             self.tower_calls += len(utt_ids)
             return run_tower(self.model, feats, masks)

@@ -33,10 +33,9 @@ ENDOFTEXT = "<|endoftext|>"
 
 _INSTRUCTIONS = {
     "ambinb": (
-        "Which emotion does the speaker express? Think first inside {think_open} {think_close}: a "
-        "Keywords line, then Step 1 (text) on the words, Step 2 (audio) on the voice ("
-        + ", ".join(AUDIO_ASPECTS)
-        + "), and Step 3 (synthesis). Then give one class name inside {answer_open} {answer_close}."
+        "Which emotion does the speaker express? Reason inside {think_open} {think_close}: Keywords, Step 1 "
+        "(text), Step 2 (audio: " + ", ".join(AUDIO_ASPECTS) + "), Step 3 (synthesis). Then answer with one class "
+        "inside {answer_open} {answer_close}."
     ),
     "audio_reasoner": (
         "What emotion does the speaker express in this audio? Choose one of the listed classes and give "

@@ -1,0 +1,120 @@
+"""Held-out evaluation of a model, and the ``base`` strategy (the untrained model's row).
+
+:func:`evaluate` writes a CoT per test utterance (greedy, the rollout code with K = 1), reads
+p_hat out at the slot after the answer tag the model wrote (or an appended one, counted as a
+format failure), and writes ``predictions.jsonl`` and ``metrics.json`` through
+:func:`ambinb.results.write_evaluation`, with the training-prior predictor scored beside it.
+:func:`run_base` is the whole ``base`` strategy: load the data and the model, evaluate untouched.
+
+Extra entries in ``metrics.json``: ``format_rate`` (share passing PAPER.md's format check),
+``answer_tag_rate`` (share where the model wrote the answer tag itself), ``mean_completion_tokens``,
+``seconds`` (generation, readout, total) and ``tower_calls`` (utterances the audio encoder saw).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ambinb import audio as audio_mod
+from ambinb import prompt, results, rollout
+from ambinb.paths import resolve_path, run_dir
+
+
+def classes_of(df: pd.DataFrame) -> list[str]:
+    """The class names of a dataset table, in ``p_<class>`` column order."""
+    return [c[2:] for c in df.columns if c.startswith("p_")]
+
+
+def p_of(df: pd.DataFrame) -> np.ndarray:
+    """The (N, C) soft labels of a dataset table."""
+    return df[[f"p_{c}" for c in classes_of(df)]].to_numpy(dtype=np.float64)
+
+
+def feature_cache(model: Any, processor: Any, cfg: dict[str, Any]) -> audio_mod.AudioFeatureCache:
+    """The audio-feature cache the params ask for (``feature_cache_dir``; "" = memory only)."""
+    folder = cfg.get("feature_cache_dir") or ""
+    return audio_mod.AudioFeatureCache(model, processor.feature_extractor, resolve_path(folder) if folder else None,
+                                       batch_size=int(cfg.get("eval_batch_size", 8)))
+
+
+def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
+            cache: audio_mod.AudioFeatureCache | None = None, progress: bool = True) -> dict[str, Any]:
+    """Greedy CoT and p_hat for every row of ``df``.
+
+    Returns:
+        ``{"p_hat": (N, C) array, "completions": [...], "format_ok": [...], "answer_found": [...],
+        "tokens": [...], "seconds": {...}}``.
+    """
+    classes = classes_of(df)
+    prompt_classes = list(cfg.get("eval_prompt_classes") or classes)
+    cache = cache or feature_cache(model, processor, cfg)
+    size = max(1, int(cfg.get("eval_batch_size", 8)))
+    p_hat, texts, ok, found, tokens = [], [], [], [], []
+    seconds = {"generate": 0.0, "readout": 0.0, "encode": 0.0}
+    bar = tqdm(total=len(df), desc="evaluate", unit="utt", disable=not progress)
+    for start in range(0, len(df), size):
+        batch = df.iloc[start: start + size]
+        t0 = time.perf_counter()
+        encoded = prompt.encode_rows(batch, prompt_classes, processor, cache, cfg)
+        seconds["encode"] += time.perf_counter() - t0
+        group = rollout.rollout(model, processor, encoded, classes, cfg, k=1, greedy=True)
+        for key in ("generate", "readout"):
+            seconds[key] += group.seconds[key]
+        p_hat.append(group.p_hat[:, 0].numpy())
+        for t in group.flat():
+            texts.append(t.text)
+            ok.append(t.format_ok)
+            found.append(t.answer_found)
+            tokens.append(len(t.token_ids))
+        bar.update(len(batch))
+        bar.set_postfix(format=f"{np.mean(ok):.2f}")
+    bar.close()
+    return {"p_hat": np.concatenate(p_hat).astype(np.float64), "completions": texts, "format_ok": ok,
+            "answer_found": found, "tokens": tokens, "seconds": seconds}
+
+
+def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, Any], run_dir: str | Path,
+             p_prior: np.ndarray, cache: audio_mod.AudioFeatureCache | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``model`` on ``test_df`` into ``run_dir``; returns the ``metrics.json`` content."""
+    start = time.perf_counter()
+    cache = cache or feature_cache(model, processor, cfg)
+    calls_before = cache.tower_calls
+    with torch.no_grad():
+        out = predict(model, processor, test_df, cfg, cache, progress)
+    p_hat = out["p_hat"] / out["p_hat"].sum(axis=1, keepdims=True)
+    device = str(audio_mod.core(model).multi_modal_projector.linear.weight.device)
+    extra = {
+        "format_rate": float(np.mean(out["format_ok"])),
+        "answer_tag_rate": float(np.mean(out["answer_found"])),
+        "mean_completion_tokens": float(np.mean(out["tokens"])),
+        "seconds": {**out["seconds"], "total": time.perf_counter() - start},
+        "tower_calls": cache.tower_calls - calls_before,
+    }
+    return results.write_evaluation(run_dir, test_df["utt_id"].astype(str).tolist(), classes_of(test_df),
+                                    p_of(test_df), p_hat, p_prior, cfg, completions=out["completions"],
+                                    device=device, extra=extra)
+
+
+def run_base(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """The ``base`` strategy: evaluate the model as loaded on the fold's test split.
+
+    Writes ``run_dir(dataset, "base", fold, run_root)`` and returns its ``metrics.json`` content.
+    """
+    from ambinb import labels
+    from ambinb import model as model_mod
+
+    cfg = {**cfg, "strategy": "base"}
+    df = labels.load_dataset(cfg)
+    train_df, test_df = labels.split(df, int(cfg["fold"]))
+    p_prior = results.prior_distribution(p_of(train_df))
+    model, processor = model_mod.load_model(cfg)
+    out = run_dir(cfg["dataset"], "base", int(cfg["fold"]), cfg.get("run_root", "runs"))
+    return evaluate(model, processor, test_df, cfg, out, p_prior, progress=progress)

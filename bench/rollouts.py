@@ -1,0 +1,164 @@
+"""Group-rollout speed: the shared-encoder, shared-prefill path against the naive K-times path.
+
+    .venv/bin/python bench/rollouts.py                 # K = 8, 4 utterances, tiny model, CPU
+    .venv/bin/python bench/rollouts.py --k 4 8 16 --device cuda
+
+Paths timed, per K (one run each, after one warm-up call):
+
+* ``naive``: ``model.generate`` K times per utterance on the processor's full inputs (the audio
+  encoder and the prompt prefill run K times, batch 1);
+* ``hf_batched``: one ``model.generate(num_return_sequences=K)`` per utterance on the full inputs
+  (transformers expands the inputs first, so the encoder and the prefill still run K times, batched);
+* ``shared``: :class:`ambinb.audio.AudioFeatureCache` (encoder once per utterance) then
+  :func:`ambinb.rollout.generate_group` (all utterances' prompts prefilled once, KV cache repeated K
+  times, B*K rows decoded together).
+
+All sample with the same temperature, suppress the audio tokens and stop at ``</answer>``, an end
+token or ``--max-new-tokens``; sampled lengths differ between paths, so tokens/s is printed beside
+the wall-time ratio. The readout forward that follows a rollout is timed separately (it is the same
+for every path). Results go to ``bench/results/rollouts.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ambinb import audio as A  # noqa: E402
+from ambinb import config, prompt, readout, rollout  # noqa: E402
+from ambinb import model as M  # noqa: E402
+
+CLASSES = ["anger", "happiness", "sadness", "neutral"]
+TRANSCRIPTS = ["I told you a hundred times!", "The train leaves at seven.", "I miss her so much.",
+               "Sure, whenever you're ready.", "We got the house!", "The door was open."]
+
+
+def waves(n: int, seconds: float) -> list[np.ndarray]:
+    """``n`` distinct 16 kHz test signals (vibrato tones) of ``seconds`` each."""
+    t = np.arange(int(seconds * A.SAMPLE_RATE)) / A.SAMPLE_RATE
+    return [(0.3 * np.sin(2 * np.pi * (150 + 60 * i) * t + 3 * np.sin(2 * np.pi * 5 * t))).astype(np.float32)
+            for i in range(n)]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_naive(model, processor, texts, ws, k, max_new, device, batched):
+    sync(device)
+    start = time.perf_counter()
+    tokens = 0
+    if batched:
+        tok = processor.tokenizer
+        for text, w in zip(texts, ws):
+            inputs = processor(text=[text], audio=[w], sampling_rate=A.SAMPLE_RATE, return_tensors="pt").to(device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new, do_sample=True, temperature=1.0, top_p=1.0,
+                                     top_k=None, num_return_sequences=k, suppress_tokens=rollout.suppressed_ids(tok),
+                                     eos_token_id=prompt.eos_ids(tok), pad_token_id=tok.pad_token_id,
+                                     stop_strings=["</answer>"], tokenizer=tok)
+            gen = out[:, inputs["input_ids"].shape[1]:]
+            tokens += int((gen != tok.pad_token_id).sum())
+    else:
+        groups = rollout.generate_naive(model, processor, texts, ws, k, max_new)
+        tokens = sum(len(g) for group in groups for g in group)
+    sync(device)
+    return time.perf_counter() - start, tokens
+
+
+def time_shared(model, processor, texts_raw, ws, k, max_new, device):
+    sync(device)
+    start = time.perf_counter()
+    cache = A.AudioFeatureCache(model, processor.feature_extractor)
+    feats = cache.features([f"u{i}" for i in range(len(ws))], ws)
+    enc = [prompt.Encoded(f"u{i}", prompt.prompt_ids(processor.tokenizer, prompt.prompt_text(processor, t, CLASSES),
+                                                     f.shape[0]), f) for i, (t, f) in enumerate(zip(texts_raw, feats))]
+    gen = torch.Generator(device=device).manual_seed(0)
+    groups = rollout.generate_group(model, processor.tokenizer, enc, k, max_new, generator=gen)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(ids) for group in groups for ids, _ in group)
+    # the readout that follows (same for every path): one batched forward at the answer slots
+    trajectories = [rollout.make_trajectory(processor.tokenizer, e.utt_id, ids, stop, CLASSES)
+                    for e, group in zip(enc, groups) for ids, stop in group]
+    prefixes = [e.prompt_ids + t.readout_ids for e, t in zip([e for e in enc for _ in range(k)], trajectories)]
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        readout.read_out(model, prefixes, [e.audio for e in enc for _ in range(k)],
+                         prompt.class_ids(processor.tokenizer, CLASSES), processor.tokenizer.pad_token_id)
+    sync(device)
+    return elapsed, tokens, time.perf_counter() - t0, cache.tower_calls
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[8])
+    parser.add_argument("--utterances", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=2.0, help="audio length per utterance")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--skip-hf-batched", action="store_true")
+    parser.add_argument("--out", default="", help="JSON path (default bench/results/rollouts_<device>.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = config.resolve()
+    t0 = time.perf_counter()
+    tiny_dir = M.ensure_tiny(cfg)
+    ensure_seconds = time.perf_counter() - t0
+    model, processor = M.load_checkpoint(tiny_dir, dtype="float32", device=args.device)
+    build_info = json.loads((tiny_dir / M.TINY_SPEC_FILE).read_text())
+    texts_raw = (TRANSCRIPTS * args.utterances)[: args.utterances]
+    texts = [prompt.prompt_text(processor, t, CLASSES) for t in texts_raw]
+    ws = waves(args.utterances, args.seconds)
+    time_shared(model, processor, texts_raw, ws, 2, 8, args.device)  # warm-up call
+    rows = []
+    for k in args.k:
+        naive_s, naive_tok = time_naive(model, processor, texts, ws, k, args.max_new_tokens, args.device, False)
+        hf_s, hf_tok = (float("nan"), 0) if args.skip_hf_batched else time_naive(
+            model, processor, texts, ws, k, args.max_new_tokens, args.device, True)
+        shared_s, shared_tok, readout_s, tower_calls = time_shared(model, processor, texts_raw, ws, k,
+                                                                   args.max_new_tokens, args.device)
+        row = {"k": k, "utterances": args.utterances, "naive_s": naive_s, "naive_tokens": naive_tok,
+               "hf_batched_s": hf_s, "hf_batched_tokens": hf_tok, "shared_s": shared_s, "shared_tokens": shared_tok,
+               "readout_s": readout_s, "shared_tower_calls": tower_calls,
+               "speedup_wall": naive_s / shared_s,
+               "speedup_tokens_per_s": (shared_tok / shared_s) / (naive_tok / naive_s),
+               "speedup_vs_hf_batched_wall": hf_s / shared_s}
+        rows.append(row)
+        print(f"K={k:>2} utts={args.utterances}  naive {naive_s:7.2f} s ({naive_tok} tok)  "
+              f"hf_batched {hf_s:7.2f} s ({hf_tok} tok)  shared {shared_s:6.2f} s ({shared_tok} tok, "
+              f"encoder {tower_calls}x)  readout {readout_s:.3f} s")
+        print(f"      speed-up of shared over naive: {row['speedup_wall']:.1f}x wall, "
+              f"{row['speedup_tokens_per_s']:.1f}x tokens/s; over hf_batched: {row['speedup_vs_hf_batched_wall']:.1f}x")
+    result = {
+        "bench": "rollouts", "device": args.device,
+        "device_name": (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                        else platform.processor() or platform.machine()),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "max_new_tokens": args.max_new_tokens,
+        "seconds_audio": args.seconds, "torch": torch.__version__,
+        "tiny_build_seconds": build_info.get("build_seconds"), "tiny_warmup": build_info.get("warmup"),
+        "ensure_tiny_seconds": ensure_seconds, "rows": rows,
+    }
+    slug = "".join(c if c.isalnum() else "_" for c in result["device_name"].lower()) if args.device != "cpu" else "cpu"
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"rollouts_{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Audio in: wav loading and its bad inputs, mel features and token counts, the feature cache, and
+the one place where audio enters the language model (cached path == transformers' full path)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest_model import encode_waves, tiny, tiny_dir, tone
+
+from ambinb import audio as A
+
+FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+
+# --- waveforms --------------------------------------------------------------------------------
+
+
+def test_resampled_to_16k_mono_with_one_note(tmp_path, caplog):
+    rate = 8_000
+    t = np.arange(rate) / rate
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", stereo, rate)
+    A._NOTED_RESAMPLING.discard((rate, 2))
+    with caplog.at_level(logging.WARNING, logger="ambinb.audio"):
+        wave_a = A.load_wav(tmp_path / "a.wav", "utt_a")
+        A.load_wav(tmp_path / "b.wav", "utt_b")
+    assert wave_a.shape == (16_000,) and wave_a.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(wave_a))
+    assert abs(np.argmax(spectrum) * A.SAMPLE_RATE / wave_a.size - 440) <= 1.0  # same pitch after resampling
+    assert np.isclose(np.abs(wave_a[2000:14000]).max(), 0.375, atol=0.02)  # mean of the channels (0.5, 0.25)
+    notes = [r for r in caplog.records if "16 kHz mono" in r.getMessage()]
+    assert len(notes) == 1 and "utt_a" in notes[0].getMessage()
+
+
+def test_long_audio_raises_or_is_cut_explicitly(tmp_path):
+    sf.write(tmp_path / "long.wav", np.zeros(31 * A.SAMPLE_RATE, dtype=np.float32), A.SAMPLE_RATE)
+    with pytest.raises(A.AudioError, match=r"long_utt.*31\.00 s.*truncate_audio"):
+        A.load_wav(tmp_path / "long.wav", "long_utt")
+    cut = A.load_wav(tmp_path / "long.wav", "long_utt", max_seconds=30.0, truncate=True)
+    assert cut.shape == (30 * A.SAMPLE_RATE,)
+
+
+def test_unreadable_missing_and_empty_audio_name_the_utterance(tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"this is not a wav file")
+    with pytest.raises(A.AudioError, match=r"utt_bad: cannot read audio file .*bad\.wav"):
+        A.load_wav(tmp_path / "bad.wav", "utt_bad")
+    with pytest.raises(A.AudioError, match=r"utt_gone: cannot read audio file .*gone\.wav"):
+        A.load_wav(tmp_path / "gone.wav", "utt_gone")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), A.SAMPLE_RATE)
+    with pytest.raises(A.AudioError, match="utt_empty: empty audio"):
+        A.load_wav(tmp_path / "empty.wav", "utt_empty")
+    with pytest.raises(A.AudioError, match="utt_x: the table has no audio_path"):
+        A.load_row_audio({"utt_id": "utt_x", "audio_path": ""}, {})
+
+
+# --- mel features and counts ------------------------------------------------------------------
+
+
+def test_token_count_formula_by_hand():
+    # 200 frames: conv stride 2 -> (199 // 2) + 1 = 100; pool 2 -> (98 // 2) + 1 = 50
+    assert A.n_audio_tokens(200) == 50
+    assert A.n_audio_tokens(3000) == 750
+    assert A.n_audio_tokens(1) == 0  # hence the "too short" error below
+    with pytest.raises(A.AudioError, match="utt_short: audio of 100 samples is too short"):
+        A.check_duration(np.zeros(100, dtype=np.float32), "utt_short")
+
+
+def test_mel_features_and_counts_match_the_processor(tiny):
+    _, processor = tiny
+    waves = [tone(1.0, 200), tone(2.5, 300)]
+    feats, mask = A.mel_features(processor.feature_extractor, waves)
+    assert feats.shape == (2, 128, 3000) and mask.shape == (2, 3000)
+    assert mask.sum(-1).tolist() == [100, 250]
+    text = "<|audio_bos|><|AUDIO|><|audio_eos|>hello"
+    inputs = processor(text=[text, text], audio=waves, sampling_rate=16_000, return_tensors="pt", padding=True)
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    assert (inputs["input_ids"] == audio_id).sum(-1).tolist() == [A.n_audio_tokens(100), A.n_audio_tokens(250)]
+    assert torch.equal(inputs["input_features"], feats)
+
+
+def test_compact_mel_round_trip_is_exact(tiny):
+    _, processor = tiny
+    feats, mask = A.mel_features(processor.feature_extractor, [tone(1.3, 250)])
+    packed = A._Mel.pack(feats[0], int(mask[0].sum()))
+    assert packed.body.shape[1] < 400  # the padded tail is one repeated column
+    back, back_mask = packed.unpack()
+    assert torch.equal(back, feats[0]) and torch.equal(back_mask, mask[0])
+
+
+# --- the cache and the merge -----------------------------------------------------------------
+
+
+class _TowerCounter:
+    """Counts the utterances (batch rows) that pass through the audio tower."""
+
+    def __init__(self, model):
+        self.rows = 0
+        self.handle = A.core(model).audio_tower.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.rows += int(args[0].shape[0])
+
+
+def test_cached_features_equal_the_full_path(tiny):
+    model, processor = tiny
+    waves = [tone(1.2, 180), tone(2.3, 330)]
+    texts = ["<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nHow does this sound?<|im_end|>\n"] * 2
+    inputs = processor(text=texts, audio=waves, sampling_rate=16_000, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        full = model(**inputs).logits
+        cache = A.AudioFeatureCache(model, processor.feature_extractor)
+        feats = cache.features(["a", "b"], waves)
+        cached = A.lm_forward(model, inputs["input_ids"], inputs["attention_mask"], feats).logits
+    real = inputs["attention_mask"].bool()
+    assert torch.allclose(full[real], cached[real], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(feats[0][:5], feats[1][:5])  # two wavs, two different feature sets
+
+
+def test_tower_runs_once_per_utterance_and_disk_entries_are_reused(tiny, tmp_path):
+    model, processor = tiny
+    counter = _TowerCounter(model)
+    waves = [tone(1.0, 220), tone(1.5, 440), tone(1.0, 220)]
+    cache = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
+    first = cache.features(["a", "b", "c"], waves)
+    assert counter.rows == 3 and cache.tower_calls == 3
+    again = cache.features(["b", "a"], [waves[1], waves[0]])
+    assert counter.rows == 3 and torch.equal(again[0], first[1])
+    fresh = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
+    from_disk = fresh.features(["a"], [waves[0]])
+    assert counter.rows == 3 and torch.equal(from_disk[0], first[0])
+    # another waveform under the same id is another entry, never a stale hit
+    fresh.features(["a"], [tone(1.0, 660)])
+    assert counter.rows == 4
+    # other tower weights: another hash, another folder
+    with torch.no_grad():
+        A.core(model).audio_tower.layer_norm.bias.add_(0.5)
+    changed = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
+    assert changed.key != cache.key
+    changed.features(["a"], [waves[0]])
+    assert counter.rows == 5
+    counter.handle.remove()
+
+
+def test_trainable_tower_is_not_cached_and_gets_gradients(tiny):
+    model, processor = tiny
+    A.core(model).audio_tower.requires_grad_(True)
+    counter = _TowerCounter(model)
+    cache = A.AudioFeatureCache(model, processor.feature_extractor)
+    wave = tone(1.0, 300)
+    for _ in range(2):
+        feats = cache.features(["a"], [wave])
+    assert counter.rows == 2 and len(cache._mel) == 1  # mel computed once, tower run each time
+    feats[0].sum().backward()
+    assert A.core(model).audio_tower.conv1.weight.grad.abs().sum() > 0
+
+
+def test_merge_refuses_audio_tokens_without_features(tiny):
+    model, processor = tiny
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    ids = torch.tensor([[1, audio_id, audio_id, 2]])
+    with pytest.raises(ValueError, match="no audio features"):
+        A.merge_audio(model, ids, None)
+    with pytest.raises(ValueError, match="row 0: 2 <|AUDIO|> tokens but 3 audio features"):
+        A.merge_audio(model, ids, [torch.zeros(3, A.core(model).audio_tower.config.d_model)])
+
+
+def test_audio_positions_of_the_language_model_input_carry_the_projected_features(tiny):
+    model, processor = tiny
+    captured = []
+    lm = A.core(model).language_model
+    handle = lm.register_forward_pre_hook(lambda m, a, kw: captured.append(kw["inputs_embeds"].detach()),
+                                          with_kwargs=True)
+    waves = [tone(1.0, 200), tone(1.0, 500)]
+    enc = encode_waves(model, processor, waves, ["same words", "same words"])
+    ids = torch.tensor([e.prompt_ids for e in enc])
+    with torch.no_grad():
+        A.lm_forward(model, ids, torch.ones_like(ids), [e.audio for e in enc])
+        proj = [A.core(model).multi_modal_projector(e.audio) for e in enc]
+    handle.remove()
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    embeds = captured[0]
+    for row in range(2):
+        at = ids[row] == audio_id
+        assert torch.allclose(embeds[row][at], proj[row], atol=1e-6)
+        placeholder = model.get_input_embeddings().weight[audio_id]
+        assert not torch.allclose(embeds[row][at][0], placeholder)
+    assert not torch.allclose(embeds[0][ids[0] == audio_id], embeds[1][ids[1] == audio_id])

@@ -1,0 +1,132 @@
+"""The readout against brute force: each class name scored in its own forward through transformers'
+full path (input_features, no cache), summed in float64, then softmaxed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
+
+from ambinb import audio as A
+from ambinb import cot, prompt, readout
+
+FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+
+THINK = cot.render_think(["loud", '"no way"'], "The words are tense.",
+                         {"Volume": "loud.", "Speed": "fast.", "Pitch": "high.", "Tone": "harsh."},
+                         "Mostly anger, with some sadness.")
+
+
+def _setup(model, processor, classes=CLASSES):
+    waves = [tone(1.0, 180), tone(2.0, 320), tone(1.5, 500)]
+    transcripts = ["No way, not again.", "The train leaves at seven.", "I miss her so much."]
+    enc = encode_waves(model, processor, waves, transcripts, classes)
+    thinks = (THINK, "", "<think>\nhmm\n</think>")
+    tails = [prompt.segment_ids(processor.tokenizer, cot.answer_prefix(t)) for t in thinks]
+    texts = [prompt.prompt_text(processor, tr, classes, utt_id=e.utt_id) for tr, e in zip(transcripts, enc)]
+    return waves, texts, enc, tails
+
+
+def _brute_force(model, processor, wave, text, tail, names):
+    """Each name's log-likelihood by a loop: one full-path forward per name, float64 sums over its tokens."""
+    tok = processor.tokenizer
+    inputs = processor(text=[text], audio=[wave], sampling_rate=16_000, return_tensors="pt")
+    scores = []
+    for name in names:
+        cont = tok(name, add_special_tokens=False)["input_ids"]
+        ids = torch.cat([inputs["input_ids"], torch.tensor([tail + cont])], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), input_features=inputs["input_features"],
+                           feature_attention_mask=inputs["feature_attention_mask"]).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        start = ids.shape[1] - len(cont)
+        scores.append(sum(float(logp[start - 1 + j, t]) for j, t in enumerate(cont)))
+    return np.array(scores)
+
+
+def _softmax(s: np.ndarray) -> np.ndarray:
+    return np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+
+
+@pytest.mark.parametrize("names", [CLASSES, ["happiness", "frustration", "xyzzy plugh", "anger"]],
+                         ids=["single_token", "multi_token"])
+def test_readout_equals_brute_force_per_class_scoring(tiny, names):
+    model, processor = tiny
+    waves, texts, enc, tails = _setup(model, processor)
+    ids = prompt.class_ids(processor.tokenizer, names)
+    if names is not CLASSES:
+        assert any(len(i) > 1 for i in ids), "the multi-token case must really have split names"
+    prefixes, feats = [e.prompt_ids + t for e, t in zip(enc, tails)], [e.audio for e in enc]
+    with torch.no_grad():
+        p = readout.read_out(model, prefixes, feats, ids, processor.tokenizer.pad_token_id)
+        ll = readout.class_log_likelihoods(model, prefixes, feats, ids, processor.tokenizer.pad_token_id)
+    assert p.dtype == torch.float32 and p.shape == (3, len(names))
+    for i in range(3):
+        expected = _brute_force(model, processor, waves[i], texts[i], tails[i], names)
+        np.testing.assert_allclose(ll[i].numpy(), expected, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(p[i].numpy(), _softmax(expected), atol=2e-5)
+
+
+def test_single_token_path_equals_the_row_per_class_path(tiny):
+    model, processor = tiny
+    _, _, enc, tails = _setup(model, processor)
+    ids = prompt.class_ids(processor.tokenizer, CLASSES)
+    assert all(len(i) == 1 for i in ids)
+    prefixes, feats = [e.prompt_ids + t for e, t in zip(enc, tails)], [e.audio for e in enc]
+    with torch.no_grad():
+        fast = readout.class_log_likelihoods(model, prefixes, feats, ids, 0)
+        # the same names with a dummy 2-token name appended force the (prefix x name) rows path
+        slow = readout.class_log_likelihoods(model, prefixes, feats, ids + [ids[0] + ids[1]], 0)[:, :4]
+        chunked = readout.class_log_likelihoods(model, prefixes, feats, ids, 0, batch_size=1)
+    assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(fast, chunked, atol=1e-5)
+
+
+def test_class_subset_is_the_renormalised_restriction(tiny):
+    """A model read out over IEMOCAP's four classes gives the six-class distribution restricted and
+    renormalised (each name's score does not depend on the other names)."""
+    model, processor = tiny
+    six = ["anger", "disgust", "fear", "happiness", "neutral", "sadness"]
+    _, _, enc, tails = _setup(model, processor, six)
+    prefixes, feats = [e.prompt_ids + t for e, t in zip(enc, tails)], [e.audio for e in enc]
+    with torch.no_grad():
+        p6 = readout.read_out(model, prefixes, feats, prompt.class_ids(processor.tokenizer, six), 0)
+        p4 = readout.read_out(model, prefixes, feats, prompt.class_ids(processor.tokenizer, CLASSES), 0)
+    idx = [six.index(c) for c in CLASSES]
+    restricted = p6[:, idx] / p6[:, idx].sum(dim=1, keepdim=True)
+    assert torch.allclose(p4, restricted, atol=1e-6)
+
+
+def test_readout_is_differentiable_into_the_language_model_only(tiny):
+    model, processor = tiny
+    _, _, enc, tails = _setup(model, processor)
+    p = readout.read_out(model, [e.prompt_ids + t for e, t in zip(enc, tails)], [e.audio for e in enc],
+                         prompt.class_ids(processor.tokenizer, CLASSES), 0)
+    p_gt = torch.tensor([[0.5, 0.0, 0.5, 0.0]] * 3)
+    kl = (p_gt * (torch.log(p_gt + 1e-10) - torch.log(p + 1e-10))).sum(dim=1).mean()
+    kl.backward()
+    core = A.core(model)
+    assert core.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert core.multi_modal_projector.linear.weight.grad.abs().sum() > 0  # audio positions feed the slot
+    assert all(q.grad is None for q in core.audio_tower.parameters())
+
+
+def test_slot_distribution_worked_example_and_refusal():
+    logits = torch.tensor([[2.0, 0.0, 5.0, -1.0]])  # ids 0 and 1 are the two names; 2, 3 anything else
+    p = readout.slot_distribution(logits, [[0], [1]])
+    assert torch.allclose(p, torch.tensor([[0.8808, 0.1192]]), atol=1e-4)  # e^2 / (e^2 + e^0)
+    with pytest.raises(ValueError, match="single-token"):
+        readout.slot_distribution(logits, [[0], [1, 2]])
+
+
+def test_slot_distribution_matches_read_out(tiny):
+    model, processor = tiny
+    _, _, enc, tails = _setup(model, processor)
+    prefixes, feats = [e.prompt_ids + t for e, t in zip(enc, tails)], [e.audio for e in enc]
+    ids = prompt.class_ids(processor.tokenizer, CLASSES)
+    with torch.no_grad():
+        p = readout.read_out(model, prefixes, feats, ids, 0)
+        tok_ids, mask = readout.right_pad(prefixes, 0)
+        logits = A.lm_forward(model, tok_ids, mask, feats).logits
+        slot = logits[torch.arange(3), torch.tensor([len(x) - 1 for x in prefixes])]
+    assert torch.allclose(readout.slot_distribution(slot, ids), p, atol=1e-5)

@@ -1,0 +1,165 @@
+"""Group rollouts: the encoder runs once per utterance, audio reaches every forward, no audio token
+is ever sampled, shared prefill equals transformers' own generation, readout slots are placed right."""
+
+from __future__ import annotations
+
+import torch
+from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
+
+from ambinb import audio as A
+from ambinb import cot, prompt, rollout
+
+FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+
+CFG = {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0, "prompt_preset": "ambinb",
+       "readout_batch_size": 0}
+TRANSCRIPTS = ["No way, not again.", "The train leaves at seven.", "I miss her so much."]
+
+
+def _waves():
+    return [tone(1.0, 180), tone(2.0, 320), tone(1.5, 500)]
+
+
+def test_encoder_runs_once_per_utterance_in_a_group_rollout(tiny):
+    model, processor = tiny
+    rows = []
+    handle = A.core(model).audio_tower.register_forward_hook(lambda m, a, o: rows.append(int(a[0].shape[0])))
+    enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
+    group = rollout.rollout(model, processor, enc, CLASSES, CFG, k=8)
+    assert sum(rows) == 3  # three utterances, 24 trajectories
+    assert len(group.flat()) == 24 and group.p_hat.shape == (3, 8, 4)
+    # the naive reference runs it K times per utterance: the hook would see it
+    texts = [prompt.prompt_text(processor, t, CLASSES) for t in TRANSCRIPTS[:1]]
+    rollout.generate_naive(model, processor, texts, _waves()[:1], k=2, max_new_tokens=4)
+    assert sum(rows) == 3 + 2
+    handle.remove()
+
+
+def test_audio_features_reach_every_forward(tiny):
+    """A hook where audio enters the language model: every forward of the rollout and of its readout
+    that holds prompt positions carries, at the audio positions of each row, the projected tower
+    output of that row's utterance; decoding steps never hold the raw <|AUDIO|> placeholder."""
+    model, processor = tiny
+    enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
+    with torch.no_grad():
+        projected = [A.core(model).multi_modal_projector(e.audio) for e in enc]
+    placeholder = model.get_input_embeddings().weight[processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")]
+    seen = []
+    handle = A.core(model).language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["inputs_embeds"].detach().clone()), with_kwargs=True)
+    k = 2
+    rollout.rollout(model, processor, enc, CLASSES, CFG, k=k)
+    handle.remove()
+    prefill, decode = [e for e in seen if e.shape[1] > 1], [e for e in seen if e.shape[1] == 1]
+    assert len(prefill) == 2 and decode  # the shared prefill and the one readout forward
+    expected_owner = [[0, 1, 2], [0, 0, 1, 1, 2, 2]]  # prefill: one row per utterance; readout: K rows each
+    for embeds, owners in zip(prefill, expected_owner):
+        assert embeds.shape[0] == len(owners)
+        for row, owner in zip(embeds, owners):
+            hits = [int(((row[:, None] - p[None]).abs().amax(-1) < 1e-6).any(dim=0).sum()) for p in projected]
+            assert hits[owner] == projected[owner].shape[0], "every audio feature of the row's utterance is there"
+            assert all(h == 0 for j, h in enumerate(hits) if j != owner), "and no other utterance's"
+    assert not torch.allclose(projected[0][:5], projected[1][:5])
+    for embeds in seen:
+        assert not (embeds - placeholder).abs().sum(-1).lt(1e-6).any(), "an unmerged <|AUDIO|> placeholder"
+
+
+def test_no_audio_token_is_ever_sampled(tiny, monkeypatch):
+    model, processor = tiny
+    audio_ids = rollout.suppressed_ids(processor.tokenizer)
+    plain_head = A.head_logits
+
+    def audio_loving_head(m, hidden, float32=False):
+        logits = plain_head(m, hidden, float32).clone()
+        logits[..., audio_ids] += 1e4  # the model now prefers the audio tokens above all
+        return logits
+
+    monkeypatch.setattr(A, "head_logits", audio_loving_head)
+    enc = encode_waves(model, processor, _waves()[:2], TRANSCRIPTS[:2])
+    ids, mask = rollout._left_pad([enc[0].prompt_ids], 0, "cpu")
+    with torch.no_grad():
+        hidden, _ = A.lm_hidden(model, ids, mask, [enc[0].audio])
+    assert int(A.head_logits(model, hidden[:, -1]).argmax()) in audio_ids  # unsuppressed, one would be chosen
+    for greedy in (True, False):
+        groups = rollout.generate_group(model, processor.tokenizer, enc, k=4, max_new_tokens=12, greedy=greedy,
+                                        generator=torch.Generator().manual_seed(0))
+        tokens = [t for group in groups for ids, _ in group for t in ids]
+        assert len(tokens) == 2 * 4 * 12 and not set(tokens) & set(audio_ids)
+
+
+def test_shared_prefill_greedy_equals_transformers_generate(tiny):
+    """Greedy decoding through the cache-sharing loop (3 utterances, left-padded, K = 2) gives the
+    same tokens as transformers' own generate on the processor's full inputs, one utterance at a time."""
+    model, processor = tiny
+    waves = _waves()
+    enc = encode_waves(model, processor, waves, TRANSCRIPTS)
+    groups = rollout.generate_group(model, processor.tokenizer, enc, k=2, max_new_tokens=20, greedy=True)
+    texts = [prompt.prompt_text(processor, t, CLASSES, utt_id=e.utt_id) for t, e in zip(TRANSCRIPTS, enc)]
+    reference = rollout.generate_naive(model, processor, texts, waves, k=1, max_new_tokens=20, greedy=True)
+    for group, ref in zip(groups, reference):
+        assert group[0][0] == group[1][0] == ref[0]
+
+
+def test_sampling_is_seeded(tiny):
+    model, processor = tiny
+    enc = encode_waves(model, processor, _waves()[:2], TRANSCRIPTS[:2])
+    a = rollout.rollout(model, processor, enc, CLASSES, CFG, k=4)
+    b = rollout.rollout(model, processor, enc, CLASSES, CFG, k=4)
+    c = rollout.rollout(model, processor, enc, CLASSES, {**CFG, "seed": 1}, k=4)
+    ids = lambda g: [t.token_ids for t in g.flat()]  # noqa: E731
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+    assert torch.equal(a.p_hat, b.p_hat)
+    assert torch.allclose(a.p_hat.sum(-1), torch.ones(2, 4), atol=1e-5)
+    assert len({tuple(x) for x in ids(a)}) > 1  # K samples differ from each other
+
+
+def test_rollout_stops_and_reads_out_at_its_own_answer_tag(tiny):
+    model, processor = tiny
+    enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
+    group = rollout.rollout(model, processor, enc, CLASSES, {**CFG, "max_new_tokens": 200}, k=4)
+    tok = processor.tokenizer
+    finished = [t for t in group.flat() if t.answer_found]
+    assert finished, "the warmed-up stand-in writes the answer tag"
+    for t in finished:
+        assert tok.decode(t.readout_ids, skip_special_tokens=True).endswith("<answer>")
+        assert t.readout_ids == t.token_ids[: len(t.readout_ids)]
+    for t in group.flat():
+        if t.stop == "answer_close":
+            assert t.text.endswith("</answer>")
+        assert t.format_ok == cot.format_ok(t.text, CLASSES)
+        assert len(t.token_ids) <= 200
+
+
+def test_missing_answer_tag_is_appended_and_recorded(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    think = "<think>\nKeywords: loud\n</think>"
+    ids = prompt.segment_ids(tok, think + " and more")
+    t = rollout.make_trajectory(tok, "u0", ids, "budget", CLASSES)
+    assert not t.answer_found and not t.format_ok
+    assert t.readout_ids == prompt.segment_ids(tok, cot.answer_prefix(think + " and more"))
+    ids = prompt.segment_ids(tok, cot.answer_prefix(think)) + prompt.segment_ids(tok, "sadness")
+    t = rollout.make_trajectory(tok, "u0", ids, "budget", CLASSES)
+    assert t.answer_found and t.readout_ids == prompt.segment_ids(tok, cot.answer_prefix(think))
+
+
+def test_find_answer_slot_by_hand(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    ids = prompt.segment_ids(tok, "<think>x</think>\n<answer>") + prompt.segment_ids(tok, "anger")
+    slot = rollout.find_answer_slot(tok, ids, "<answer>")
+    assert tok.decode(ids[:slot]) == "<think>x</think>\n<answer>" and ids[slot:] == prompt.segment_ids(tok, "anger")
+    assert rollout.find_answer_slot(tok, prompt.segment_ids(tok, "no tag here"), "<answer>") is None
+    glued = prompt.segment_ids(tok, "<answer>\nanger")  # '>\n' is one token: the tag ends inside a token
+    assert tok.convert_tokens_to_ids(">\u010a") in glued
+    assert all(tok.decode(glued[:i]) != "<answer>" for i in range(len(glued) + 1))
+    assert rollout.find_answer_slot(tok, glued, "<answer>") is None  # no clean slot: the tag gets appended
+
+
+def test_sample_next_top_p_and_greedy():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(rollout.sample_next(logits, False, 1.0, 0.7, gen)) for _ in range(300)}
+    assert draws == {0, 1}  # 0.5 < 0.7 <= 0.5 + 0.3: the nucleus is tokens 0 and 1
+    assert {int(rollout.sample_next(logits, False, 1.0, 1.0, gen)) for _ in range(500)} == {0, 1, 2, 3}
+    assert int(rollout.sample_next(logits, True)) == 0
