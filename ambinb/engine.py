@@ -1,0 +1,255 @@
+"""One compact training loop for SFT, DPO and GRPO.
+
+Why not TRL's trainers: they run their log-prob passes without the audio features (GRPOTrainer
+drops them silently) and cannot read p_hat from the logits inside a reward. Here a *strategy*
+supplies ``loss(model, examples, step) -> (loss, stats)`` and, for on-policy methods, refreshes
+its own data; the loop does the rest:
+
+* AdamW on the trainable parameters (LoRA adapters, or the language model for a full fine-tune),
+  3 % linear warm-up then cosine decay, gradient accumulation and clipping.
+* ``accelerate`` places the model and runs one CPU, one GPU or several processes. With several
+  processes, gradients of the trainable parameters are averaged explicitly after backward (all of
+  ambinb's forwards go through :mod:`ambinb.audio`, not through a DDP wrapper), so every process
+  takes the same step; bf16 autocast where the device supports it, float32 on the CPU.
+* Deterministic: micro-batch ``g`` is a fixed slice of the per-epoch permutations drawn from the
+  seed, and the checkpoint holds the optimizer, scheduler and RNG states, so a killed run resumed
+  from its last checkpoint takes exactly the steps of an uninterrupted one.
+* ``checkpoint.pt`` is written every ``checkpoint_every`` optimizer steps and at the end
+  (atomically); ``train_log.jsonl`` holds one line per optimizer step (loss, KL, learning rate,
+  the strategy's stats), rewritten from the checkpoint's history on resume so it never holds
+  steps that were lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ambinb import results
+
+CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.jsonl"
+
+
+class Strategy(Protocol):
+    """What the engine needs from SFT, DPO or GRPO."""
+
+    def num_examples(self) -> int: ...
+
+    def loss(self, model: Any, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class TrainConfig:
+    """The engine's settings, read from the resolved params by :meth:`from_cfg`."""
+
+    lr: float
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    epochs: float = 1.0
+    max_steps: int = 0
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    seed: int = 0
+    trackers: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_cfg(cls, cfg: dict[str, Any]) -> TrainConfig:
+        trackers = [t.strip() for t in str(cfg.get("trackers", "")).split(",") if t.strip()]
+        return cls(lr=float(cfg["lr"]) * float(cfg.get("lr_scale", 1.0)), weight_decay=float(cfg["weight_decay"]),
+                   warmup_ratio=float(cfg["warmup_ratio"]), epochs=float(cfg["epochs"]),
+                   max_steps=int(cfg["max_steps"]), batch_size=int(cfg["batch_size"]),
+                   grad_accum=int(cfg["grad_accum"]), max_grad_norm=float(cfg["max_grad_norm"]),
+                   checkpoint_every=int(cfg["checkpoint_every"]), seed=int(cfg["seed"]), trackers=trackers)
+
+    def total_steps(self, n_examples: int) -> int:
+        """Optimizer steps: ``max_steps`` if set, else enough for ``epochs`` passes over the data."""
+        if self.max_steps > 0:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * n_examples / (self.batch_size * self.grad_accum)))
+
+
+def warmup_cosine(step: int, total: int, warmup_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup_ratio`` of the steps, then cosine to 0.
+
+    Example: total=100, warmup_ratio=0.03 -> step 0: 1/3, step 2: 1.0, step 51: ~0.5, step 99: ~0.0003.
+    """
+    warm = max(1, math.ceil(total * warmup_ratio))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def micro_batch(g: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of micro-batch ``g``: slice ``g`` of the stream of per-epoch permutations of ``range(n)``.
+
+    Deterministic in (g, n, batch_size, seed), so a resumed run draws the same data as a straight one.
+    """
+    out: list[int] = []
+    pos = g * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = perm[offset: offset + batch_size - len(out)]
+        out.extend(int(i) for i in take)
+        pos += len(take)
+    return out
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, step: int,
+                     history: list[dict[str, Any]]) -> None:
+    state = {
+        "step": step,
+        "params": {n: p.detach().cpu().clone() for n, p in trainable_parameters(model)},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "history": history,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, list[dict[str, Any]]]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    params = dict(trainable_parameters(model))
+    missing = set(params) ^ set(state["params"])
+    if missing:
+        raise ValueError(f"{path}: the checkpoint's trainable parameters differ from the model's "
+                         f"(e.g. {sorted(missing)[:3]}); delete it to start over")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value.to(params[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"]), list(state["history"])
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    results.write_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-step training log of a run folder (empty when there is none)."""
+    path = Path(run_dir) / TRAIN_LOG
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def make_accelerator(cfg: dict[str, Any], project_dir: Path) -> Any:
+    """An ``accelerate.Accelerator`` for the params: CPU or GPU, bf16 autocast where the dtype asks."""
+    from accelerate import Accelerator
+
+    device = str(cfg.get("device", "auto"))
+    dtype = str(cfg.get("dtype", "auto"))
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    bf16 = not cpu and dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
+    trackers = [t.strip() for t in str(cfg.get("trackers", "")).split(",") if t.strip()]
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", log_with=trackers or None,
+                       project_dir=str(project_dir))
+
+
+def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.PathLike, accelerator: Any = None,
+          resume: bool = True, progress: bool = True, stop_at: int | None = None,
+          on_step: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` with ``strategy`` for ``tc.total_steps`` optimizer steps; return the log.
+
+    Args:
+        out_dir: the run folder (``checkpoint.pt``, ``train_log.jsonl``).
+        resume: continue from ``checkpoint.pt`` when it exists.
+        stop_at: stop after this optimizer step as if killed (for tests; the checkpoint stays as it was).
+        on_step: called after each optimizer step with (step, log row).
+
+    Returns:
+        One dict per optimizer step: ``step``, ``lr``, ``loss`` and the strategy's stats (averaged
+        over the micro-batches of the step), ``seconds``.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = accelerator or make_accelerator({}, out_dir)
+    named = trainable_parameters(model)
+    if not named:
+        raise ValueError("the model has no trainable parameter: call ambinb.model.prepare_trainable first")
+    params = [p for _, p in named]
+    decay = [p for n, p in named if p.ndim >= 2]
+    no_decay = [p for n, p in named if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+    n = strategy.num_examples()
+    if n == 0:
+        raise ValueError("no training examples")
+    total = tc.total_steps(n)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, tc.warmup_ratio))
+    ckpt = out_dir / CHECKPOINT
+    start, history = 0, []
+    if resume and ckpt.exists():
+        start, history = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        _write_log(out_dir / TRAIN_LOG, history)
+    elif not resume:
+        ckpt.unlink(missing_ok=True)
+    if tc.trackers and accelerator.is_main_process:
+        accelerator.init_trackers(out_dir.name, config={k: v for k, v in vars(tc).items() if k != "trackers"})
+    world = accelerator.num_processes
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress or start >= total)
+    model.train()
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for micro in range(tc.grad_accum):
+            g = (step * tc.grad_accum + micro) * world + accelerator.process_index
+            indices = micro_batch(g, n, tc.batch_size, tc.seed)
+            with accelerator.autocast():
+                loss, stats = strategy.loss(model, indices, step)
+            (loss / tc.grad_accum).backward()
+            for key, value in {"loss": float(loss.detach()), **stats}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / tc.grad_accum
+        if world > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **sums, "grad_norm": float(grad_norm)}
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if tc.trackers:
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step + 1)
+        bar.update()
+        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "kl", "lr") if k in row})
+        if on_step:
+            on_step(step + 1, row)
+        if stop_at is not None and step + 1 >= stop_at:
+            bar.close()
+            return history
+        if accelerator.is_main_process and ((step + 1) % tc.checkpoint_every == 0 or step + 1 == total):
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, history)
+            _write_log(out_dir / TRAIN_LOG, history)
+    bar.close()
+    if tc.trackers:
+        accelerator.end_training()
+    model.eval()
+    return history
