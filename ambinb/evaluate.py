@@ -44,9 +44,28 @@ def feature_cache(model: Any, processor: Any, cfg: dict[str, Any]) -> audio_mod.
                                        batch_size=int(cfg.get("eval_batch_size", 8)))
 
 
+def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str],
+                   cfg: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """p_hat at the answer slot that directly follows the prompt (no think block), and the completion
+    ``<answer>top class</answer>`` that greedy decoding of the slot would write."""
+    from ambinb import cot, readout
+
+    tok = processor.tokenizer
+    fmt = cot.get_format(cfg.get("prompt_preset", "ambinb"))
+    slot = prompt.completion_ids(tok, "", classes[0], fmt)
+    prefixes = [e.prompt_ids + slot.ids[: slot.slot] for e in encoded]
+    p = readout.read_out(model, prefixes, [e.audio for e in encoded], prompt.class_ids(tok, classes),
+                         int(tok.pad_token_id), int(cfg.get("readout_batch_size", 0))).detach().cpu().numpy()
+    texts = [cot.render_output("", classes[int(i)], fmt) for i in p.argmax(axis=1)]
+    return p.astype(np.float64), texts
+
+
 def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
             cache: audio_mod.AudioFeatureCache | None = None, progress: bool = True) -> dict[str, Any]:
     """Greedy CoT and p_hat for every row of ``df``.
+
+    A model trained without a think block (``use_cot: false``, the ``sft_nocot`` strategy) is read
+    out right after the prompt and the answer tag, as it was trained; it generates nothing.
 
     Returns:
         ``{"p_hat": (N, C) array, "completions": [...], "format_ok": [...], "answer_found": [...],
@@ -64,6 +83,17 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
         t0 = time.perf_counter()
         encoded = prompt.encode_rows(batch, prompt_classes, processor, cache, cfg)
         seconds["encode"] += time.perf_counter() - t0
+        if not cfg.get("use_cot", True):
+            t0 = time.perf_counter()
+            p, text = direct_readout(model, processor, encoded, classes, cfg)
+            seconds["readout"] += time.perf_counter() - t0
+            p_hat.append(p)
+            texts += text
+            ok += [False] * len(text)
+            found += [True] * len(text)
+            tokens += [0] * len(text)
+            bar.update(len(batch))
+            continue
         group = rollout.rollout(model, processor, encoded, classes, cfg, k=1, greedy=True)
         for key in ("generate", "readout"):
             seconds[key] += group.seconds[key]
@@ -82,8 +112,11 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
 
 def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, Any], run_dir: str | Path,
              p_prior: np.ndarray, cache: audio_mod.AudioFeatureCache | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Evaluate ``model`` on ``test_df`` into ``run_dir``; returns the ``metrics.json`` content."""
+             progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` on ``test_df`` into ``run_dir``; returns the ``metrics.json`` content.
+
+    ``extra`` entries (e.g. the training summary) are added to ``metrics.json``.
+    """
     start = time.perf_counter()
     cache = cache or feature_cache(model, processor, cfg)
     calls_before = cache.tower_calls
@@ -97,6 +130,7 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
         "mean_completion_tokens": float(np.mean(out["tokens"])),
         "seconds": {**out["seconds"], "total": time.perf_counter() - start},
         "tower_calls": cache.tower_calls - calls_before,
+        **(extra or {}),
     }
     return results.write_evaluation(run_dir, test_df["utt_id"].astype(str).tolist(), classes_of(test_df),
                                     p_of(test_df), p_hat, p_prior, cfg, completions=out["completions"],

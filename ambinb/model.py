@@ -65,7 +65,7 @@ from ambinb.paths import resolve_path
 log = logging.getLogger(__name__)
 
 TINY_SPEC_FILE = "ambinb_tiny.json"
-TINY_BUILDER_VERSION = 1
+TINY_BUILDER_VERSION = 2  # 2: warm-up and tokenizer also cover the curator's wording
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *audio_mod.AUDIO_SPECIAL_TOKENS)
 
 # The chat template of Qwen/Qwen2-Audio-7B-Instruct (its processor's ``chat_template``).
@@ -221,12 +221,8 @@ def synthetic_transcript(rng: random.Random, vocabulary: tuple[str, ...] = TRANS
     return (" ".join(words).capitalize() + rng.choice((".", ".", "?", "!"))).replace(" i ", " I ")
 
 
-def synthetic_completion(rng: random.Random, transcript: str, classes: list[str]) -> tuple[str, str]:
-    """A random think block (via :func:`ambinb.cot.render_think`) and its answer, drawn from ``classes``.
-
-    The synthesis names the answer (sometimes beside a second class); nothing depends on the audio
-    or on any label, so a model trained on these learns the format and self-consistency only.
-    """
+def _free_completion(rng: random.Random, transcript: str, classes: list[str]) -> tuple[str, str]:
+    """A free-form random think block and its answer drawn from ``classes`` (see :func:`synthetic_completion`)."""
     answer = rng.choice(classes)
     other = rng.choice([c for c in classes if c != answer])
     keywords = rng.sample(KEYWORDS, rng.randint(2, 4))
@@ -250,6 +246,31 @@ def synthetic_completion(rng: random.Random, transcript: str, classes: list[str]
         "The audio weighs more here: {a}.",
     )).format(a=answer, o=other, w=rng.choice(TEXT_WORDS))
     return cot.render_think(keywords, text, aspects, synthesis), answer
+
+
+def _template_completion(rng: random.Random, transcript: str, classes: list[str]) -> tuple[str, str]:
+    """A think block in the offline curator's wording (:func:`ambinb.curation.template_cot`) for a
+    *synthetic* item: random prosody z-scores and a random target split, never a corpus label."""
+    from ambinb import curation
+
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    p = np_rng.dirichlet(np.full(len(classes), rng.choice((0.3, 1.0, 3.0))))
+    prosody = {d: float(np_rng.normal()) for d in curation.SHORT_WORDS}
+    item = curation.Item("synthetic", transcript, "", tuple(classes), tuple(float(v) for v in p), prosody)
+    return curation.template_cot(item, attempt=rng.randint(1, 3)), classes[int(np.argmax(p))]
+
+
+def synthetic_completion(rng: random.Random, transcript: str, classes: list[str]) -> tuple[str, str]:
+    """A random think block (via :func:`ambinb.cot.render_think`) and its answer.
+
+    Half are free-form, half in the offline curator's wording (so the stand-in's tokenizer and
+    fluency cover the text it is later fine-tuned on). The answer follows the block's own synthesis
+    and is drawn at random: nothing depends on the audio or on any corpus label, so a model trained
+    on these learns the format and self-consistency only.
+    """
+    if rng.random() < 0.5:
+        return _template_completion(rng, transcript, classes)
+    return _free_completion(rng, transcript, classes)
 
 
 def synthetic_class_list(rng: random.Random) -> list[str]:

@@ -110,3 +110,37 @@ def reliability(curves: dict[str, pd.DataFrame]) -> plt.Figure:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def training_curves(history: list[dict], keys: tuple[str, ...] = ("loss", "ce", "kl", "lr")) -> plt.Figure:
+    """One panel per logged quantity against the optimizer step (``ambinb.engine`` log rows)."""
+    present = [k for k in keys if any(k in row for row in history)]
+    fig, axes = plt.subplots(1, max(1, len(present)), figsize=(3.6 * max(1, len(present)), 2.8), squeeze=False)
+    steps = [row["step"] for row in history]
+    for ax, key in zip(axes[0], present):
+        values = [row.get(key, np.nan) for row in history]
+        ax.plot(steps, values, lw=0.8, alpha=0.5, color="tab:blue")
+        if len(values) >= 10 and key != "lr":
+            window = max(2, len(values) // 20)
+            smooth = pd.Series(values).rolling(window, min_periods=1).mean()
+            ax.plot(steps, smooth, lw=1.6, color="tab:blue")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def distributions(p_gt: np.ndarray, p_hat: np.ndarray, classes: list[str], titles: list[str]) -> plt.Figure:
+    """Annotated against predicted distribution for a few utterances, side by side."""
+    n = len(titles)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.6), squeeze=False)
+    x = np.arange(len(classes))
+    for ax, gt, hat, title in zip(axes[0], p_gt, p_hat, titles):
+        ax.bar(x - 0.2, gt, 0.4, label="annotators", color="tab:gray")
+        ax.bar(x + 0.2, hat, 0.4, label="model", color="tab:blue")
+        ax.set_xticks(x, classes, rotation=30, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
