@@ -23,6 +23,7 @@ from ambinb.paths import params_dir
 
 NOTEBOOK = "notebook"
 RUN_ROOT_ENV = "AMBINB_RUN_ROOT"
+FAST_DEV_ENV = "AMBINB_FAST_DEV"
 _META_KEYS = {"extends", "description"}
 
 
@@ -112,7 +113,8 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
         model: a file in ``params/models``; None takes the dataset's ``model``.
         overrides: extra ``key: value`` pairs applied last (papermill ``-y`` or sweep files).
         **params: a notebook's other literal parameters; None leaves a key to the layers.
-            ``$AMBINB_RUN_ROOT``, when set, replaces the default ``run_root`` (the test suite uses it).
+            ``$AMBINB_RUN_ROOT``, when set, replaces the default ``run_root`` (the test suite uses it);
+            ``$AMBINB_FAST_DEV`` applies ``params/fast_dev.yaml`` after the strategy (the notebook tests).
 
     Returns:
         A flat dict of every declared key, plus ``layers`` (the files applied, in order).
@@ -142,6 +144,9 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
         _apply(cfg, data, str(path), declared)
         layers.append(f"strategies/{path.stem}.yaml")
     cfg["strategy"] = strategy
+    if os.environ.get(FAST_DEV_ENV):
+        _apply(cfg, load_yaml(params_dir() / "fast_dev.yaml"), "fast_dev.yaml", declared)
+        layers.append("fast_dev.yaml")
 
     given = {k: v for k, v in params.items() if v is not None}
     _apply(cfg, given, NOTEBOOK, declared)

@@ -118,6 +118,8 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
     ``extra`` entries (e.g. the training summary) are added to ``metrics.json``.
     """
     start = time.perf_counter()
+    if int(cfg.get("eval_max_utterances", 0)) > 0:
+        test_df = test_df.iloc[: int(cfg["eval_max_utterances"])]
     cache = cache or feature_cache(model, processor, cfg)
     calls_before = cache.tower_calls
     with torch.no_grad():

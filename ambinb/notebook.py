@@ -66,6 +66,7 @@ def execute(name: str, output: str | os.PathLike, params: dict[str, Any] | None 
 
     src = notebook_path(name)
     params = dict(params or {})
+    os.environ.setdefault("TQDM_MININTERVAL", "10")  # a bar in an executed notebook: a few lines, not hundreds
     check_parameters(src, params)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

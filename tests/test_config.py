@@ -101,3 +101,10 @@ def test_run_dir_layout(tmp_path):
         run_dir("Toy", "sft", 0, tmp_path)
     with pytest.raises(ValueError, match="fold"):
         run_dir("toy", "sft", -1, tmp_path)
+
+
+def test_fast_dev_layer_sits_under_the_notebook(monkeypatch):
+    monkeypatch.setenv("AMBINB_FAST_DEV", "1")
+    cfg = config.resolve(strategy="sft", max_steps=5)
+    assert cfg["eval_max_utterances"] == 8 and cfg["max_steps"] == 5
+    assert cfg["layers"][-2:] == ["fast_dev.yaml", "notebook"]
