@@ -87,3 +87,10 @@ def test_a_checkpoint_from_another_model_is_refused(tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(5, 1))
     with pytest.raises(ValueError, match="trainable parameters differ"):
         engine.train(other, Regression(), _tc(), tmp_path, progress=False)
+
+
+def test_trackers_write_through_accelerate(tmp_path):
+    acc = engine.make_accelerator({"device": "cpu", "trackers": "tensorboard"}, tmp_path)
+    engine.train(_model(), Regression(), _tc(max_steps=3, trackers=["tensorboard"]), tmp_path, accelerator=acc,
+                 progress=False)
+    assert list(tmp_path.rglob("events.out.tfevents.*")), "no TensorBoard event file written"
