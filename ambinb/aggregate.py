@@ -23,11 +23,75 @@ LOWER_IS_BETTER = {"js": True, "bc": False, "r2": False, "brier": True, "kl": Tr
                    "collapse_rate": True, "entropy_corr": False}
 TABLE2_ROWS = ("base", "classical", "prior", "sft", "dpo", "grpo", "grpo_z")
 PRIOR = "prior"
+TABLE3_ROWS = ("sft", "sft_nocot")
+CROSS_SEP = "_to_"
+# the paper's cross-domain setting (Table 3): trained on CREMA-D, tested on IEMOCAP; expected (shown as
+# missing until run) whenever both datasets are among those 06_ablations is asked about
+CROSS_DOMAIN = (("crema_d", "iemocap"),)
+# the paper's Table 3 row labels -> ours (run-folder dataset names)
+_PAPER_TABLE3 = {"in-domain (CREMA-D)": "crema_d", "cross-domain (IEMOCAP)": "crema_d_to_iemocap"}
+
+
+def cross_name(train: str, test: str) -> str:
+    """The run-folder dataset part of a cross-domain run: ``cross_name("crema_d", "iemocap")`` ->
+    ``"crema_d_to_iemocap"`` (``runs/crema_d_to_iemocap/sft/fold0/``)."""
+    return f"{train}{CROSS_SEP}{test}"
+
+
+def split_cross(name: str) -> tuple[str, str] | None:
+    """``(train, test)`` of a cross-domain run-folder name, None for an in-domain one.
+
+    Example: ``split_cross("crema_d_to_iemocap")`` -> ``("crema_d", "iemocap")``;
+    ``split_cross("toy")`` -> None.
+
+    Raises:
+        ValueError: a name with ``_to_`` but an empty side (``"_to_iemocap"``) or two of them.
+    """
+    if CROSS_SEP not in name:
+        return None
+    train, _, test = name.partition(CROSS_SEP)
+    if not train or not test or CROSS_SEP in test:
+        raise ValueError(f"run folder {name!r}: a cross-domain name is <train>{CROSS_SEP}<test>")
+    return train, test
+
+
+def setting_label(name: str) -> str:
+    """How Table 3 names a run-folder dataset: ``"toy (in-domain)"``, ``"crema_d → iemocap (cross-domain)"``."""
+    pair = split_cross(name)
+    return f"{name} (in-domain)" if pair is None else f"{pair[0]} → {pair[1]} (cross-domain)"
+
+
+def cross_domains(run_root: str, datasets: list[str]) -> list[str]:
+    """The cross-domain run-folder names Table 3 shows: every ``<train>_to_<test>`` folder under ``run_root``
+    (a run that exists is never left out), plus the paper's pairs (``CROSS_DOMAIN``) whose two datasets are
+    both in ``datasets`` (shown as missing until they run).
+
+    Example: with ``runs/crema_d_to_iemocap/`` absent, ``cross_domains("runs", ["iemocap", "crema_d"])`` ->
+    ``["crema_d_to_iemocap"]`` and ``cross_domains("runs", ["toy"])`` -> ``[]``.
+    """
+    root = resolve_path(run_root)
+    found = {p.name for p in root.glob(f"*{CROSS_SEP}*") if p.is_dir() and split_cross(p.name)} \
+        if root.exists() else set()
+    expected = {cross_name(a, b) for a, b in CROSS_DOMAIN if a in datasets and b in datasets}
+    return sorted(found | expected)
+
+
+def _test_dataset(path: Path, m: dict) -> str:
+    """The dataset a run was tested on: ``params.test_dataset``, else the ``<test>`` of a cross-domain
+    folder name, else the folder's dataset; a disagreement between the two raises naming the file."""
+    folder = path.parts[-4]
+    pair = split_cross(folder)
+    declared = (m.get("params") or {}).get("test_dataset") or ""
+    if pair and declared and declared != pair[1]:
+        raise ValueError(f"{path}: folder {folder!r} says tested on {pair[1]!r}, params.test_dataset says "
+                         f"{declared!r}")
+    return declared or (pair[1] if pair else folder)
 
 
 def collect(run_root: str = "runs") -> pd.DataFrame:
-    """One row per finished run: dataset, strategy, fold, every metric, and the fold's prior metrics
-    (columns ``prior_<metric>``)."""
+    """One row per finished run: dataset (the run-folder name), strategy, fold, folder, train_dataset and
+    test_dataset (the two sides of a ``<train>_to_<test>`` folder, else the dataset twice), every metric,
+    and the fold's prior metrics (columns ``prior_<metric>``)."""
     root = resolve_path(run_root)
     rows = []
     for path in sorted(root.glob("*/*/fold*/metrics.json")):
@@ -35,8 +99,10 @@ def collect(run_root: str = "runs") -> pd.DataFrame:
             m = json.loads(path.read_text())
         except ValueError:
             continue  # a run still being written is not finished
+        pair = split_cross(path.parts[-4])
         row = {"dataset": path.parts[-4], "strategy": path.parts[-3], "fold": int(path.parts[-2][4:]),
-               "folder": str(path.parent), "test_dataset": m.get("params", {}).get("test_dataset") or path.parts[-4]}
+               "folder": str(path.parent), "train_dataset": pair[0] if pair else path.parts[-4],
+               "test_dataset": _test_dataset(path, m)}
         row.update({k: v for k, v in m["metrics"].items()})
         row.update({f"prior_{k}": v for k, v in m.get("prior", {}).items()})
         rows.append(row)
@@ -49,7 +115,8 @@ def with_prior_rows(runs: pd.DataFrame) -> pd.DataFrame:
         return runs
     prior_cols = [c for c in runs.columns if c.startswith("prior_")]
     prior = runs.groupby(["dataset", "fold"], as_index=False).first()
-    prior = prior[["dataset", "fold", "test_dataset", *prior_cols]].rename(columns=lambda c: c.removeprefix("prior_"))
+    keep = [c for c in ("dataset", "fold", "train_dataset", "test_dataset") if c in prior.columns]
+    prior = prior[[*keep, *prior_cols]].rename(columns=lambda c: c.removeprefix("prior_"))
     prior["strategy"] = PRIOR
     return pd.concat([runs, prior], ignore_index=True)
 
@@ -207,11 +274,31 @@ def table2(run_root: str, datasets: list[str], folds: list[int], n_boot: int = 1
     return format_table(table, paper=paper.table2(), cis=cis)
 
 
-def table3(run_root: str, datasets: list[str], folds: list[int]) -> pd.DataFrame:
-    """Table 3: SFT with CoT + KL against KL only (no CoT), in-domain (each dataset) and cross-domain
-    (run folders named ``<train>_to_<test>``)."""
-    root = resolve_path(run_root)
-    cross = sorted(p.name for p in root.glob("*_to_*") if p.is_dir()) if root.exists() else []
-    runs = collect(run_root)
-    table = summary(runs, ["sft", "sft_nocot"], [*datasets, *cross], folds)
-    return format_table(table)
+def paper_table3() -> pd.DataFrame:
+    """The paper's Table 3 indexed like :func:`table3` (``(setting label, strategy)``)."""
+    from ambinb import paper
+
+    rows = {(setting_label(_PAPER_TABLE3[setting]), st): vals for (setting, st), vals in paper.TABLE3.items()}
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=list(paper.METRICS))
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["setting", "strategy"])
+    return df
+
+
+def table3(run_root: str, datasets: list[str], folds: list[int], n_boot: int = 1000) -> pd.DataFrame:
+    """Table 3: SFT with CoT + KL (``sft``) against KL only (``sft_nocot``), in-domain (each dataset) and
+    cross-domain (run folders ``<train>_to_<test>``, see :func:`cross_domains`), mean ± sd over folds with
+    pooled bootstrap CIs, best per setting in bold, the paper's numbers beside (CREMA-D and CREMA-D → IEMOCAP).
+
+    Rows are indexed ``(setting, strategy)`` with settings labelled by :func:`setting_label`.
+    """
+    names = [*datasets, *cross_domains(run_root, datasets)]
+    table = summary(collect(run_root), list(TABLE3_ROWS), names, folds)
+    cis = {(ds, st): pooled_ci(run_root, ds, st, folds, n_boot) for ds in names for st in TABLE3_ROWS}
+    cells = format_table(table, cis=cis)
+    labels = {ds: setting_label(ds) for ds in names}
+    index = pd.MultiIndex.from_tuples([(labels[ds], st) for ds, st in cells.index], names=["setting", "strategy"])
+    cells.index = index
+    paper = paper_table3()
+    for m in MAIN_METRICS:
+        cells[f"{m} (paper)"] = [f"{paper.loc[i, m]:.2f}" if i in paper.index else "" for i in cells.index]
+    return cells
