@@ -154,3 +154,63 @@ def run_base(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     model, processor = model_mod.load_model(cfg)
     out = run_dir(cfg["dataset"], "base", int(cfg["fold"]), cfg.get("run_root", "runs"))
     return evaluate(model, processor, test_df, cfg, out, p_prior, progress=progress)
+
+
+# --- cross-domain (Table 3) -------------------------------------------------------------------
+
+def restrict_prior(p_prior: np.ndarray, classes: list[str], subset: list[str]) -> np.ndarray:
+    """The distribution ``p_prior`` over ``classes`` restricted to ``subset`` and renormalised.
+
+    Example: ``[.4, .1, .1, .2, .1, .1]`` over ``[anger, disgust, fear, happiness, neutral, sadness]``
+    restricted to ``[anger, happiness, sadness, neutral]`` -> ``[.4, .2, .1, .1] / .8 = [.5, .25, .125, .125]``.
+
+    Raises:
+        ValueError: a class of ``subset`` that ``classes`` lacks, or no mass left on ``subset``.
+    """
+    missing = [c for c in subset if c not in classes]
+    if missing:
+        raise ValueError(f"classes {missing} of the test set are not among the training classes {classes}")
+    p = np.asarray(p_prior, dtype=np.float64)[[classes.index(c) for c in subset]]
+    if p.sum() <= 0:
+        raise ValueError(f"the training prior puts no mass on {subset}")
+    return p / p.sum()
+
+
+def run_cross_domain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Table 3's cross-domain row: the model trained on ``train_dataset`` fold k (the in-domain run
+    ``run_dir(train_dataset, strategy, k)`` and its ``adapter/``) evaluated on ``test_dataset``'s fold k
+    test rows, into ``run_dir(dataset, strategy, k)`` where ``dataset`` is ``<train>_to_<test>``.
+
+    The prompt lists the test corpus' classes unless ``eval_prompt_classes`` names others, and the
+    read-out scores the test corpus' classes (each must be a training class). The prior row is the
+    training folds' mean distribution restricted to those classes and renormalised: what a model that
+    ignores its input, and never saw the test corpus, would answer. Nothing is trained.
+
+    Raises:
+        ValueError: ``train_dataset`` or ``test_dataset`` empty, or a test class the training set lacks.
+        FileNotFoundError: the in-domain run has not finished (run its sweep first); the message says which.
+    """
+    from ambinb import labels
+    from ambinb import model as model_mod
+
+    train, test, fold = cfg.get("train_dataset") or "", cfg.get("test_dataset") or "", int(cfg["fold"])
+    if not train or not test:
+        raise ValueError(f"dataset {cfg['dataset']!r}: a cross-domain run needs train_dataset and test_dataset "
+                         f"(params/datasets/{cfg['dataset']}.yaml)")
+    source = run_dir(train, cfg["strategy"], fold, cfg["run_root"])
+    if not results.is_finished(source) or not (source / "adapter").exists():
+        raise FileNotFoundError(f"{source}: no finished in-domain {cfg['strategy']} run with an adapter/; "
+                                f"run params/sweeps/{train}.yaml (or fold {fold} of it) first")
+    trained_on = results.read_metrics(source)["params"].get("model_name_or_path", "")
+    if trained_on != cfg["model_name_or_path"]:
+        raise ValueError(f"{source} was trained from {trained_on!r}, this run loads {cfg['model_name_or_path']!r}")
+    train_df, _ = labels.split(labels.load_dataset({**cfg, "dataset": train, "data_root": cfg["train_data_root"],
+                                                    "classes": []}), fold)
+    _, test_df = labels.split(labels.load_dataset({**cfg, "dataset": test, "data_root": cfg["test_data_root"],
+                                                   "classes": []}), fold)
+    prior = restrict_prior(results.prior_distribution(p_of(train_df)), classes_of(train_df), classes_of(test_df))
+    model, processor = model_mod.load_trained(source / "adapter", cfg)
+    out = run_dir(cfg["dataset"], cfg["strategy"], fold, cfg["run_root"])
+    return evaluate(model, processor, test_df, cfg, out, prior, progress=progress,
+                    extra={"source_run": str(source), "train_dataset": train, "test_dataset": test,
+                           "n_train_rows": len(train_df)})

@@ -69,3 +69,24 @@ def test_table3_in_domain_and_cross_domain_rows(tmp_path):
     assert t3.loc[(cross, "sft"), "js (paper)"] == "0.38"
     assert t3.loc[("crema_d (in-domain)", "sft_nocot"), "brier (paper)"] == "0.04"
     assert t3.loc[("iemocap (in-domain)", "sft"), "js (paper)"] == ""
+
+
+def test_restrict_prior_by_hand():
+    from ambinb.evaluate import restrict_prior
+
+    six = ["anger", "disgust", "fear", "happiness", "neutral", "sadness"]
+    four = ["anger", "happiness", "sadness", "neutral"]
+    # [.4, .1, .1, .2, .1, .1] -> anger .4, happiness .2, sadness .1, neutral .1 over a mass of .8
+    np.testing.assert_allclose(restrict_prior(np.array([.4, .1, .1, .2, .1, .1]), six, four),
+                               [.5, .25, .125, .125])
+    with pytest.raises(ValueError, match="not among the training classes"):
+        restrict_prior(np.full(4, .25), four, ["fear"])
+
+
+def test_cross_domain_run_needs_the_in_domain_run(tmp_path):
+    from ambinb import config
+    from ambinb.evaluate import run_cross_domain
+
+    cfg = config.resolve(dataset="crema_d_to_iemocap", strategy="sft", fold=0, run_root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="run params/sweeps/crema_d.yaml"):
+        run_cross_domain(cfg)
