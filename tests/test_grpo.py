@@ -1,0 +1,174 @@
+"""GRPO and GRPO_z: rewards from the registry, the injected gold always on top, old-policy log-probs
+kept across num_iterations, audio in every forward (rollout, policy, old policy, reference), and a
+tiny training run that moves the trainable weights and not the tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest_model import CLASSES, tiny, tiny_dir
+from test_dpo import P_GT, audio_owner, check_audio_in, fake_rollout, make_examples, perturb_lora, record_forwards
+
+from ambinb import audio as A
+from ambinb import config, engine, grpo, losses, metrics, rewards
+from ambinb import model as model_mod
+
+FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+
+
+def make_cfg(strategy: str = "grpo_z", **over) -> dict:
+    return config.resolve(dataset="toy", strategy=strategy, overrides={
+        "max_new_tokens": 48, "readout_batch_size": 0, "seed": 0, **over})
+
+
+def test_total_reward_is_eq6_by_hand():
+    good = "<think>\nKeywords: loud\nStep 1 (text): a.\nStep 2 (audio): b.\nStep 3 (synthesis): c.\n</think>\n" \
+           "<answer>anger</answer>"
+    kw = {"p_gt": [[0.5, 0.5], [0.5, 0.5]], "p_hat": [[0.75, 0.25], [0.75, 0.25]], "classes": ["anger", "sadness"],
+          "format_weight": 0.1}
+    kl = 0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25)  # 0.1438
+    r = grpo.total_reward(["grpo"], [good, "<answer>anger"], **kw)
+    assert r == pytest.approx([-kl + 0.1, -kl], abs=1e-6)
+    assert grpo.total_reward(["distribution"], [good, good], **kw) == pytest.approx([-kl, -kl], abs=1e-6)
+    assert grpo.total_reward(["distribution", "format"], [good], **{**kw, "p_gt": kw["p_gt"][:1],
+                                                                     "p_hat": kw["p_hat"][:1]}) == \
+        pytest.approx([-kl + 1.0], abs=1e-6)
+    with pytest.raises(ValueError, match="unknown reward"):
+        grpo.total_reward(["nope"], [good], **kw)
+
+
+def test_with_gold_by_hand():
+    np.testing.assert_array_equal(grpo.with_gold([[-0.3, -0.1], [0.0, -1.0]], [0.1, 0.1]),
+                                  [[-0.3, -0.1, 0.1], [0.0, -1.0, 0.1]])
+
+
+def test_the_injected_gold_always_has_the_top_advantage():
+    """Random groups scored by the grpo reward (random p_hat, texts good or broken), plus a member
+    that is perfect (KL 0, format 1): the gold's advantage is never below any member's."""
+    rng = np.random.default_rng(0)
+    good = "<think>\nKeywords: x\nStep 1 (text): a.\nStep 2 (audio): b.\nStep 3 (synthesis): c.\n</think>\n" \
+           "<answer>sadness</answer>"
+    for trial in range(200):
+        k = int(rng.integers(2, 9))
+        p_gt = rng.dirichlet(np.ones(4), size=1).repeat(k, axis=0)
+        p_hat = rng.dirichlet(np.full(4, rng.choice([0.1, 1.0, 10.0])), size=k)
+        if trial % 4 == 0:
+            p_hat[0] = p_gt[0]  # a perfect sampled member ties with the gold
+        texts = [good if rng.random() < 0.7 or (trial % 4 == 0 and j == 0) else "broken" for j in range(k)]
+        sampled = grpo.total_reward(["grpo"], texts, p_gt=p_gt, p_hat=p_hat, classes=CLASSES, format_weight=0.1)
+        table = grpo.with_gold(np.array([sampled]), rewards.gold_reward(["gold"], format_weight=0.1))
+        adv = losses.group_advantages(torch.tensor(table, dtype=torch.float64), k + 1)
+        assert float(adv[-1]) >= float(adv[:-1].max()) - 1e-9
+        if trial % 4 != 0:
+            assert float(adv[-1]) > float(adv[:-1].max())
+
+
+def test_a_reward_list_that_could_beat_the_gold_is_refused(tiny):
+    model, processor = tiny
+    examples = make_examples(model, processor, 1)
+    with pytest.raises(ValueError, match="gold would not rank first"):
+        grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(rewards=["distribution", "format"]))
+    grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(rewards=["distribution"]))  # max 0 < 0.1
+
+
+def test_sampled_groups_rewards_and_gold_member(tiny, monkeypatch):
+    """Hand-made read-outs: rewards are -KL + 0.1 * format per member, the gold is member K+1 with
+    the top advantage in every group, and advantages are per group."""
+    model, processor = tiny
+    examples = make_examples(model, processor)
+    rng = np.random.default_rng(1)
+    p_hat = rng.dirichlet(np.ones(4), size=(3, 3))
+    monkeypatch.setattr(grpo.rollout, "rollout", fake_rollout(p_hat))
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(grpo_k=3, grpo_kl_coef=0.0))
+    batch = strategy.sample(model, [0, 1, 2], 0)
+    assert len(batch.completions) == 3 * 4 and batch.old_logps is None
+    for b in range(3):
+        assert batch.completions[4 * b + 3] == examples[b].completion.ids  # the gold, teacher-forced
+        r = -metrics.kl(np.repeat(P_GT[b:b + 1], 3, axis=0), p_hat[b]) + 0.1  # fake texts are well formed
+        table = torch.tensor(np.append(r, 0.1)[None], dtype=torch.float32)
+        torch.testing.assert_close(batch.advantages[4 * b: 4 * b + 4], losses.group_advantages(table, 4))
+        assert int(batch.advantages[4 * b: 4 * b + 4].argmax()) == 3
+    r_all = np.concatenate([-metrics.kl(np.repeat(P_GT[b:b + 1], 3, axis=0), p_hat[b]) + 0.1 for b in range(3)])
+    assert batch.stats["reward_mean"] == pytest.approx(r_all.mean(), abs=1e-6)
+    assert batch.stats["format_rate"] == 1.0
+
+
+def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(tiny, monkeypatch):
+    model, processor = tiny
+    model = model_mod.apply_lora(model, make_cfg())
+    perturb_lora(model)
+    examples = make_examples(model, processor)
+    with torch.no_grad():
+        projected = [A.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
+    placeholder = A.base_model(model).get_input_embeddings().weight[
+        processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")].detach()
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(grpo_k=2, num_iterations=2))
+    seen, handle = record_forwards(model, monkeypatch, grpo)
+    strategy.loss(model, [0, 1, 2], 0)
+    handle.remove()
+    kinds = [r["kind"] for r in seen]
+    assert {"rollout", "policy", "old_policy", "reference"} <= set(kinds)
+    check_audio_in(seen, projected, placeholder)
+    for kind in ("policy", "old_policy", "reference"):
+        rows = [r for r in seen if r["kind"] == kind]
+        assert len(rows) == 1
+        owners = [audio_owner(row, projected) for row in rows[0]["embeds"]]
+        assert owners == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # K = 2 samples + the gold, per utterance
+
+
+def test_num_iterations_reuses_the_rollouts_with_the_old_policy_logprobs(tiny, monkeypatch):
+    model, processor = tiny
+    model = model_mod.apply_lora(model, make_cfg())
+    examples = make_examples(model, processor)
+    calls: list[int] = []
+    rng = np.random.default_rng(2)
+    monkeypatch.setattr(grpo.rollout, "rollout", fake_rollout(rng.dirichlet(np.ones(4), size=(2, 3)), calls))
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES,
+                                 make_cfg(grpo_k=3, num_iterations=2, grpo_kl_coef=0.04))
+    loss0, st0 = strategy.loss(model, [0, 1], 0)
+    assert st0["resampled"] == 1 and st0["ratio"] == pytest.approx(1.0, abs=1e-5) and st0["kl"] == 0.0
+    old = strategy._buffer[0].old_logps.clone()
+    perturb_lora(model, seed=3)  # an optimizer step stands in here
+    loss1, st1 = strategy.loss(model, [2, 0], 1)  # the indices of a reuse step are ignored
+    assert st1["resampled"] == 0 and calls == [2]
+    assert torch.equal(strategy._buffer[0].old_logps, old)
+    assert abs(st1["ratio"] - 1.0) > 1e-3 and st1["kl"] > 0 and st1["clip_fraction"] > 0
+    _, st2 = strategy.loss(model, [1, 2], 2)  # a new block samples afresh
+    assert st2["resampled"] == 1 and calls == [2, 2]
+
+
+def test_one_iteration_has_no_old_policy_forward(tiny, monkeypatch):
+    model, processor = tiny
+    model = model_mod.apply_lora(model, make_cfg())
+    examples = make_examples(model, processor, 2)
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg("grpo", grpo_k=2, grpo_kl_coef=0.0))
+    seen, handle = record_forwards(model, monkeypatch, grpo)
+    loss, st = strategy.loss(model, [0, 1], 0)
+    handle.remove()
+    assert sorted({r["kind"] for r in seen}) == ["policy", "rollout"]  # no old policy, no reference (coef 0)
+    assert st["ratio"] == pytest.approx(1.0) and st["clip_fraction"] == 0.0 and loss.requires_grad
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_tiny_grpo_z_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_path, lora):
+    model, processor = tiny
+    cfg = make_cfg(grpo_k=2, lora=lora)
+    model = model_mod.prepare_trainable(model, cfg)
+    examples = make_examples(model, processor)
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, cfg)
+    assert (strategy.reference.copy is None) == lora
+    before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
+    tower = {n: p.detach().clone() for n, p in A.core(model).audio_tower.named_parameters()}
+    tc = engine.TrainConfig(lr=1e-3, max_steps=2, batch_size=2, checkpoint_every=10)
+    history = engine.train(model, strategy, tc, tmp_path, progress=False)
+    assert len(history) == 2 and all(np.isfinite(row["loss"]) for row in history)
+    moved = [n for n, p in engine.trainable_parameters(model) if not torch.equal(p.detach(), before[n])]
+    assert len(moved) > len(before) // 2, f"only {len(moved)} of {len(before)} trainable tensors changed"
+    for n, p in A.core(model).audio_tower.named_parameters():
+        assert torch.equal(p.detach(), tower[n]) and not p.requires_grad
+    assert history[1]["kl"] > 0  # the policy left the reference after the first step
+    if not lora:  # the frozen reference copy stayed at the start
+        for n, p in strategy.reference.copy.named_parameters():
+            if n in before:
+                torch.testing.assert_close(p, before[n])
