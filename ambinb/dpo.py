@@ -31,14 +31,13 @@ sampling and reading them out), ``margin`` and
 ``accuracy`` of the implicit reward (:func:`ambinb.losses.dpo_metrics`), ``dpo``, ``kl``, ``ce``.
 
 The helpers at the end (:func:`completion_logprobs`, :class:`Reference`, :func:`step_generator`,
-:func:`train_and_evaluate`) are shared with :mod:`ambinb.grpo`.
+:func:`ambinb.sft.train_and_evaluate`) are shared with :mod:`ambinb.grpo`.
 """
 
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -186,7 +185,7 @@ def build_strategy(model: Any, processor: Any, examples: list[sft.Example], clas
 def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train ``cfg["strategy"]`` (dpo, dpo_ce) on the fold's training rows and evaluate on its test rows,
     into ``run_dir(dataset, strategy, fold, run_root)``; returns what :func:`ambinb.sft.run` returns."""
-    return train_and_evaluate(cfg, build_strategy, progress, stop_at, summarize_dpo)
+    return sft.train_and_evaluate(cfg, build_strategy, progress, stop_at, summarize_dpo)
 
 
 def summarize_dpo(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -296,53 +295,3 @@ def step_generator(model: Any, seed: int, step: int, indices: list[int]) -> torc
     gen = torch.Generator(device=device_of(model))
     gen.manual_seed(int(state))
     return gen
-
-
-def train_and_evaluate(cfg: dict[str, Any], build: Callable[..., engine.Strategy], progress: bool = True,
-                       stop_at: int | None = None,
-                       summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """What :func:`ambinb.sft.run` does, for a strategy built by ``build(model, processor, examples,
-    classes, cfg)``: train on the fold's training rows that have an accepted CoT, save the adapter
-    (or the full weights), evaluate the fold's test rows into the run folder.
-
-    ``metrics.json`` gets a ``train`` entry (examples, training rows, steps, seconds, and
-    ``summarize(history)``).
-
-    Returns:
-        ``{"metrics": metrics.json content (None when stopped early), "history": training log,
-        "n_train": examples, "n_train_rows": training rows, "run_dir": path}``.
-    """
-    from ambinb import evaluate, labels, results
-    from ambinb import model as model_mod
-    from ambinb.paths import run_dir
-
-    start = time.time()
-    torch.manual_seed(int(cfg["seed"]))
-    out = run_dir(cfg["dataset"], cfg["strategy"], int(cfg["fold"]), cfg["run_root"])
-    df = labels.load_dataset(cfg)
-    train_df, test_df = labels.split(df, int(cfg["fold"]))
-    cots = sft.training_cots(cfg, df, train_df)
-    model, processor = model_mod.load_model(cfg)
-    model = model_mod.prepare_trainable(model, cfg)
-    cache = evaluate.feature_cache(model, processor, cfg)
-    examples = sft.build_examples(train_df, cots, processor, cache, cfg, progress)
-    classes = evaluate.classes_of(train_df)
-    strategy = build(model, processor, examples, classes, cfg)
-    accelerator = engine.make_accelerator(cfg, out)
-    tc = engine.TrainConfig.from_cfg(cfg)
-    history = engine.train(model, strategy, tc, out, accelerator, resume=bool(cfg["resume"]), progress=progress,
-                           stop_at=stop_at)
-    info = {"n_train": len(examples), "n_train_rows": len(train_df), "history": history, "run_dir": str(out)}
-    if stop_at is not None and len(history) < tc.total_steps(len(examples)):
-        return {**info, "metrics": None}
-    model_mod.save_trained(model, processor, out / "adapter")
-    model.eval()
-    prior = results.prior_distribution(evaluate.p_of(train_df))
-    train_seconds = time.time() - start
-    train = {"examples": len(examples), "training_rows": len(train_df), "steps": len(history),
-             "seconds": train_seconds, **(summarize(history) if summarize else {})}
-    metrics_ = evaluate.evaluate(model, processor, test_df, cfg, out, prior, cache=cache, progress=progress,
-                                 extra={"train": train, "wall_time_s": train_seconds})
-    metrics_["wall_time_s"] = time.time() - start
-    results.write_json(out / results.METRICS_FILE, metrics_)
-    return {**info, "metrics": metrics_}

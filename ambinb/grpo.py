@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from ambinb import cot, losses, rewards, rollout, sft
-from ambinb.dpo import Reference, completion_logprobs, rollout_js, step_generator, train_and_evaluate
+from ambinb.dpo import Reference, completion_logprobs, rollout_js, step_generator
+from ambinb.sft import train_and_evaluate
 
 
 @dataclass

@@ -22,6 +22,7 @@ validation), so the comparison isolates the objective.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,27 @@ def training_cots(cfg: dict[str, Any], df: pd.DataFrame, train_df: pd.DataFrame)
     return {u: c for u, c in curation.accepted_cots(cfg).items() if u in wanted}
 
 
+def build_strategy(model: Any, processor: Any, examples: list[Example], classes: list[str],
+                   cfg: dict[str, Any]) -> SFTStrategy:
+    """The SFT strategy for :func:`train_and_evaluate`."""
+    return SFTStrategy(examples, classes, processor.tokenizer, cfg)
+
+
 def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train ``cfg["strategy"]`` (sft, sft_ce, sft_nocot) on the fold's training rows and evaluate on its
-    test rows, into ``run_dir(dataset, strategy, fold, run_root)``.
+    test rows, into ``run_dir(dataset, strategy, fold, run_root)``; see :func:`train_and_evaluate`."""
+    return train_and_evaluate(cfg, build_strategy, progress, stop_at)
+
+
+def train_and_evaluate(cfg: dict[str, Any], build: Callable[..., engine.Strategy], progress: bool = True,
+                       stop_at: int | None = None,
+                       summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The run every training strategy makes (SFT, DPO, GRPO), for a strategy built by
+    ``build(model, processor, examples, classes, cfg)``: train on the fold's training rows that have an
+    accepted CoT, save the adapter (or the full weights), evaluate the fold's test rows into the run folder.
+
+    ``metrics.json`` gets a ``train`` entry (examples, training rows, steps, seconds, and
+    ``summarize(history)``).
 
     Returns:
         ``{"metrics": metrics.json content (None when stopped early), "history": training log,
@@ -189,22 +208,24 @@ def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) 
     model = model_mod.prepare_trainable(model, cfg)
     cache = evaluate.feature_cache(model, processor, cfg)
     examples = build_examples(train_df, cots, processor, cache, cfg, progress)
-    classes = [c[2:] for c in train_df.columns if c.startswith("p_")]
-    strategy = SFTStrategy(examples, classes, processor.tokenizer, cfg)
+    classes = evaluate.classes_of(train_df)
+    strategy = build(model, processor, examples, classes, cfg)
     accelerator = engine.make_accelerator(cfg, out)
-    history = engine.train(model, strategy, engine.TrainConfig.from_cfg(cfg), out, accelerator,
-                           resume=bool(cfg["resume"]), progress=progress, stop_at=stop_at)
+    tc = engine.TrainConfig.from_cfg(cfg)
+    history = engine.train(model, strategy, tc, out, accelerator, resume=bool(cfg["resume"]), progress=progress,
+                           stop_at=stop_at)
     info = {"n_train": len(examples), "n_train_rows": len(train_df), "history": history, "run_dir": str(out)}
-    if stop_at is not None and len(history) < engine.TrainConfig.from_cfg(cfg).total_steps(len(examples)):
+    if stop_at is not None and len(history) < tc.total_steps(len(examples)):
         return {**info, "metrics": None}
     model_mod.save_trained(model, processor, out / "adapter")
     model.eval()
     prior = results.prior_distribution(evaluate.p_of(train_df))
     train_seconds = time.time() - start
-    extra = {"train": {"examples": len(examples), "training_rows": len(train_df), "steps": len(history),
-                       "seconds": train_seconds}}
-    metrics = evaluate.evaluate(model, processor, test_df, cfg, out, prior, cache=cache, progress=progress,
-                                extra={**extra, "wall_time_s": train_seconds})
-    metrics["wall_time_s"] = time.time() - start
-    results.write_json(out / results.METRICS_FILE, metrics)
-    return {**info, "metrics": metrics}
+    train = {"examples": len(examples), "training_rows": len(train_df), "steps": len(history),
+             "seconds": train_seconds, **(summarize(history) if summarize else {})}
+    metrics_ = evaluate.evaluate(model, processor, test_df, cfg, out, prior, cache=cache, progress=progress,
+                                 extra={"train": train, "wall_time_s": train_seconds})
+    metrics_["wall_time_s"] = time.time() - start
+    results.write_json(out / results.METRICS_FILE, metrics_)
+    return {**info, "metrics": metrics_}
+
