@@ -183,7 +183,8 @@ def test_full_fine_tune_keeps_the_tower_frozen(tiny):
 
 def test_adapter_saves_and_loads_with_the_run(tiny, tiny_dir, tmp_path):
     model, processor = tiny
-    cfg = config.resolve(overrides={"model_name_or_path": str(tiny_dir), "dtype": "float32", "device": "cpu"})
+    cfg = config.resolve(overrides={"model_name_or_path": str(tiny_dir), "dtype": "float32", "device": "cpu",
+                                    "lora": True})  # the tiny model's layer fine-tunes fully; LoRA here
     peft_model = M.prepare_trainable(model, cfg)
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
