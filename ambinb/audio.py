@@ -258,6 +258,19 @@ def merge_audio(model: Any, input_ids: torch.Tensor, audio: list[torch.Tensor] |
     return embeds.masked_scatter(is_audio.unsqueeze(-1).to(embeds.device), projected)
 
 
+def _lm_inputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               audio: list[torch.Tensor] | None, position_ids: torch.Tensor | None, cache: Any,
+               use_cache: bool) -> dict[str, Any]:
+    """Keyword arguments of a language-model forward whose embeddings carry the audio (:func:`merge_audio`)."""
+    kwargs: dict[str, Any] = {"inputs_embeds": merge_audio(model, input_ids, audio), "attention_mask": attention_mask,
+                              "use_cache": use_cache}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if cache is not None:
+        kwargs["cache"] = cache
+    return kwargs
+
+
 def lm_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                audio: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None,
                cache: Any = None, use_cache: bool = False) -> Any:
@@ -266,13 +279,7 @@ def lm_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
     Every ambinb forward (readout, rollout prefill and decoding, training losses) goes through here.
     Returns the model output (``.logits`` (B, T, V), ``.cache``).
     """
-    embeds = merge_audio(model, input_ids, audio)
-    kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": use_cache}
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids
-    if cache is not None:
-        kwargs["cache"] = cache
-    return model(**kwargs)
+    return model(**_lm_inputs(model, input_ids, attention_mask, audio, position_ids, cache, use_cache))
 
 
 def lm_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -285,13 +292,7 @@ def lm_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     calls the inner model, past any DDP wrapper: a distributed training loss should go through
     :func:`lm_forward` (the outer forward) or unwrap deliberately.
     """
-    embeds = merge_audio(model, input_ids, audio)
-    kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": use_cache}
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids
-    if cache is not None:
-        kwargs["cache"] = cache
-    out = core(model)(**kwargs)
+    out = core(model)(**_lm_inputs(model, input_ids, attention_mask, audio, position_ids, cache, use_cache))
     return out.last_hidden_state, out.cache
 
 
