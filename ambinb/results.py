@@ -168,3 +168,22 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
 def read_predictions(run_dir: str | os.PathLike) -> pd.DataFrame:
     """The ``predictions.jsonl`` of a run folder as a DataFrame (one row per utterance)."""
     return pd.read_json(Path(run_dir) / PREDICTIONS_FILE, lines=True)
+
+
+def bench_device(device: str) -> tuple[str, str]:
+    """(readable device name, file-name slug) for a benchmark's results: ``cpu`` on the CPU, the card's
+    name on a GPU (``NVIDIA H200`` -> ``nvidia_h200``)."""
+    if device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name()
+        return name, "".join(c if c.isalnum() else "_" for c in name.lower())
+    return platform.processor() or platform.machine(), "cpu"
+
+
+def write_bench(name: str, slug: str, result: dict[str, Any], out: str | os.PathLike | None = None) -> Path:
+    """Write a benchmark's JSON to ``out`` or ``bench/results/<name>_<slug>.json`` (atomically); return the path."""
+    path = Path(out) if out else project_root() / "bench" / "results" / f"{name}_{slug}.json"
+    write_json(path, result)
+    print(f"wrote {path}")
+    return path

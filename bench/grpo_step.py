@@ -27,9 +27,7 @@ H200, 10.5 s against 0.41 s (25x) at K = 8 and 20.1 s against 0.47 s (43x) at K 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, grpo, prompt, readout, rollout, sft  # noqa: E402
+from ambinb import config, grpo, prompt, readout, results, rollout, sft  # noqa: E402
 from ambinb import model as M  # noqa: E402
 from bench.rollouts import CLASSES, TRANSCRIPTS, waves  # noqa: E402
 
@@ -160,16 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"{row['speedup_tokens_per_s']:.1f}x tokens/s")
     result = {
         "bench": "grpo_step", "strategy": args.strategy, "device": args.device,
-        "device_name": (torch.cuda.get_device_name() if args.device.startswith("cuda")
-                        else platform.processor() or platform.machine()),
+        "device_name": results.bench_device(args.device)[0],
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "max_new_tokens": args.max_new_tokens,
         "seconds_audio": args.seconds, "lora": bool(cfg["lora"]), "torch": torch.__version__, "rows": rows,
     }
-    slug = "".join(c if c.isalnum() else "_" for c in result["device_name"].lower()) if args.device != "cpu" else "cpu"
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"grpo_step_{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    results.write_bench("grpo_step", results.bench_device(args.device)[1], result, args.out)
     return result
 
 

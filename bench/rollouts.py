@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, prompt, readout, rollout  # noqa: E402
+from ambinb import config, prompt, readout, results, rollout  # noqa: E402
 from ambinb import model as M  # noqa: E402
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
@@ -145,18 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"{row['speedup_tokens_per_s']:.1f}x tokens/s; over hf_batched: {row['speedup_vs_hf_batched_wall']:.1f}x")
     result = {
         "bench": "rollouts", "device": args.device,
-        "device_name": (torch.cuda.get_device_name() if args.device.startswith("cuda")
-                        else platform.processor() or platform.machine()),
+        "device_name": results.bench_device(args.device)[0],
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "max_new_tokens": args.max_new_tokens,
         "seconds_audio": args.seconds, "torch": torch.__version__,
         "tiny_build_seconds": build_info.get("build_seconds"), "tiny_warmup": build_info.get("warmup"),
         "ensure_tiny_seconds": ensure_seconds, "rows": rows,
     }
-    slug = "".join(c if c.isalnum() else "_" for c in result["device_name"].lower()) if args.device != "cpu" else "cpu"
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"rollouts_{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    results.write_bench("rollouts", results.bench_device(args.device)[1], result, args.out)
     return result
 
 

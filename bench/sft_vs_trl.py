@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import random
 import statistics
 import sys
@@ -297,14 +296,6 @@ def format_table(rows: list[dict[str, Any]], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def device_slug(device: str) -> tuple[str, str]:
-    """(readable device name, file-name slug): ``cpu`` on the CPU, the card's name on a GPU."""
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name()
-        return name, "".join(c if c.isalnum() else "_" for c in name.lower())
-    return platform.processor() or platform.machine(), "cpu"
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
@@ -363,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "trl_tower" in paths:
             row["engine_over_trl_tower"] = paired_ratio(runs[mode]["engine"], runs[mode]["trl_tower"])
         rows.append(row)
-    name, slug = device_slug(args.device)
+    name, slug = results.bench_device(args.device)
     print(f"\nSFT steps/s, tiny model, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, "
           f"median of {args.repeats} ({name}, {torch.get_num_threads()} thread(s))")
     print(format_table(rows, paths))
@@ -388,10 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "tiny_spec": M.tiny_spec(cfg)},
         "rows": rows,
     }
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"sft_vs_trl_{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results.write_json(out, result)
-    print(f"wrote {out}")
+    results.write_bench("sft_vs_trl", slug, result, args.out)
     return result
 
 
