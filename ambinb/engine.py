@@ -10,7 +10,12 @@ its own data; the loop does the rest:
 * ``accelerate`` places the model and runs one CPU, one GPU or several processes. With several
   processes, gradients of the trainable parameters are averaged explicitly after backward (all of
   ambinb's forwards go through :mod:`ambinb.audio`, not through a DDP wrapper), so every process
-  takes the same step; bf16 autocast where the device supports it, float32 on the CPU.
+  takes the same step; bf16 autocast where the device supports it, float32 on the CPU. Process 0's
+  trainable parameters are broadcast at the start (as DDP does), and the logged loss and stats are
+  averaged over the processes, so W processes with ``batch_size`` b log and take the same steps as
+  one process with ``grad_accum`` W (or ``batch_size`` W*b, for a per-example mean loss). Each
+  process loads the model onto its own device (:func:`place`); DeepSpeed and FSDP launches are
+  refused (the engine does not hand the model to them, so they would not shard anything).
 * Deterministic: micro-batch ``g`` is a fixed slice of the per-epoch permutations drawn from the
   seed, and the checkpoint holds the optimizer, scheduler and RNG states, so a killed run resumed
   from its last checkpoint takes exactly the steps of an uninterrupted one.
@@ -156,6 +161,43 @@ def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def process_device(requested: str, num_processes: int, own: str) -> str:
+    """The device one process loads the model onto.
+
+    With one process this is the params' ``device`` as given. With several, each process has its own
+    device (``accelerator.device``, i.e. ``cuda:<LOCAL_RANK>``): ``auto`` and ``cuda`` map to it, and
+    an explicit device must be that one (``cuda:0`` on every process would put them all on one GPU).
+
+    Example: ``process_device("auto", 4, "cuda:2") -> "cuda:2"``; ``process_device("cpu", 4, "cuda:2") -> "cpu"``.
+
+    Raises:
+        ValueError: an explicit device that is not this process's own, under several processes.
+    """
+    own = "cpu" if own.startswith("cpu") else own  # gloo processes report cpu:0 for the one CPU device
+    if num_processes <= 1 or requested == "cpu" or requested == own:
+        return requested
+    if requested in ("auto", "cuda"):
+        return own
+    raise ValueError(f"device={requested!r} but this is one of {num_processes} processes, whose own device is "
+                     f"{own}: set device: auto (each process then uses cuda:<LOCAL_RANK>)")
+
+
+def place(cfg: dict[str, Any], accelerator: Any) -> dict[str, Any]:
+    """``cfg`` with ``device`` set to this process's device (:func:`process_device`); load the model after this."""
+    device = process_device(str(cfg.get("device", "auto")), accelerator.num_processes, str(accelerator.device))
+    return {**cfg, "device": device}
+
+
+def _refuse_sharded(accelerator: Any) -> None:
+    """Raise when launched with DeepSpeed or FSDP: the engine would train unsharded without saying so."""
+    kind = str(getattr(accelerator, "distributed_type", "")).split(".")[-1]
+    if kind in ("DEEPSPEED", "FSDP"):
+        raise NotImplementedError(
+            f"accelerate launched this run with {kind}, which ambinb.engine does not support yet: it averages "
+            "gradients itself and never hands the model to DeepSpeed/FSDP, so nothing would be sharded. Launch "
+            "with params/accelerate/ddp.yaml (see book/running-at-scale.md)")
+
+
 def make_accelerator(cfg: dict[str, Any], project_dir: Path) -> Any:
     """An ``accelerate.Accelerator`` for the params: CPU or GPU, bf16 autocast where the dtype asks."""
     from accelerate import Accelerator
@@ -167,6 +209,22 @@ def make_accelerator(cfg: dict[str, Any], project_dir: Path) -> Any:
     trackers = [t.strip() for t in str(cfg.get("trackers", "")).split(",") if t.strip()]
     return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", log_with=trackers or None,
                        project_dir=str(project_dir))
+
+
+def _broadcast_parameters(params: list[torch.nn.Parameter], accelerator: Any) -> None:
+    from accelerate.utils import broadcast
+
+    with torch.no_grad():
+        for p in params:
+            p.copy_(broadcast(p.detach().clone(), from_process=0))
+
+
+def _mean_over_processes(sums: dict[str, float], accelerator: Any) -> dict[str, float]:
+    """The step's logged values averaged over the processes (every process must log the same keys)."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    mean = accelerator.reduce(values, reduction="mean")
+    return {k: float(v) for k, v in zip(keys, mean.tolist())}
 
 
 def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.PathLike, accelerator: Any = None,
@@ -189,6 +247,7 @@ def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator or make_accelerator({}, out_dir)
+    _refuse_sharded(accelerator)
     named = trainable_parameters(model)
     if not named:
         raise ValueError("the model has no trainable parameter: call ambinb.model.prepare_trainable first")
@@ -204,14 +263,19 @@ def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.Pat
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, tc.warmup_ratio))
     ckpt = out_dir / CHECKPOINT
     start, history = 0, []
+    world = accelerator.num_processes
+    if world > 1:  # every process starts from process 0's parameters (LoRA init may differ per process)
+        _broadcast_parameters(params, accelerator)
     if resume and ckpt.exists():
         start, history = _load_checkpoint(ckpt, model, optimizer, scheduler)
-        _write_log(out_dir / TRAIN_LOG, history)
-    elif not resume:
+        if accelerator.is_main_process:
+            _write_log(out_dir / TRAIN_LOG, history)
+    elif not resume and accelerator.is_main_process:
         ckpt.unlink(missing_ok=True)
+    if world > 1:
+        accelerator.wait_for_everyone()  # no process reads a checkpoint that process 0 is deleting
     if tc.trackers and accelerator.is_main_process:
         accelerator.init_trackers(out_dir.name, config={k: v for k, v in vars(tc).items() if k != "trackers"})
-    world = accelerator.num_processes
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress or start >= total)
     model.train()
     for step in range(start, total):
@@ -229,6 +293,7 @@ def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.Pat
             for p in params:
                 if p.grad is not None:
                     p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+            sums = _mean_over_processes(sums, accelerator)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **sums, "grad_norm": float(grad_norm)}
         optimizer.step()

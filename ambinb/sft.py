@@ -201,21 +201,24 @@ def train_and_evaluate(cfg: dict[str, Any], build: Callable[..., engine.Strategy
     start = time.time()
     torch.manual_seed(int(cfg["seed"]))
     out = run_dir(cfg["dataset"], cfg["strategy"], int(cfg["fold"]), cfg["run_root"])
-    df = labels.load_dataset(cfg)
-    train_df, test_df = labels.split(df, int(cfg["fold"]))
-    cots = training_cots(cfg, df, train_df)
-    model, processor = model_mod.load_model(cfg)
+    accelerator = engine.make_accelerator(cfg, out)
+    cfg = engine.place(cfg, accelerator)  # under several processes, each loads onto its own device
+    with accelerator.main_process_first():  # the corpus, the CoT store and the tiny model are built once
+        df = labels.load_dataset(cfg)
+        train_df, test_df = labels.split(df, int(cfg["fold"]))
+        cots = training_cots(cfg, df, train_df)
+        model, processor = model_mod.load_model(cfg)
     model = model_mod.prepare_trainable(model, cfg)
     cache = evaluate.feature_cache(model, processor, cfg)
     examples = build_examples(train_df, cots, processor, cache, cfg, progress)
     classes = evaluate.classes_of(train_df)
     strategy = build(model, processor, examples, classes, cfg)
-    accelerator = engine.make_accelerator(cfg, out)
     tc = engine.TrainConfig.from_cfg(cfg)
-    history = engine.train(model, strategy, tc, out, accelerator, resume=bool(cfg["resume"]), progress=progress,
-                           stop_at=stop_at)
+    history = engine.train(model, strategy, tc, out, accelerator, resume=bool(cfg["resume"]),
+                           progress=progress and accelerator.is_main_process, stop_at=stop_at)
     info = {"n_train": len(examples), "n_train_rows": len(train_df), "history": history, "run_dir": str(out)}
-    if stop_at is not None and len(history) < tc.total_steps(len(examples)):
+    stopped = stop_at is not None and len(history) < tc.total_steps(len(examples))
+    if stopped or not accelerator.is_main_process:  # process 0 alone saves and evaluates
         return {**info, "metrics": None}
     model_mod.save_trained(model, processor, out / "adapter")
     model.eval()
