@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import cot, prompt, readout
+from ambinb import cot, prompt, readout, vllm_rollout
 
 
 @dataclass
@@ -190,7 +190,9 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     """K trajectories per utterance and p_hat (B, K, C) over ``classes`` for each.
 
     Params used: ``rollout_k`` (when ``k`` is None), ``max_new_tokens``, ``temperature``, ``top_p``,
-    ``prompt_preset``, ``readout_batch_size``, ``seed`` (when no ``generator`` is given).
+    ``prompt_preset``, ``readout_batch_size``, ``seed`` (when no ``generator`` is given), and
+    ``rollout_backend``: ``vllm`` samples with vLLM (:mod:`ambinb.vllm_rollout`) unless ``greedy``;
+    the trajectories and the readout are the same either way.
     """
     tok = processor.tokenizer
     fmt = cot.get_format(cfg.get("prompt_preset", "ambinb"))
@@ -201,8 +203,11 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    groups = generate_group(model, tok, encoded, k, int(cfg.get("max_new_tokens", 256)), greedy,
-                            float(cfg.get("temperature", 1.0)), float(cfg.get("top_p", 1.0)), generator, fmt)
+    if vllm_rollout.check_backend(str(cfg.get("rollout_backend", "hf"))) == "vllm" and not greedy:
+        groups = vllm_rollout.generate_group(model, tok, encoded, k, cfg, fmt)  # greedy stays on the HF path
+    else:
+        groups = generate_group(model, tok, encoded, k, int(cfg.get("max_new_tokens", 256)), greedy,
+                                float(cfg.get("temperature", 1.0)), float(cfg.get("top_p", 1.0)), generator, fmt)
     t1 = time.perf_counter()
     trajectories = [[make_trajectory(tok, e.utt_id, ids, stop, classes, fmt) for ids, stop in group]
                     for e, group in zip(encoded, groups)]
