@@ -1,4 +1,4 @@
-"""Layered parameters: defaults < dataset < model < strategy < a notebook's literal parameters.
+"""Layered parameters: defaults < dataset < model < strategy < model x strategy < a notebook's parameters.
 
 Every key that exists is declared, with its literal default and a comment, in
 ``params/defaults.yaml``. The other layers may only override declared keys, and only with a
@@ -9,6 +9,11 @@ value of the same type, so a typo or a wrong type fails loudly with the key and 
 (2, 'sft', 'notebook')
 
 A strategy file may name the strategy it ``extends``; it then overrides only what differs.
+
+A model may size a strategy for itself in ``params/models/<model>/<strategy>.yaml`` (the tiny
+stand-in's step counts and learning rates, for example); these files follow the strategy's
+``extends`` chain too (``models/tiny/grpo.yaml`` also applies to ``grpo_z``) and come after every
+strategy file.
 """
 
 from __future__ import annotations
@@ -77,6 +82,13 @@ def _strategy_chain(name: str) -> list[tuple[Path, dict[str, Any]]]:
     return chain
 
 
+def model_strategy_files(model: str, chain: list[str]) -> list[Path]:
+    """The files of ``params/models/<model>/`` that size the strategies of ``chain`` (most general
+    first) for that model; strategies without one are skipped."""
+    folder = params_dir() / "models" / model
+    return [folder / f"{name}.yaml" for name in chain if (folder / f"{name}.yaml").exists()]
+
+
 def _same_type(default: Any, value: Any) -> bool:
     if default is None or value is None:
         return True
@@ -140,9 +152,13 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
     cfg["model"] = model
     layers.append(f"models/{model}.yaml")
 
-    for path, data in _strategy_chain(strategy):
+    chain = _strategy_chain(strategy)
+    for path, data in chain:
         _apply(cfg, data, str(path), declared)
         layers.append(f"strategies/{path.stem}.yaml")
+    for path in model_strategy_files(model, [p.stem for p, _ in chain]):
+        _apply(cfg, load_yaml(path), str(path), declared)
+        layers.append(f"models/{model}/{path.stem}.yaml")
     cfg["strategy"] = strategy
     if os.environ.get(FAST_DEV_ENV):
         _apply(cfg, load_yaml(params_dir() / "fast_dev.yaml"), "fast_dev.yaml", declared)

@@ -798,10 +798,15 @@ class CotStore:
 
 
 class _RunLock:
-    """An exclusive lock next to the store, so two curation runs never append to it at once."""
+    """An exclusive lock next to the store, so two curation runs never append to it at once.
 
-    def __init__(self, path: Path):
+    A second run (two sweep workers that both need a fold's CoTs, say) waits for the first, up to
+    ``timeout`` seconds, then reads what it wrote and curates only what is still missing.
+    """
+
+    def __init__(self, path: Path, timeout: float = 1800.0):
         self.path = path.with_name(path.name + ".lock")
+        self.timeout = timeout
         self.fh: Any = None
 
     def __enter__(self) -> _RunLock:
@@ -809,14 +814,19 @@ class _RunLock:
         self.fh = open(self.path, "w")
         try:
             import fcntl
-
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - no fcntl on Windows: no lock
-            pass
-        except BlockingIOError as err:
-            self.fh.close()
-            raise CurationError(f"another curation run is writing {self.path.with_suffix('')}") from err
-        return self
+            return self
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError as err:
+                if time.monotonic() >= deadline:
+                    self.fh.close()
+                    raise CurationError(f"another curation run has been writing {self.path.with_suffix('')} "
+                                        f"for over {self.timeout:.0f} s") from err
+                time.sleep(0.5)
 
     def __exit__(self, *exc: Any) -> None:
         self.fh.close()

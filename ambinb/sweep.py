@@ -6,18 +6,23 @@ Usage::
     ambinb-sweep params/sweeps/toy.yaml
 
 A sweep file names ``datasets``, ``strategies`` and ``folds`` (and optionally ``workers``,
-``run_root``, ``overrides`` applied to every run, ``executor`` and ``slurm`` options). Each
+``run_root``, ``overrides`` applied to every run, ``strategy_overrides`` applied to one strategy's
+runs (``{dpo: {max_steps: 8}}``), ``executor`` and ``slurm`` options). Each
 strategy's ``runner`` parameter says what runs it: a notebook name (executed through papermill
 into ``<run>/<notebook>.ipynb``) or ``module:function`` called with the resolved config.
 
 A run whose folder already holds a complete ``metrics.json`` is skipped, so a killed sweep
-rerun finishes the rest and loses nothing; a failing run is reported and the others go on.
+rerun finishes the rest and loses nothing; a failing run is reported and the others go on. A
+finished run whose recorded parameters differ from what the sweep asks now is still skipped (it is
+never overwritten), but marked ``stale`` with the keys that differ: delete its folder, or give the
+sweep its own ``run_root``, to run it again.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -31,8 +36,10 @@ from typing import Any
 from ambinb import config, notebook, results
 from ambinb.paths import resolve_path, run_dir
 
-SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides", "executor",
-              "slurm", "threads_per_run"}
+SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides",
+              "strategy_overrides", "executor", "slurm", "threads_per_run"}
+# recorded parameters that say where or how a run was launched, not what it computed
+LAUNCH_KEYS = {"run_root", "layers", "description", "runner"}
 
 
 @dataclass
@@ -67,13 +74,34 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("datasets", "strategies", "folds"):
         if not isinstance(spec.get(key), list) or not spec[key]:
             raise config.ConfigError(f"{path}: '{key}' must be a non-empty list")
+    per_strategy = spec.get("strategy_overrides") or {}
+    if not isinstance(per_strategy, dict) or not all(isinstance(v, dict) for v in per_strategy.values()):
+        raise config.ConfigError(f"{path}: 'strategy_overrides' must map a strategy to its key: value pairs")
+    extra = sorted(set(per_strategy) - set(spec["strategies"]))
+    if extra:
+        raise config.ConfigError(f"{path}: strategy_overrides names {extra}, which the sweep does not run")
     return spec
+
+
+def run_overrides(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """The overrides of one strategy's runs: the sweep's ``overrides``, then its ``strategy_overrides``."""
+    return {**(spec.get("overrides") or {}), **((spec.get("strategy_overrides") or {}).get(strategy) or {})}
+
+
+def stale_keys(run: Run) -> list[str]:
+    """Keys whose value in a finished run's ``params.json`` differs from what the sweep resolves now."""
+    path = run.folder / results.PARAMS_FILE
+    if not path.exists():
+        return []
+    recorded = json.loads(path.read_text())
+    now = run.config()
+    return sorted(k for k in now if k not in LAUNCH_KEYS and k in recorded and recorded[k] != now[k])
 
 
 def expand(spec: dict[str, Any], run_root: str | None = None) -> list[Run]:
     """Every run of a sweep, checked: each config resolves and each runner exists, before anything runs."""
     root = run_root or spec.get("run_root") or config.resolve()["run_root"]
-    runs = [Run(d, s, int(f), str(root), dict(spec.get("overrides") or {}))
+    runs = [Run(d, s, int(f), str(root), run_overrides(spec, s))
             for d in spec["datasets"] for s in spec["strategies"] for f in spec["folds"]]
     for run in runs:
         runner = run.config()["runner"]
@@ -121,9 +149,9 @@ def status_table(runs: list[Run]) -> str:
     lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  {'status':<8} {'time':>7}  result"]
     for r in runs:
         result = r.error
-        if r.status in ("done", "skipped"):
+        if r.status in ("done", "skipped", "stale"):
             m = results.read_metrics(r.folder)["metrics"]
-            result = f"JS {m['js']:.3f}  BC {m['bc']:.3f}"
+            result = f"JS {m['js']:.3f}  BC {m['bc']:.3f}" + (f"  ({r.error})" if r.error else "")
         lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {r.status:<8} {r.seconds:>6.0f}s  {result}")
     return "\n".join(lines)
 
@@ -134,7 +162,10 @@ def run_sweep(runs: list[Run], workers: int = 1, executor: str = "local", slurm:
     todo = []
     for run in runs:
         if results.is_finished(run.folder):
-            run.status = "skipped"
+            stale = stale_keys(run)
+            run.status = "stale" if stale else "skipped"
+            if stale:
+                run.error = f"finished with other values of {', '.join(stale[:6])}: kept; delete the folder to redo"
         else:
             todo.append(run)
     if executor == "slurm" or executor == "submitit-local":
@@ -184,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = expand(spec, args.run_root)
     if args.dry_run:
         for run in runs:
-            state = "finished, skip" if results.is_finished(run.folder) else "would run"
+            stale = stale_keys(run) if results.is_finished(run.folder) else []
+            state = ("would run" if not results.is_finished(run.folder) else
+                     f"finished with other {', '.join(stale[:6])}, kept" if stale else "finished, skip")
             print(f"{run.dataset}/{run.strategy}/fold{run.fold}: {state}  ({run.config()['runner']}) -> {run.folder}")
         return 0
     run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),

@@ -14,4 +14,12 @@ def fake_run(cfg):
     q = rng.dirichlet(np.ones(4), size=6)
     out = run_dir(cfg["dataset"], cfg["strategy"], cfg["fold"], cfg["run_root"])
     results.write_evaluation(out, [f"u{i}" for i in range(6)], cfg["classes"], p, q, p.mean(0),
-                             {**cfg, "bootstrap": 20})
+                             cfg)
+
+
+def slow_run(cfg):
+    """fake_run after a pause, so that a test can kill the sweep between two runs."""
+    import time
+
+    time.sleep(1.0)
+    fake_run(cfg)

@@ -87,6 +87,32 @@ def test_strategy_extends_chain_and_bad_file(params_copy):
         config.resolve(strategy="broken")
 
 
+def test_model_strategy_layer_follows_the_extends_chain(params_copy):
+    (params_copy / "strategies" / "parent.yaml").write_text("seed: 5\nbootstrap: 10\neps: 0.5\n")
+    (params_copy / "strategies" / "child.yaml").write_text("extends: parent\nseed: 6\n")
+    sized = params_copy / "models" / "tiny"
+    sized.mkdir(exist_ok=True)
+    (sized / "parent.yaml").write_text("bootstrap: 20\nseed: 7\n")
+    cfg = config.resolve(strategy="child", model="tiny")
+    # the model's file beats every strategy file, for the strategy and what extends it
+    assert (cfg["seed"], cfg["bootstrap"], cfg["eps"]) == (7, 20, 0.5)
+    assert cfg["layers"][-3:] == ["strategies/parent.yaml", "strategies/child.yaml", "models/tiny/parent.yaml"]
+    assert config.resolve(strategy="child", model="tiny", seed=1)["seed"] == 1   # the notebook still wins
+    assert "models/qwen2_audio_7b/parent.yaml" not in config.resolve(strategy="child", model="qwen2_audio_7b")["layers"]
+    (sized / "child.yaml").write_text("sed: 1\n")
+    with pytest.raises(config.ConfigError, match=r"tiny/child.yaml: unknown key 'sed'"):
+        config.resolve(strategy="child", model="tiny")
+
+
+def test_model_strategy_files_name_real_models_and_strategies():
+    strategies = set(config.available("strategies"))
+    for folder in (params_dir() / "models").iterdir():
+        if folder.is_dir():
+            assert folder.name in config.available("models"), f"{folder}: no models/{folder.name}.yaml"
+            for path in folder.glob("*"):
+                assert path.suffix == ".yaml" and path.stem in strategies, f"{path}: not <strategy>.yaml"
+
+
 def test_defaults_file_declares_every_key_once():
     text = (params_dir() / "defaults.yaml").read_text()
     keys = [line.split(":")[0] for line in text.splitlines() if line and not line[0].isspace() and line[0] != "#"]

@@ -1,6 +1,11 @@
 """Sweeps: expansion, skipping finished runs, failures reported without stopping, dry run, submitit."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from ambinb.paths import params_dir
 def project(tmp_path, monkeypatch):
     shutil.copytree(params_dir(), tmp_path / "params")
     (tmp_path / "params" / "strategies" / "fake.yaml").write_text("runner: sweep_runners:fake_run\n")
+    (tmp_path / "params" / "strategies" / "slow.yaml").write_text("runner: sweep_runners:slow_run\n")
     (tmp_path / "params" / "strategies" / "nonb.yaml").write_text("runner: 99_missing\n")
     monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # job processes import sweep_runners
@@ -62,3 +68,42 @@ def test_submitit_local_executor(project):
     root, sweep_file = project
     runs = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file)), executor="submitit-local", progress=False)
     assert [r.status for r in runs] == ["done"] * 3
+
+
+def test_killing_a_sweep_and_rerunning_finishes_the_rest_and_loses_nothing(project):
+    root, sweep_file = project
+    sweep_file.write_text(f"datasets: [toy]\nstrategies: [slow]\nfolds: [0, 1, 2, 3]\nrun_root: {root / 'runs'}\n")
+    folders = [root / "runs" / "toy" / "slow" / f"fold{k}" for k in range(4)]
+    proc = subprocess.Popen([sys.executable, "-m", "ambinb.sweep", str(sweep_file)], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not results.is_finished(folders[0]) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    finished = [results.is_finished(f) for f in folders]
+    assert finished[0] and not all(finished), "the sweep was not killed part-way"
+    kept = {f: (f / "metrics.json").stat().st_mtime_ns for f, done in zip(folders, finished) if done}
+    runs = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file)), progress=False)
+    assert [r.status for r in runs] == ["skipped" if done else "done" for done in finished]
+    assert all(results.is_finished(f) for f in folders)
+    assert {f: (f / "metrics.json").stat().st_mtime_ns for f in kept} == kept      # nothing finished was redone
+
+
+def test_per_strategy_overrides_and_stale_runs(project, capsys):
+    root, sweep_file = project
+    sweep_file.write_text(sweep_file.read_text() + "overrides: {bootstrap: 30}\n"
+                          "strategy_overrides: {fake: {seed: 4}}\n")
+    runs = sweep.expand(sweep.load_sweep(sweep_file))
+    assert runs[0].overrides == {"bootstrap": 30, "seed": 4}
+    assert sweep.run_sweep(runs[:1], progress=False)[0].status == "done"
+    sweep_file.write_text(sweep_file.read_text().replace("seed: 4", "seed: 5"))
+    again = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file))[:1], progress=False)[0]
+    assert again.status == "stale" and "seed" in again.error      # kept, never overwritten
+    sweep.main([str(sweep_file), "--dry-run"])
+    assert "finished with other seed, kept" in capsys.readouterr().out
+    sweep_file.write_text(sweep_file.read_text() + "strategy_overrides: {sft: {seed: 1}}\n")
+    with pytest.raises(ValueError):
+        sweep.load_sweep(sweep_file)
