@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+SWEEP  ?= params/sweeps/toy.yaml
 
 .DEFAULT_GOAL := help
 .PHONY: help install test report lab book clean-runs lint
@@ -23,8 +24,8 @@ install: $(STAMP)  ## create .venv and install ambinb with its pinned dependenci
 test: $(STAMP)  ## run the unit tests and the notebook tests (nbval)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
 
-report: $(STAMP)  ## run the default job (toy corpus, tiny model) and build the book
-	$(BIN)/python -m ambinb.report
+report: $(STAMP)  ## run the default job (toy corpus, tiny model; SWEEP=... for another) and build the book
+	$(BIN)/python -m ambinb.report --sweep $(SWEEP)
 
 book: $(STAMP)  ## build the book from what the runs already hold (no training)
 	$(BIN)/jupyter-book build book

@@ -109,6 +109,44 @@ def collect(run_root: str = "runs") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+BUDGET_KEYS = ("epochs", "max_steps", "batch_size", "lr", "lr_scale")
+
+
+def budgets(run_root: str = "runs") -> pd.DataFrame:
+    """How long each finished run trained: one row per (dataset, strategy), the folds pooled.
+
+    Columns: ``folds``, the requested budget (``epochs``, ``max_steps``, ``batch_size`` and the effective
+    ``lr`` = lr x lr_scale, from each run's recorded parameters), the optimizer ``steps`` taken and the
+    training ``seconds`` (means over folds; 0 for strategies that do not train). Folds that were run with
+    different budgets show each value, joined by ``/``.
+    """
+    rows = []
+    for path in sorted(resolve_path(run_root).glob("*/*/fold*/metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+        except ValueError:
+            continue
+        params, train = m.get("params", {}), m.get("train", {})
+        rows.append({"dataset": path.parts[-4], "strategy": path.parts[-3],
+                     **{k: params.get(k) for k in BUDGET_KEYS},
+                     "steps": train.get("steps", 0), "seconds": train.get("seconds", 0.0)})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df["lr"] = df["lr"].astype(float) * df["lr_scale"].astype(float)
+
+    def joined(values: pd.Series) -> str:
+        return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in dict.fromkeys(values))
+
+    out = df.groupby(["dataset", "strategy"], sort=False).agg(
+        folds=("steps", "size"), epochs=("epochs", joined), max_steps=("max_steps", joined),
+        batch_size=("batch_size", joined), lr=("lr", joined), steps=("steps", "mean"),
+        seconds=("seconds", "mean"))
+    trains = out["steps"] > 0
+    out.loc[~trains, ["epochs", "max_steps", "batch_size", "lr"]] = "-"
+    return out.round({"steps": 1, "seconds": 1})
+
+
 def with_prior_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """Add the training-prior predictor as a strategy named ``prior`` (one row per dataset and fold)."""
     if runs.empty:

@@ -56,3 +56,23 @@ def test_reliability_and_disagreements(run_root):
     worst = aggregate.disagreements(str(run_root), "toy", ["sft", "dpo"], [0, 1, 2], k=3)
     assert list(worst.max_pairwise_js) == sorted(worst.max_pairwise_js, reverse=True)
     assert aggregate.existing_strategies(str(run_root), "toy") == ["dpo", "sft"]
+
+
+def test_budgets_show_what_each_strategy_trained(tmp_path):
+    from ambinb import results
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=5)
+    for fold, steps in ((0, 12), (1, 14)):
+        for strategy, train, budget in (("sft", {"steps": steps, "seconds": 3.0}, {"epochs": 1.0, "max_steps": 0}),
+                                        ("base", None, {"epochs": 1.0, "max_steps": 0})):
+            cfg = {"classes": ["a", "b", "c", "d"], "bootstrap": 10, "eps": 1e-10, "batch_size": 8,
+                   "lr": 1e-4, "lr_scale": 10.0, **budget, "max_steps": 5 if fold else 0}
+            extra = {"train": train} if train else None
+            results.write_evaluation(tmp_path / "toy" / strategy / f"fold{fold}", [f"u{i}" for i in range(5)],
+                                     cfg["classes"], p, p, p.mean(0), cfg, extra=extra)
+    table = aggregate.budgets(str(tmp_path))
+    sft = table.loc[("toy", "sft")]
+    assert (sft["folds"], sft["steps"], sft["seconds"]) == (2, 13.0, 3.0)
+    assert sft["max_steps"] == "0/5" and sft["lr"] == "0.001" and sft["epochs"] == "1"
+    assert table.loc[("toy", "base")]["lr"] == "-" and table.loc[("toy", "base")]["steps"] == 0
