@@ -189,6 +189,47 @@ def pooled_predictions(run_root: str, dataset: str, strategy: str, folds: list[i
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def reasoning(run_root: str, dataset: str, strategies: list[str], folds: list[int]) -> pd.DataFrame:
+    """Does the answer follow the reasoning, and is the reasoning right? One row per strategy that wrote CoTs.
+
+    Each generated think block is read back with the offline curator's reader
+    (:func:`ambinb.curation.read_template_cot`: the distribution its synthesis states), giving ``q``.
+    Columns: ``n`` completions, ``parsed`` (share the reader could read), ``js_cot_gt`` = JS(q, p_gt)
+    (how right the reasoning is), ``js_hat_cot`` = JS(p_hat, q) (how closely the read-out follows the
+    reasoning), ``agree`` (share where argmax p_hat = argmax q), and ``js_hat_gt`` = JS(p_hat, p_gt) on
+    the same parsed rows. Only think blocks in the template's wording parse (the toy corpus, or a
+    curator that writes like it); a strategy whose blocks never parse shows ``parsed`` 0 and NaN.
+    """
+    from ambinb import curation
+
+    rows = []
+    for strategy in strategies:
+        preds = pooled_predictions(run_root, dataset, strategy, folds)
+        wrote_cot = "completion" in preds and preds["completion"].astype(str).str.contains("</think>").any()
+        if preds.empty or not wrote_cot:
+            continue
+        folder = resolve_path(run_root) / dataset / strategy / f"fold{int(preds['fold'].iloc[0])}"
+        classes = results.read_metrics(folder)["classes"]
+        q, keep = [], []
+        for text in preds["completion"].astype(str):
+            read = curation.read_template_cot(text.split("</think>")[0] + "</think>", classes) if "</think>" in text \
+                else None
+            keep.append(read is not None)
+            if read is not None:
+                q.append(read / read.sum())
+        row = {"strategy": strategy, "n": len(preds), "parsed": float(np.mean(keep))}
+        if q:
+            q_arr = np.stack(q)
+            p_gt = np.stack(preds["p_gt"])[np.array(keep)]
+            p_hat = np.stack(preds["p_hat"])[np.array(keep)]
+            row.update({"js_cot_gt": float(metrics.js(p_gt, q_arr).mean()),
+                        "js_hat_cot": float(metrics.js(q_arr, p_hat).mean()),
+                        "agree": float(np.mean(q_arr.argmax(1) == p_hat.argmax(1))),
+                        "js_hat_gt": float(metrics.js(p_gt, p_hat).mean())})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("strategy") if rows else pd.DataFrame()
+
+
 def pooled_ci(run_root: str, dataset: str, strategy: str, folds: list[int], n_boot: int = 1000,
               seed: int = 0) -> dict[str, tuple[float, float]]:
     """Bootstrap 95 % CIs of every metric over all held-out utterances of the finished folds."""

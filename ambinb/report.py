@@ -48,16 +48,19 @@ def main(argv: list[str] | None = None) -> None:
     _stage("01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb", common)
     _stage("02_curate_cot", run_dir(dataset, "curation", None, root) / "02_curate_cot.ipynb",
            {**common, "fold": fold, "subset": "all"})  # every fold trains on its own share
+    sweep_start = time.time()
     sweep.run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
                     threads_per_run=spec.get("threads_per_run"))
     print(sweep.status_table(runs))
+    print(f"[report] sweep: {len(runs)} runs in {time.time() - sweep_start:.0f} s")
     metrics_files = [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
     _stage("06_ablations", run_dir("all", "ablations", None, root) / "06_ablations.ipynb",
            {"run_root": root, "datasets": list(spec["datasets"]), "folds": [int(f) for f in spec["folds"]]},
            newer_than=metrics_files)
     book.assemble(root, dataset, fold)
     if not args.no_book:
-        print(f"[report] book: {book.build()}")
+        book_start = time.time()
+        print(f"[report] book: {book.build()} in {time.time() - book_start:.0f} s")
     failed = [r for r in runs if r.status == "failed"]
     print(f"[report] finished in {time.time() - start:.0f} s; {len(failed)} failed run(s)")
 

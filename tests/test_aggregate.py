@@ -76,3 +76,30 @@ def test_budgets_show_what_each_strategy_trained(tmp_path):
     assert (sft["folds"], sft["steps"], sft["seconds"]) == (2, 13.0, 3.0)
     assert sft["max_steps"] == "0/5" and sft["lr"] == "0.001" and sft["epochs"] == "1"
     assert table.loc[("toy", "base")]["lr"] == "-" and table.loc[("toy", "base")]["steps"] == 0
+
+
+def test_reasoning_reads_the_think_blocks_back(tmp_path):
+    from ambinb import curation, results
+
+    classes = ["anger", "happiness", "sadness", "neutral"]
+    p_gt = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.2, 0.6], [0.25, 0.25, 0.25, 0.25]])
+    items = [curation.Item(f"u{i}", "I am here.", "", tuple(classes), tuple(p), {}) for i, p in enumerate(p_gt)]
+    thinks = [curation.template_cot(item) for item in items]
+    q = np.stack([curation.read_template_cot(t, classes) for t in thinks])
+    q = q / q.sum(1, keepdims=True)
+    completions = [thinks[0] + "\n<answer>anger</answer>", thinks[1] + "\n<answer>neutral</answer>",
+                   "<think>\nnonsense\n</think>\n<answer>anger</answer>"]
+    p_hat = np.stack([q[0], q[1], p_gt[2]])                 # the read-out follows the first two blocks exactly
+    cfg = {"bootstrap": 10, "eps": 1e-10}
+    results.write_evaluation(tmp_path / "toy" / "sft" / "fold0", ["u0", "u1", "u2"], classes, p_gt, p_hat,
+                             p_gt.mean(0), cfg, completions=completions)
+    results.write_evaluation(tmp_path / "toy" / "sft_nocot" / "fold0", ["u0", "u1", "u2"], classes, p_gt, p_gt,
+                             p_gt.mean(0), cfg, completions=["anger"] * 3)
+    table = aggregate.reasoning(str(tmp_path), "toy", ["sft", "sft_nocot"], [0])
+    assert list(table.index) == ["sft"]                      # no think blocks, no row
+    row = table.loc["sft"]
+    assert row["n"] == 3 and row["parsed"] == 2 / 3 and row["agree"] == 1.0
+    assert row["js_hat_cot"] == pytest.approx(0.0, abs=1e-6)      # predictions.jsonl rounds to 6 places
+    assert row["js_cot_gt"] == pytest.approx(row["js_hat_gt"], rel=1e-4)
+    # the reader itself is validated by curation; here JS(q, p_gt) is small for template blocks
+    assert row["js_cot_gt"] < 0.1
