@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ambinb import config
+from ambinb import benchpage, config
 from ambinb.paths import project_root, resolve_path
 
 BOOK_DIR_ENV = "AMBINB_BOOK_DIR"
@@ -214,6 +214,7 @@ def assemble(run_root: str = "runs", dataset: str = "toy", fold: int = 0,
             (gen / f"{name}.md").write_text(_placeholder(name, executed.relative_to(project_root())
                                                          if executed.is_relative_to(project_root()) else executed))
     (gen / "reproducibility.md").write_text(reproducibility_page(root))
+    (gen / "benchmark_tables.md").write_text(benchpage.bench_tables())  # included by benchmarks.md
     return gen
 
 

@@ -1,8 +1,10 @@
 """The benchmark scripts run end to end in their smallest settings and write their JSON (no timing asserted).
 
-Both scripts start together as subprocesses (one module fixture), so the pair costs about the
-wall time of the slower one: mostly importing torch, transformers and TRL, and loading the tiny
-stand-in (built once by ``ambinb.model.ensure_tiny``, as for the model-core tests).
+The scripts start together as subprocesses (one module fixture), so they cost about the wall
+time of the slowest one: mostly importing torch, transformers and TRL, and loading the tiny
+stand-in (built once by ``ambinb.model.ensure_tiny``, as for the model-core tests). The book's
+benchmark tables (:mod:`ambinb.benchpage`) are rendered from the JSON they write.
+``bench/report_timing.py`` is not run here (it runs ``make report``'s stages); its memory probe is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ambinb import config
+from ambinb import benchpage, config
 from ambinb import model as model_mod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,8 @@ TIMEOUT_S = 300
 
 COMMANDS = {
     "sft_vs_trl": ["bench/sft_vs_trl.py", "--smoke"],
+    "dpo_vs_trl": ["bench/dpo_vs_trl.py", "--smoke", "--modes", "lora"],
+    "full_size": ["bench/full_size.py", "--smoke"],
     "rollouts": ["bench/rollouts.py", "--k", "2", "--utterances", "1", "--seconds", "1", "--max-new-tokens", "4",
                  "--skip-hf-batched"],
 }
@@ -80,3 +84,75 @@ def test_rollouts_smoke_writes_its_table(bench_runs):
     row = data["rows"][0]
     assert row["shared_tower_calls"] == 1  # the encoder ran once for the one utterance, not K times
     assert row["naive_tokens"] > 0 and row["shared_tokens"] > 0
+
+
+def test_dpo_vs_trl_smoke_runs_every_path_on_the_same_pairs(bench_runs):
+    data = _finished(bench_runs, "dpo_vs_trl")
+    assert data["smoke"] is True and [row["mode"] for row in data["rows"]] == ["lora"]
+    row = data["rows"][0]
+    for path in ("engine", "trl", "trl_native"):
+        assert len(row[path]["runs"]) == 1 and row[path]["runs"][0]["steps_per_s"] > 0
+    # same weights, same first pairs, same loss: TRL's loop with ambinb's loss starts where the engine does
+    assert row["trl"]["runs"][0]["loss_first"] == pytest.approx(row["engine"]["runs"][0]["loss_first"], rel=1e-5)
+    # TRL's own loss is Eq. 5 + 0.1 NLL without the KL term: a different number, but a DPO loss near log 2 at the
+    # start (policy = reference, so the sigmoid term is exactly log 2) plus a positive NLL share
+    native = row["trl_native"]["runs"][0]["loss_first"]
+    assert native > 0.6931 and native != pytest.approx(row["engine"]["runs"][0]["loss_first"], rel=1e-6)
+    assert "engine / trl_native" in benchpage.dpo_vs_trl_table(data)
+
+
+def test_full_size_smoke_runs_every_section(bench_runs):
+    data = _finished(bench_runs, "full_size")
+    assert data["smoke"] is True and data["spec"]["text"]["hidden_size"] < 100
+    assert data["matmul"]["tflops"] > 0
+    assert [r["activation_checkpointing"] for r in data["sft"]] == [False, True]
+    assert all(r["tokens_per_s"] > 0 and r["steps_timed"] >= 1 for r in data["sft"])
+    g = data["grpo"]
+    assert 0 < g["rollout_tokens"] <= g["utterances"] * g["k"] * g["max_new_tokens"]
+    assert 0 < g["encoder_share"] < 1
+    for r in data["max_batch"]:  # the smoke run's limit is 4, which a tiny model fits, unless the time cap hit first
+        assert r["largest"] == 4 or (r["capped"] and 1 <= r["largest"] < 4)
+    page = benchpage.full_size_table(data)
+    assert "TFLOP/s" in page and "largest SFT batch" in page
+
+
+def test_full_size_config_is_the_published_one():
+    """The values of Qwen/Qwen2-Audio-7B-Instruct's config.json, as transformers reads them."""
+    sys.path.insert(0, str(ROOT))
+    from bench import full_size
+
+    conf = full_size.qwen2_audio_config(full_size.FULL)
+    a, t = conf.audio_config, conf.text_config
+    assert (a.d_model, a.encoder_layers, a.encoder_attention_heads, a.encoder_ffn_dim, a.num_mel_bins) == \
+        (1280, 32, 20, 5120, 128)
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.intermediate_size,
+            t.vocab_size) == (4096, 32, 32, 32, 11008, 156032)
+    assert conf.audio_token_id == 151646 and t.rope_parameters["rope_theta"] == 10000.0
+
+
+def test_largest_batch_search_finds_the_limit_with_few_tries():
+    sys.path.insert(0, str(ROOT))
+    from bench import full_size
+
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= 20
+
+    found = full_size.largest_batch(fits, 1, 64, cap_s=60)
+    assert found["largest"] == 20 and not found["capped"]
+    assert tried == [1, 2, 4, 8, 16, 32, 24, 20, 22, 21]
+    assert full_size.largest_batch(lambda b: True, 1, 64, cap_s=60)["largest"] == 64
+
+
+def test_report_timing_probe_sees_a_child_process_memory():
+    sys.path.insert(0, str(ROOT))
+    from bench import report_timing
+
+    mib = 150
+    code = f"b = bytearray({mib} * 2**20); import time; time.sleep(0.6)"
+    row = report_timing.time_stage("child", lambda: subprocess.run([sys.executable, "-c", code], check=True)
+                                   and None, interval=0.05)
+    assert row["peak_tree_rss_mib"] > mib  # the child's buffer, counted while it lived
+    assert row["children_maxrss_mib"] > mib and row["seconds"] >= 0.6

@@ -1,0 +1,199 @@
+"""End to end: wall time and peak memory of ``make report``, stage by stage, in a scratch run root and book.
+
+    .venv/bin/python bench/report_timing.py                           # the toy sweep, from nothing
+    .venv/bin/python bench/report_timing.py --reuse                   # again on the same scratch folder: what is kept
+    .venv/bin/python bench/report_timing.py --sweep my_tiny.yaml --no-book
+
+The stages are those of :mod:`ambinb.report` (01_labels -> 02_curate_cot -> the sweep -> 06_ablations
+-> book assembly -> book build), run here in the same order through the same public functions
+(:func:`ambinb.notebook.execute`, :func:`ambinb.sweep.run_sweep`, :func:`ambinb.book.assemble` and
+:func:`ambinb.book.build`) with the same parameters and the same keep-what-is-finished rule, so that
+each stage can be timed on its own; ``ambinb/report.py`` itself is not called (it has no per-stage
+hook). Everything goes to a scratch folder (``--root``, default ``/tmp/ambinb_report_timing``):
+``<root>/runs`` as the run root (also exported as ``AMBINB_RUN_ROOT`` for the notebooks' kernels) and
+``<root>/book``, a copy of the book's sources (``AMBINB_BOOK_DIR``), so the user's ``runs/`` and
+``book/`` stay untouched. Without ``--reuse`` the scratch folder is emptied first (a cold run); with
+it, what an earlier run finished is kept, as ``make report`` keeps it.
+
+Memory per stage: the peak over the stage of the summed resident set size (RSS) of this process and
+all its descendants (papermill kernels, sweep workers, jupyter-book), sampled every ``--interval``
+seconds with psutil (:class:`StagePeak`); beside it, ``getrusage``'s high-water marks of this process
+(``ru_maxrss``) and of its waited-for children (``RUSAGE_CHILDREN``: the largest single child so
+far), read after each stage. Results go to ``bench/results/report_timing_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ambinb import config, results  # noqa: E402
+from ambinb.paths import resolve_path, run_dir  # noqa: E402
+
+DEFAULT_ROOT = Path("/tmp/ambinb_report_timing")
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """Bytes resident in ``proc`` and all its live descendants (processes that vanish mid-read count 0)."""
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+class StagePeak:
+    """Samples :func:`tree_rss` of this process every ``interval`` seconds in a thread; ``peak`` is the maximum.
+
+    Usage: ``with StagePeak(0.2) as m: work()`` then ``m.peak`` (bytes) and ``m.samples``.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, tree_rss(self._proc))
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> StagePeak:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def maxrss_mib() -> dict[str, float]:
+    """getrusage high-water marks in MiB (Linux reports KiB): this process, and its largest waited-for child."""
+    return {"self_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "children_maxrss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def time_stage(name: str, work: Callable[[], Any], interval: float = 0.5) -> dict[str, Any]:
+    """Run ``work()`` and return its wall seconds, peak tree RSS (MiB) and getrusage marks; prints one line."""
+    start = time.perf_counter()
+    with StagePeak(interval) as peak:
+        outcome = work()
+    row = {"stage": name, "seconds": time.perf_counter() - start, "peak_tree_rss_mib": peak.peak / 2**20,
+           "rss_samples": peak.samples, **maxrss_mib()}
+    if isinstance(outcome, dict):
+        row.update(outcome)
+    print(f"[timing] {name:<14} {row['seconds']:8.1f} s  peak RSS {row['peak_tree_rss_mib']:8.0f} MiB", flush=True)
+    return row
+
+
+def notebook_stage(name: str, output: Path, params: dict[str, Any], newer_than: list[Path] | None = None
+                   ) -> Callable[[], dict[str, Any]]:
+    """The work of one notebook stage, with ``make report``'s rule: keep a finished output unless an input is newer."""
+    def work() -> dict[str, Any]:
+        from ambinb import notebook
+
+        stale = output.exists() and any(p.stat().st_mtime > output.stat().st_mtime for p in newer_than or [])
+        if output.exists() and not stale:
+            return {"kept": True}
+        notebook.execute(name, output, params, progress=False)
+        return {"kept": False}
+    return work
+
+
+def prepare_root(root: Path, reuse: bool) -> tuple[Path, Path]:
+    """``<root>/runs`` and ``<root>/book`` (the book's sources copied in); emptied first unless ``reuse``."""
+    from ambinb import book
+
+    if root.exists() and not reuse:
+        shutil.rmtree(root)
+    runs, book_dir = root / "runs", root / "book"
+    runs.mkdir(parents=True, exist_ok=True)
+    book.copy_sources(book_dir)
+    return runs, book_dir
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", default="params/sweeps/toy.yaml")
+    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="scratch folder for the run root and the book")
+    parser.add_argument("--reuse", action="store_true", help="keep what an earlier run left in --root")
+    parser.add_argument("--workers", type=int, default=None, help="default: the sweep file's")
+    parser.add_argument("--no-book", action="store_true", help="stop after assembling the book (no jupyter-book)")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
+    parser.add_argument("--out", default="", help="JSON path (default bench/results/report_timing_cpu.json)")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    runs_root, book_dir = prepare_root(root, args.reuse)
+    os.environ[config.RUN_ROOT_ENV] = str(runs_root)
+    os.environ["AMBINB_BOOK_DIR"] = str(book_dir)
+    from ambinb import book, sweep
+
+    spec = sweep.load_sweep(resolve_path(args.sweep))
+    runs = sweep.expand(spec, str(runs_root))
+    dataset, fold = spec["datasets"][0], int(spec["folds"][0])
+    common = {"dataset": dataset, "run_root": str(runs_root)}
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    stages = [
+        time_stage("01_labels", notebook_stage("01_labels", run_dir(dataset, "labels", None, runs_root)
+                                               / "01_labels.ipynb", common), args.interval),
+        time_stage("02_curate_cot", notebook_stage("02_curate_cot", run_dir(dataset, "curation", None, runs_root)
+                                                   / "02_curate_cot.ipynb", {**common, "fold": fold, "subset": "all"}),
+                   args.interval),
+    ]
+
+    def run_the_sweep() -> dict[str, Any]:
+        sweep.run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
+                        threads_per_run=spec.get("threads_per_run"), progress=False)
+        return {"runs": [{"run": f"{r.dataset}/{r.strategy}/fold{r.fold}", "status": r.status,
+                          "seconds": r.seconds} for r in runs]}
+
+    stages.append(time_stage("sweep", run_the_sweep, args.interval))
+    metrics = [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
+    stages.append(time_stage("06_ablations", notebook_stage(
+        "06_ablations", run_dir("all", "ablations", None, runs_root) / "06_ablations.ipynb",
+        {"run_root": str(runs_root), "datasets": list(spec["datasets"]), "folds": [int(f) for f in spec["folds"]]},
+        newer_than=metrics), args.interval))
+    stages.append(time_stage("book_assemble", lambda: {"path": str(book.assemble(str(runs_root), dataset, fold,
+                                                                               book=book_dir))}, args.interval))
+    if not args.no_book:
+        stages.append(time_stage("book_build", lambda: {"path": str(book.build(book=book_dir, quiet=True))},
+                                 args.interval))
+    total = time.perf_counter() - started
+    print(f"[timing] {'total':<14} {total:8.1f} s  peak RSS {max(s['peak_tree_rss_mib'] for s in stages):8.0f} MiB")
+    result = {"bench": "report_timing", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "device": "cpu",
+              "device_name": results.bench_device("cpu")[0], "sweep": args.sweep, "reuse": args.reuse,
+              "root": str(root), "cpu_count": os.cpu_count(), "load_average_before": list(load_before),
+              "load_average_after": list(os.getloadavg()), "total_seconds": total,
+              "peak_tree_rss_mib": max(s["peak_tree_rss_mib"] for s in stages), "stages": stages,
+              "env": results.env_info("cpu")}
+    results.write_bench("report_timing", "cpu", result, args.out)
+    return result
+
+
+
+if __name__ == "__main__":
+    main()
