@@ -190,7 +190,8 @@ def place(cfg: dict[str, Any], accelerator: Any) -> dict[str, Any]:
 
 def _refuse_sharded(accelerator: Any) -> None:
     """Raise when launched with DeepSpeed or FSDP: the engine would train unsharded without saying so."""
-    kind = str(getattr(accelerator, "distributed_type", "")).split(".")[-1]
+    kind = getattr(accelerator, "distributed_type", "")
+    kind = str(getattr(kind, "value", kind)).split(".")[-1]
     if kind in ("DEEPSPEED", "FSDP"):
         raise NotImplementedError(
             f"accelerate launched this run with {kind}, which ambinb.engine does not support yet: it averages "

@@ -122,8 +122,10 @@ def test_process_device_gives_each_process_its_own():
 
 
 def test_sharded_launch_is_refused(tmp_path):
+    from accelerate.utils import DistributedType
+
     class FakeDeepSpeed:
-        distributed_type = "DistributedType.DEEPSPEED"
+        distributed_type = DistributedType.DEEPSPEED
 
     with pytest.raises(NotImplementedError, match="DEEPSPEED.*params/accelerate/ddp.yaml"):
         engine.train(_model(0), MeanSquares(), _tc(B, 1), tmp_path, FakeDeepSpeed(), progress=False)
