@@ -1,17 +1,21 @@
 """``make report``: the built-in default job, ending in the built book.
 
-Stages: 01_labels -> 02_curate_cot -> the sweep (every strategy and fold) -> 06_ablations -> book.
-Usage: ``python -m ambinb.report [--sweep params/sweeps/toy.yaml] [--no-book]``.
+Stages (:func:`stages`): 01_labels -> 02_curate_cot -> the sweep (every strategy and fold) ->
+06_ablations -> book assembly -> book build.
+Usage: ``python -m ambinb.report [--sweep params/sweeps/toy.yaml] [--run-root DIR] [--no-book]``.
 
 Nothing finished is redone: an executed notebook in its run folder is kept, a run with a complete
 ``metrics.json`` is skipped, and 06_ablations reruns only when some run is newer than it. Delete a
-run folder to redo it.
+run folder to redo it. ``bench/report_timing.py`` times the same stages one by one through
+:func:`run` 's ``on_stage`` hook.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +23,84 @@ from ambinb import book, notebook, sweep
 from ambinb.paths import resolve_path, run_dir
 
 
-def _stage(name: str, output: Path, params: dict[str, Any], newer_than: list[Path] | None = None) -> None:
-    stale = output.exists() and any(p.stat().st_mtime > output.stat().st_mtime for p in newer_than or [])
-    if output.exists() and not stale:
-        print(f"[report] {name}: kept {output}")
-        return
+@dataclass
+class Stage:
+    """One step of the report: ``work()`` does it (and returns a small dict of what happened)."""
+
+    name: str
+    work: Callable[[], dict[str, Any]]
+
+
+def notebook_work(name: str, output: Path, params: dict[str, Any],
+                  newer_than: Callable[[], list[Path]] | None = None) -> Callable[[], dict[str, Any]]:
+    """Execute notebook ``name`` into ``output`` unless it is there already and no input is newer."""
+    def work() -> dict[str, Any]:
+        inputs = newer_than() if newer_than else []
+        stale = output.exists() and any(p.stat().st_mtime > output.stat().st_mtime for p in inputs)
+        if output.exists() and not stale:
+            print(f"[report] {name}: kept {output}")
+            return {"kept": True}
+        print(f"[report] {name}: running -> {output}")
+        notebook.execute(name, output, params, progress=True)
+        return {"kept": False}
+    return work
+
+
+def stages(spec: dict[str, Any], runs: list[sweep.Run], workers: int | None = None, with_book: bool = True,
+           book_folder: str | Path | None = None) -> list[Stage]:
+    """The report's stages for a sweep ``spec`` and its expanded ``runs`` (all under one run root)."""
+    root = runs[0].run_root
+    dataset, fold = spec["datasets"][0], int(spec["folds"][0])
+    common = {"dataset": dataset, "run_root": root}
+
+    def run_the_sweep() -> dict[str, Any]:
+        sweep.run_sweep(runs, workers=workers or int(spec.get("workers", 1)),
+                        threads_per_run=spec.get("threads_per_run"))
+        print(sweep.status_table(runs))
+        return {"runs": [{"run": f"{r.dataset}/{r.strategy}/fold{r.fold}", "status": r.status,
+                          "seconds": round(r.seconds, 1)} for r in runs]}
+
+    def finished_metrics() -> list[Path]:
+        return [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
+
+    out = [
+        Stage("01_labels", notebook_work("01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb",
+                                         common)),
+        Stage("02_curate_cot", notebook_work(  # every fold trains on its own share, so curate them all
+            "02_curate_cot", run_dir(dataset, "curation", None, root) / "02_curate_cot.ipynb",
+            {**common, "fold": fold, "subset": "all"})),
+        Stage("sweep", run_the_sweep),
+        Stage("06_ablations", notebook_work(
+            "06_ablations", run_dir("all", "ablations", None, root) / "06_ablations.ipynb",
+            {"run_root": root, "datasets": list(spec["datasets"]), "folds": [int(f) for f in spec["folds"]]},
+            newer_than=finished_metrics)),
+        Stage("book_assemble", lambda: {"path": str(book.assemble(root, dataset, fold, book=book_folder))}),
+    ]
+    if with_book:
+        out.append(Stage("book_build", lambda: {"path": str(book.build(book=book_folder))}))
+    return out
+
+
+def timed(stage: Stage) -> dict[str, Any]:
+    """The default ``on_stage``: run the stage and print its wall time."""
     start = time.time()
-    print(f"[report] {name}: running -> {output}")
-    notebook.execute(name, output, params, progress=True)
-    print(f"[report] {name}: done in {time.time() - start:.0f} s")
+    outcome = stage.work()
+    print(f"[report] {stage.name}: {time.time() - start:.0f} s")
+    return outcome
+
+
+def run(sweep_file: str = "params/sweeps/toy.yaml", run_root: str | None = None, workers: int | None = None,
+        with_book: bool = True, book_folder: str | Path | None = None,
+        on_stage: Callable[[Stage], dict[str, Any]] = timed) -> list[sweep.Run]:
+    """Run every stage in order through ``on_stage(stage)``; return the sweep's runs with their status."""
+    start = time.time()
+    spec = sweep.load_sweep(resolve_path(sweep_file))
+    runs = sweep.expand(spec, run_root)
+    for stage in stages(spec, runs, workers, with_book, book_folder):
+        on_stage(stage)
+    failed = [r for r in runs if r.status == "failed"]
+    print(f"[report] finished in {time.time() - start:.0f} s; {len(failed)} failed run(s)")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,32 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-book", action="store_true", help="run the notebooks only")
     args = parser.parse_args(argv)
-    start = time.time()
-
-    spec = sweep.load_sweep(resolve_path(args.sweep))
-    runs = sweep.expand(spec, args.run_root)
-    root = runs[0].run_root
-    dataset, fold = spec["datasets"][0], int(spec["folds"][0])
-    common = {"dataset": dataset, "run_root": root}
-
-    _stage("01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb", common)
-    _stage("02_curate_cot", run_dir(dataset, "curation", None, root) / "02_curate_cot.ipynb",
-           {**common, "fold": fold, "subset": "all"})  # every fold trains on its own share
-    sweep_start = time.time()
-    sweep.run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
-                    threads_per_run=spec.get("threads_per_run"))
-    print(sweep.status_table(runs))
-    print(f"[report] sweep: {len(runs)} runs in {time.time() - sweep_start:.0f} s")
-    metrics_files = [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
-    _stage("06_ablations", run_dir("all", "ablations", None, root) / "06_ablations.ipynb",
-           {"run_root": root, "datasets": list(spec["datasets"]), "folds": [int(f) for f in spec["folds"]]},
-           newer_than=metrics_files)
-    book.assemble(root, dataset, fold)
-    if not args.no_book:
-        book_start = time.time()
-        print(f"[report] book: {book.build()} in {time.time() - book_start:.0f} s")
-    failed = [r for r in runs if r.status == "failed"]
-    print(f"[report] finished in {time.time() - start:.0f} s; {len(failed)} failed run(s)")
+    run(args.sweep, args.run_root, args.workers, with_book=not args.no_book)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,9 @@
     .venv/bin/python bench/report_timing.py --sweep my_tiny.yaml --no-book
 
 The stages are those of :mod:`ambinb.report` (01_labels -> 02_curate_cot -> the sweep -> 06_ablations
--> book assembly -> book build), run here in the same order through the same public functions
-(:func:`ambinb.notebook.execute`, :func:`ambinb.sweep.run_sweep`, :func:`ambinb.book.assemble` and
-:func:`ambinb.book.build`) with the same parameters and the same keep-what-is-finished rule, so that
-each stage can be timed on its own; ``ambinb/report.py`` itself is not called (it has no per-stage
-hook). Everything goes to a scratch folder (``--root``, default ``/tmp/ambinb_report_timing``):
+-> book assembly -> book build): :func:`ambinb.report.run` runs them, and its ``on_stage`` hook times
+each one, so this benchmark measures exactly what ``make report`` does. Everything goes to a scratch
+folder (``--root``, default ``/tmp/ambinb_report_timing``):
 ``<root>/runs`` as the run root (also exported as ``AMBINB_RUN_ROOT`` for the notebooks' kernels) and
 ``<root>/book``, a copy of the book's sources (``AMBINB_BOOK_DIR``), so the user's ``runs/`` and
 ``book/`` stay untouched. Without ``--reuse`` the scratch folder is emptied first (a cold run); with
@@ -40,7 +38,6 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import config, results  # noqa: E402
-from ambinb.paths import resolve_path, run_dir  # noqa: E402
 
 DEFAULT_ROOT = Path("/tmp/ambinb_report_timing")
 
@@ -108,20 +105,6 @@ def time_stage(name: str, work: Callable[[], Any], interval: float = 0.5) -> dic
     return row
 
 
-def notebook_stage(name: str, output: Path, params: dict[str, Any], newer_than: list[Path] | None = None
-                   ) -> Callable[[], dict[str, Any]]:
-    """The work of one notebook stage, with ``make report``'s rule: keep a finished output unless an input is newer."""
-    def work() -> dict[str, Any]:
-        from ambinb import notebook
-
-        stale = output.exists() and any(p.stat().st_mtime > output.stat().st_mtime for p in newer_than or [])
-        if output.exists() and not stale:
-            return {"kept": True}
-        notebook.execute(name, output, params, progress=False)
-        return {"kept": False}
-    return work
-
-
 def prepare_root(root: Path, reuse: bool) -> tuple[Path, Path]:
     """``<root>/runs`` and ``<root>/book`` (the book's sources copied in); emptied first unless ``reuse``."""
     from ambinb import book
@@ -148,46 +131,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs_root, book_dir = prepare_root(root, args.reuse)
     os.environ[config.RUN_ROOT_ENV] = str(runs_root)
     os.environ["AMBINB_BOOK_DIR"] = str(book_dir)
-    from ambinb import book, sweep
+    from ambinb import report
 
-    spec = sweep.load_sweep(resolve_path(args.sweep))
-    runs = sweep.expand(spec, str(runs_root))
-    dataset, fold = spec["datasets"][0], int(spec["folds"][0])
-    common = {"dataset": dataset, "run_root": str(runs_root)}
     load_before = os.getloadavg()
     started = time.perf_counter()
-    stages = [
-        time_stage("01_labels", notebook_stage("01_labels", run_dir(dataset, "labels", None, runs_root)
-                                               / "01_labels.ipynb", common), args.interval),
-        time_stage("02_curate_cot", notebook_stage("02_curate_cot", run_dir(dataset, "curation", None, runs_root)
-                                                   / "02_curate_cot.ipynb", {**common, "fold": fold, "subset": "all"}),
-                   args.interval),
-    ]
-
-    def run_the_sweep() -> dict[str, Any]:
-        sweep.run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
-                        threads_per_run=spec.get("threads_per_run"), progress=False)
-        return {"runs": [{"run": f"{r.dataset}/{r.strategy}/fold{r.fold}", "status": r.status,
-                          "seconds": r.seconds} for r in runs]}
-
-    stages.append(time_stage("sweep", run_the_sweep, args.interval))
-    metrics = [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
-    stages.append(time_stage("06_ablations", notebook_stage(
-        "06_ablations", run_dir("all", "ablations", None, runs_root) / "06_ablations.ipynb",
-        {"run_root": str(runs_root), "datasets": list(spec["datasets"]), "folds": [int(f) for f in spec["folds"]]},
-        newer_than=metrics), args.interval))
-    stages.append(time_stage("book_assemble", lambda: {"path": str(book.assemble(str(runs_root), dataset, fold,
-                                                                               book=book_dir))}, args.interval))
-    if not args.no_book:
-        stages.append(time_stage("book_build", lambda: {"path": str(book.build(book=book_dir, quiet=True))},
-                                 args.interval))
+    stages: list[dict[str, Any]] = []
+    runs = report.run(args.sweep, str(runs_root), args.workers, with_book=not args.no_book, book_folder=book_dir,
+                      on_stage=lambda stage: stages.append(time_stage(stage.name, stage.work, args.interval)))
+    failed = [f"{r.dataset}/{r.strategy}/fold{r.fold}" for r in runs if r.status == "failed"]
     total = time.perf_counter() - started
     print(f"[timing] {'total':<14} {total:8.1f} s  peak RSS {max(s['peak_tree_rss_mib'] for s in stages):8.0f} MiB")
     result = {"bench": "report_timing", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "device": "cpu",
               "device_name": results.bench_device("cpu")[0], "sweep": args.sweep, "reuse": args.reuse,
               "root": str(root), "cpu_count": os.cpu_count(), "load_average_before": list(load_before),
-              "load_average_after": list(os.getloadavg()), "total_seconds": total,
+              "load_average_after": list(os.getloadavg()), "total_seconds": total, "failed_runs": failed,
               "peak_tree_rss_mib": max(s["peak_tree_rss_mib"] for s in stages), "stages": stages,
               "env": results.env_info("cpu")}
     results.write_bench("report_timing", "cpu", result, args.out)

@@ -1,0 +1,35 @@
+"""make report: its stages, in order, through one hook (what bench/report_timing.py times)."""
+
+from ambinb import report, sweep
+from ambinb.paths import resolve_path
+
+
+def test_the_report_runs_every_stage_in_order_through_the_hook(tmp_path):
+    seen = []
+    runs = report.run("params/sweeps/toy.yaml", str(tmp_path), on_stage=lambda stage: seen.append(stage.name))
+    assert seen == ["01_labels", "02_curate_cot", "sweep", "06_ablations", "book_assemble", "book_build"]
+    spec = sweep.load_sweep(resolve_path("params/sweeps/toy.yaml"))
+    assert len(runs) == len(spec["strategies"]) * len(spec["folds"])
+    assert {r.run_root for r in runs} == {str(tmp_path)}
+    seen.clear()
+    report.run("params/sweeps/toy.yaml", str(tmp_path), with_book=False, on_stage=lambda stage: seen.append(stage.name))
+    assert seen[-1] == "book_assemble"
+
+
+def test_a_finished_notebook_stage_is_kept_unless_an_input_is_newer(tmp_path):
+    output = tmp_path / "06.ipynb"
+    output.write_text("{}")
+    newer = tmp_path / "metrics.json"
+    newer.write_text("{}")
+    import os
+    os.utime(output, (1, 1))                                  # the output is older than an input
+    calls = []
+    work = report.notebook_work("06_ablations", output, {}, newer_than=lambda: [newer])
+    report.notebook.execute, original = (lambda *a, **k: calls.append(a)), report.notebook.execute
+    try:
+        assert work() == {"kept": False} and len(calls) == 1
+        os.utime(output, None)
+        os.utime(newer, (1, 1))
+        assert work() == {"kept": True} and len(calls) == 1
+    finally:
+        report.notebook.execute = original
