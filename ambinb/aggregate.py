@@ -116,8 +116,9 @@ def budgets(run_root: str = "runs") -> pd.DataFrame:
     """How long each finished run trained: one row per (dataset, strategy), the folds pooled.
 
     Columns: ``folds``, the requested budget (``epochs``, ``max_steps``, ``batch_size`` and the effective
-    ``lr`` = lr x lr_scale, from each run's recorded parameters), the optimizer ``steps`` taken and the
-    training ``seconds`` (means over folds; 0 for strategies that do not train). Folds that were run with
+    ``lr`` = lr x lr_scale, from each run's recorded parameters), the optimizer ``steps`` taken and
+    ``train_wall_s``, the wall seconds from the run's start to the end of training, loading included
+    (means over folds; 0 for strategies that do not train). Folds that were run with
     different budgets show each value, joined by ``/``.
     """
     rows = []
@@ -129,7 +130,7 @@ def budgets(run_root: str = "runs") -> pd.DataFrame:
         params, train = m.get("params", {}), m.get("train", {})
         rows.append({"dataset": path.parts[-4], "strategy": path.parts[-3],
                      **{k: params.get(k) for k in BUDGET_KEYS},
-                     "steps": train.get("steps", 0), "seconds": train.get("seconds", 0.0)})
+                     "steps": train.get("steps", 0), "train_wall_s": train.get("seconds", 0.0)})
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
@@ -141,10 +142,10 @@ def budgets(run_root: str = "runs") -> pd.DataFrame:
     out = df.groupby(["dataset", "strategy"], sort=False).agg(
         folds=("steps", "size"), epochs=("epochs", joined), max_steps=("max_steps", joined),
         batch_size=("batch_size", joined), lr=("lr", joined), steps=("steps", "mean"),
-        seconds=("seconds", "mean"))
+        train_wall_s=("train_wall_s", "mean"))
     trains = out["steps"] > 0
     out.loc[~trains, ["epochs", "max_steps", "batch_size", "lr"]] = "-"
-    return out.round({"steps": 1, "seconds": 1})
+    return out.round({"steps": 1, "train_wall_s": 1})
 
 
 def with_prior_rows(runs: pd.DataFrame) -> pd.DataFrame:

@@ -73,7 +73,7 @@ def test_budgets_show_what_each_strategy_trained(tmp_path):
                                      cfg["classes"], p, p, p.mean(0), cfg, extra=extra)
     table = aggregate.budgets(str(tmp_path))
     sft = table.loc[("toy", "sft")]
-    assert (sft["folds"], sft["steps"], sft["seconds"]) == (2, 13.0, 3.0)
+    assert (sft["folds"], sft["steps"], sft["train_wall_s"]) == (2, 13.0, 3.0)
     assert sft["max_steps"] == "0/5" and sft["lr"] == "0.001" and sft["epochs"] == "1"
     assert table.loc[("toy", "base")]["lr"] == "-" and table.loc[("toy", "base")]["steps"] == 0
 
