@@ -17,17 +17,30 @@ The tiny stand-in (:func:`build_tiny`, :func:`ensure_tiny`; ``model_name_or_path
   ordinary checkpoint folder (``from_pretrained`` loads it) under ``models/tiny/`` (gitignored),
   with ``ambinb_tiny.json`` recording the build spec; :func:`ensure_tiny` rebuilds when it differs.
 * Warm-up (:func:`warm_up`): a random model writes noise, which would make the ``base`` row, DPO's
-  on-policy negatives and GRPO's format reward meaningless. The build therefore trains it briefly
-  (deterministic, well under a minute on a CPU) on *synthetic* chats: toy-independent audio
-  (silence, noise, tones, chirps), random transcripts, a random class list, and completions written
-  with :func:`ambinb.cot.render_think` from random descriptor words whose synthesis names a class
-  drawn uniformly from the list; the answer repeats that class. So it speaks the format fluently
-  and its answers follow its own reasoning, but it has never seen a corpus utterance or a real
-  label, and its answers carry no information about the audio or the transcript. The audio tower
-  stays at its random initialisation and frozen (the paper's setting), everything else trains.
-  Measured on one thread of a shared 2-core CPU: 45 s for the whole build (300 warm-up steps of
-  8 chats, 0.13 s each; CE 6.93 -> 0.88), bit-identical across rebuilds with the same seed; the
-  greedy completions pass the format check on the toy corpus, with p_hat near uniform.
+  on-policy negatives and GRPO's format reward meaningless; and the real Qwen2-Audio comes from
+  pretraining able to quote its prompt and to hear how something is said. The build therefore
+  trains the stand-in briefly (deterministic) on *synthetic* chats only: speech-like audio
+  (:func:`synthetic_speech`: harmonics under vowel formants, syllables and pauses) whose loudness,
+  rate, pitch, pitch variation, tension and roughness are drawn at random as z-scores; random
+  transcripts (the toy's *words*, never its sentences) into which words of the curator's emotion
+  lexicon are inserted at random (:func:`cued_transcript`); a random class list; and think blocks
+  (70 % in the curator's wording, the rest free-form) whose keywords and text step quote the
+  lexicon words that occur in the transcript and whose audio step describes the z-scores the
+  audio was made with. Their synthesis names a class split drawn at random (Dirichlet) and the
+  answer follows it: no emotion label exists for a synthetic item, so the stand-in learns the
+  format, to quote and to hear, and self-consistency, never which emotion a cue means. Two aids
+  make quoting learnable in a few hundred steps: each word token starts from the embedding of
+  its space-prefixed twin (:func:`share_word_embeddings`), and every step adds a batch of short
+  text-only quoting exercises (:func:`copy_drill_text`); tokens inside quotes weigh
+  :data:`QUOTE_WEIGHT` in the warm-up loss. The audio tower stays at its random initialisation and
+  frozen (the paper's setting), everything else trains. Audio features of the synthetic clips are
+  computed once (:func:`warmup_pool`, :func:`quick_mel`).
+  Measured on one thread of a shared, loaded 2-core CPU: about 110 s for the whole build (300
+  steps of 8 chats and 32 drills; 384 clips), about twice the format-only warm-up of builder 2;
+  bit-identical across rebuilds with the same seed. What it buys, after 3 epochs of toy SFT
+  (64 training utterances): the think blocks quote the transcript's emotion words for about half
+  of the utterances that have them (never before) and their synthesis names the majority class
+  more often (0.47 against 0.34; one run each, so noisy).
 
 LoRA (:func:`apply_lora`): peft LoRA on the language model's q,k,v,o,gate,up,down only, chosen by
 the ``lora_target_regex`` param (the audio tower has q/k/v projections too; the regex excludes
@@ -65,7 +78,8 @@ from ambinb.paths import resolve_path
 log = logging.getLogger(__name__)
 
 TINY_SPEC_FILE = "ambinb_tiny.json"
-TINY_BUILDER_VERSION = 2  # 2: warm-up and tokenizer also cover the curator's wording
+TINY_BUILDER_VERSION = 3  # 2: warm-up and tokenizer also cover the curator's wording;
+# 3: warm-up on speech-like audio whose prosody the think blocks describe, quoting emotion words
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *audio_mod.AUDIO_SPECIAL_TOKENS)
 
 # The chat template of Qwen/Qwen2-Audio-7B-Instruct (its processor's ``chat_template``).
@@ -221,13 +235,61 @@ def synthetic_transcript(rng: random.Random, vocabulary: tuple[str, ...] = TRANS
     return (" ".join(words).capitalize() + rng.choice((".", ".", "?", "!"))).replace(" i ", " I ")
 
 
-def _free_completion(rng: random.Random, transcript: str, classes: list[str]) -> tuple[str, str]:
+P_CUED = 0.5  # share of warm-up transcripts with emotion words of the curator's lexicon inserted
+P_CUE_IN_LIST = 0.8  # ... drawn from the prompt's classes (else from any class: not a cue there)
+
+
+def cued_transcript(rng: random.Random, classes: list[str],
+                    vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS) -> str:
+    """A random transcript (:func:`synthetic_transcript`) that, for :data:`P_CUED` of calls, carries
+    1-2 words or phrases of the curator's emotion lexicon (``ambinb.curation.LEXICON``) at random
+    places, so that the warm-up's think blocks practise quoting them. No corpus sentence, no label:
+    which emotion words appear is random and the think block's answer does not depend on them.
+    """
+    from ambinb import curation
+
+    words = synthetic_transcript(rng, vocabulary).split()
+    if rng.random() >= P_CUED:
+        return " ".join(words)
+    end = words[-1][-1]
+    words[-1] = words[-1][:-1]
+    words[0] = words[0].lower()
+    listed = [c for c in classes if curation.LEXICON.get(c)]
+    others = [c for c, entries in curation.LEXICON.items() if entries]
+    for _ in range(rng.choice((1, 1, 2))):
+        c = rng.choice(listed if listed and rng.random() < P_CUE_IN_LIST else others)
+        words.insert(rng.randint(0, len(words)), rng.choice(curation.LEXICON[c]))
+    return (" ".join(words).capitalize() + end).replace(" i ", " I ")
+
+
+# Free-form aspect words that agree with a dimension's direction (z >= NEAR, z <= -NEAR, in between).
+_ASPECT_BY_DIRECTION = {
+    "Volume": ("loudness", ("loud", "strong"), ("soft", "quiet", "weak"), ("moderate", "even")),
+    "Speed": ("rate", ("fast", "hurried", "quick"), ("slow", "measured", "halting"), ("steady",)),
+    "Pitch": ("pitch", ("high",), ("low",), ("varied", "flat")),
+}
+
+
+def _grounded_first_word(rng: random.Random, aspect: str, z: dict[str, float] | None) -> str | None:
+    from ambinb import prosody
+
+    if z is None or aspect not in _ASPECT_BY_DIRECTION:
+        return None
+    dim, up, down, mid = _ASPECT_BY_DIRECTION[aspect]
+    v = z.get(dim, 0.0)
+    return rng.choice(up if v >= prosody.NEAR else down if v <= -prosody.NEAR else mid)
+
+
+def _free_completion(rng: random.Random, transcript: str, classes: list[str],
+                     z: dict[str, float] | None = None) -> tuple[str, str]:
     """A free-form random think block and its answer drawn from ``classes`` (see :func:`synthetic_completion`)."""
     answer = rng.choice(classes)
     other = rng.choice([c for c in classes if c != answer])
+    from ambinb import curation
+
     keywords = rng.sample(KEYWORDS, rng.randint(2, 4))
-    if rng.random() < 0.5:
-        keywords.append(_quote(rng, transcript))
+    cues = [w for ws in curation.text_cues(transcript, classes).values() for w in ws]
+    keywords.insert(0, f'"{cues[0]}"' if cues else "plain wording")
     text = rng.choice((
         "The words {q} are {a} in meaning.",
         "The wording {q} carries {s} emotion.",
@@ -237,6 +299,9 @@ def _free_completion(rng: random.Random, transcript: str, classes: list[str]) ->
     aspects = {}
     for aspect, words in ASPECT_WORDS.items():
         first, second = rng.sample(words, 2)
+        grounded = _grounded_first_word(rng, aspect, z)
+        if grounded is not None:
+            first, second = grounded, rng.choice([w for w in words if w != grounded])
         aspects[aspect] = rng.choice((f"{first}.", f"{first} and {second}.", f"{first}, then {second}."))
     synthesis = rng.choice((
         "The cues point mostly to {a}, with some {o}.",
@@ -248,29 +313,38 @@ def _free_completion(rng: random.Random, transcript: str, classes: list[str]) ->
     return cot.render_think(keywords, text, aspects, synthesis), answer
 
 
-def _template_completion(rng: random.Random, transcript: str, classes: list[str]) -> tuple[str, str]:
+def _template_completion(rng: random.Random, transcript: str, classes: list[str],
+                         z: dict[str, float] | None = None) -> tuple[str, str]:
     """A think block in the offline curator's wording (:func:`ambinb.curation.template_cot`) for a
-    *synthetic* item: random prosody z-scores and a random target split, never a corpus label."""
+    *synthetic* item: the prosody z-scores its audio was made with (random ones when ``z`` is None)
+    and a random target split, never a corpus label."""
     from ambinb import curation
 
     np_rng = np.random.default_rng(rng.getrandbits(32))
     p = np_rng.dirichlet(np.full(len(classes), rng.choice((0.3, 1.0, 3.0))))
-    prosody = {d: float(np_rng.normal()) for d in curation.SHORT_WORDS}
+    prosody = dict(z) if z is not None else {d: float(np_rng.normal()) for d in curation.SHORT_WORDS}
     item = curation.Item("synthetic", transcript, "", tuple(classes), tuple(float(v) for v in p), prosody)
     return curation.template_cot(item, attempt=rng.randint(1, 3)), classes[int(np.argmax(p))]
 
 
-def synthetic_completion(rng: random.Random, transcript: str, classes: list[str]) -> tuple[str, str]:
-    """A random think block (via :func:`ambinb.cot.render_think`) and its answer.
+P_TEMPLATE = 0.7  # share of warm-up think blocks in the curator's wording (the rest free-form)
 
-    Half are free-form, half in the offline curator's wording (so the stand-in's tokenizer and
-    fluency cover the text it is later fine-tuned on). The answer follows the block's own synthesis
-    and is drawn at random: nothing depends on the audio or on any corpus label, so a model trained
-    on these learns the format and self-consistency only.
+
+def synthetic_completion(rng: random.Random, transcript: str, classes: list[str],
+                         z: dict[str, float] | None = None) -> tuple[str, str]:
+    """A think block (via :func:`ambinb.cot.render_think`) and its answer for a synthetic item.
+
+    :data:`P_TEMPLATE` are in the offline curator's wording, the rest free-form (so the stand-in's
+    tokenizer and fluency cover the text it is later fine-tuned on). What a pretrained model could
+    know is grounded: the keywords and text step quote the emotion words that occur in the
+    transcript, and the audio step describes the prosody ``z`` the audio was made with
+    (:func:`synthetic_speech`). The synthesis and the answer, which follows it, are drawn at random:
+    no emotion label exists for a synthetic item, so the warm-up teaches the format, hearing and
+    quoting, and self-consistency, never which emotion the cues mean.
     """
-    if rng.random() < 0.5:
-        return _template_completion(rng, transcript, classes)
-    return _free_completion(rng, transcript, classes)
+    if rng.random() < P_TEMPLATE:
+        return _template_completion(rng, transcript, classes, z)
+    return _free_completion(rng, transcript, classes, z)
 
 
 def synthetic_class_list(rng: random.Random) -> list[str]:
@@ -311,8 +385,8 @@ def tokenizer_corpus(seed: int = 0, n_examples: int = 300) -> list[str]:
     for aspect, words in ASPECT_WORDS.items():
         texts.append(f"{aspect}: " + " ".join(words))
     for _ in range(n_examples):
-        transcript = synthetic_transcript(rng, vocabulary)
         classes = synthetic_class_list(rng)
+        transcript = cued_transcript(rng, classes, vocabulary)
         think, answer = synthetic_completion(rng, transcript, classes)
         texts.append(prompt.user_text(transcript, classes))
         texts += [cot.answer_prefix(think), answer, cot.AMBINB.answer_close]  # the segments as tokenised
@@ -376,6 +450,23 @@ def tiny_config(tokenizer: Any, hidden_size: int = 64, layers: int = 2, heads: i
                             audio_token_index=ids[audio_mod.AUDIO_TOKEN])
 
 
+def share_word_embeddings(model: Any, tokenizer: Any) -> int:
+    """Start each word token with the embedding and output row of its space-prefixed twin.
+
+    Byte-level BPE spells a word differently after a space (``Ġfurious``) and after a quote mark
+    (``furious``); a pretrained model has learnt that the two mean the same, a random one has not,
+    and so cannot quote a transcript word it has seen. Copying the rows at initialisation (training
+    then tells them apart) gives the stand-in that prior. Returns the number of pairs.
+    """
+    vocab = tokenizer.get_vocab()
+    pairs = [(vocab[t[1:]], i) for t, i in sorted(vocab.items()) if t.startswith("Ġ") and t[1:] in vocab]
+    with torch.no_grad():
+        for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            for plain, spaced in pairs:
+                weight[plain] = weight[spaced]
+    return len(pairs)
+
+
 # --- the tiny stand-in: audio ---------------------------------------------------------------
 
 def synthetic_wave(rng: np.random.Generator) -> np.ndarray:
@@ -396,23 +487,195 @@ def synthetic_wave(rng: np.random.Generator) -> np.ndarray:
     return wave.astype(np.float32)
 
 
+# The reference voice of :func:`synthetic_speech` (z = 0 on every dimension) and what one standard
+# deviation of each dimension of :mod:`ambinb.prosody` changes. Absolute values: a clip is heard
+# alone, so "louder" here means louder than this reference, not than a speaker's usual.
+SPEECH_REFERENCE: dict[str, tuple[float, float]] = {
+    "loudness": (-24.0, 5.0),    # RMS of the voiced parts in dB full scale; dB per z
+    "rate": (4.0, 1.3),          # syllables per second; factor per z
+    "pitch": (150.0, 3.0),       # mean F0 in Hz; semitones per z
+    "pitch_var": (3.0, 1.6),     # intonation range in semitones; factor per z
+    "tension": (1.3, 0.3),       # harmonic k has amplitude k^-(a - b z) (tense: flatter spectrum)
+    "roughness": (0.006, 2.0),   # jitter sd as a fraction of F0 (shimmer 6x that); factor per z
+}
+SPEECH_Z_LIMIT = 2.5  # drawn z-scores are clipped to +-2.5
+
+
+def speech_settings(z: dict[str, float]) -> dict[str, float]:
+    """Physical settings of :func:`synthetic_speech` for z-scores of the prosody dimensions.
+
+    Example: ``z = {"loudness": 1, "pitch": -1}`` (others 0) -> ``level_db = -19``, ``f0 = 150 *
+    2^(-3/12) = 126.1`` Hz, ``rate = 4`` syllables/s, ``range_st = 3``, ``tilt = 1.3``,
+    ``jitter = 0.006``, ``breath = 0.08``.
+    """
+    def zz(d: str) -> float:
+        return float(np.clip(z.get(d, 0.0), -SPEECH_Z_LIMIT, SPEECH_Z_LIMIT))
+
+    ref = SPEECH_REFERENCE
+    return {"level_db": ref["loudness"][0] + ref["loudness"][1] * zz("loudness"),
+            "rate": ref["rate"][0] * ref["rate"][1] ** zz("rate"),
+            "f0": ref["pitch"][0] * 2.0 ** (ref["pitch"][1] * zz("pitch") / 12.0),
+            "range_st": ref["pitch_var"][0] * ref["pitch_var"][1] ** zz("pitch_var"),
+            "tilt": ref["tension"][0] - ref["tension"][1] * zz("tension"),
+            "breath": 0.08 * 2.0 ** (-zz("tension")),
+            "jitter": ref["roughness"][0] * ref["roughness"][1] ** zz("roughness")}
+
+
+def _block_noise(rng: np.random.Generator, n: int, block: int) -> np.ndarray:
+    """Unit Gaussian noise held constant over blocks of ``block`` samples (per-cycle perturbation)."""
+    return np.repeat(rng.normal(size=n // block + 1), block)[:n]
+
+
+def synthetic_speech(rng: np.random.Generator, z: dict[str, float]) -> np.ndarray:
+    """1-3 s of speech-like audio at 16 kHz whose prosody follows the z-scores ``z``.
+
+    Syllables are voiced segments (harmonics of a gliding F0 shaped by two random vowel formants,
+    a smooth envelope, jitter, shimmer and breath noise) separated by short gaps and occasional
+    pauses; :func:`speech_settings` maps ``z`` to the level, syllable rate, mean F0, intonation
+    range, spectral tilt, breathiness and jitter. No words, no corpus audio.
+    """
+    s = speech_settings(z)
+    sr = audio_mod.SAMPLE_RATE
+    seconds = rng.uniform(1.0, 3.0)
+    n = int(seconds * sr)
+    starts, lengths = [], []
+    t = rng.uniform(0.02, 0.1)
+    while t < seconds - 0.08:
+        period = rng.uniform(0.8, 1.2) / s["rate"]
+        starts.append(t)
+        lengths.append(min(period * rng.uniform(0.55, 0.75), seconds - t))
+        t += period
+        if rng.random() < 0.15:  # a pause between words, longer in slow speech
+            t += rng.uniform(0.05, 0.2) * 4.0 / s["rate"]
+    # F0: one intonation target per syllable within the range, a gentle declination, mean = f0
+    targets = rng.uniform(-0.5, 0.5, len(starts)) * s["range_st"]
+    targets += np.linspace(0.25, -0.25, len(starts)) * s["range_st"]
+    centres = [st + ln / 2 for st, ln in zip(starts, lengths)]
+    times = np.arange(n) / sr
+    semis = np.interp(times, centres, targets - targets.mean()) if len(starts) > 1 else np.zeros(n)
+    f0 = s["f0"] * 2.0 ** (semis / 12.0) * (1.0 + s["jitter"] * _block_noise(rng, n, int(sr / s["f0"])))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    shimmer = 1.0 + 6 * s["jitter"] * _block_noise(rng, n, int(sr / s["f0"]))
+    wave = np.zeros(n)
+    for start, length in zip(starts, lengths):
+        a, b = int(start * sr), min(n, int((start + length) * sr))
+        if b - a < 32:
+            continue
+        formants = ((rng.uniform(300, 850), 90.0), (rng.uniform(900, 2300), 140.0), (rng.uniform(2400, 3100), 220.0))
+        k = np.arange(1, int(5000 // (s["f0"] * 1.5)) + 1)
+        freq = k * s["f0"]
+        gain = 0.05 + sum(1.0 / (1.0 + ((freq - fc) / bw) ** 2) for fc, bw in formants)
+        weights = k ** -s["tilt"] * gain
+        voiced = np.sin(np.outer(phase[a:b], k)) @ weights
+        voiced /= np.sqrt(np.mean(voiced**2)) + 1e-9
+        breath = np.diff(rng.normal(size=b - a + 1))  # first difference: a breathy, high-tilted noise
+        env = np.sin(np.pi * np.linspace(0, 1, b - a)) ** 0.6
+        wave[a:b] += env * shimmer[a:b] * (voiced + s["breath"] * breath)
+    voiced_rms = np.sqrt(np.mean(wave[np.abs(wave) > 0] ** 2)) if np.any(wave) else 1.0
+    wave *= 10.0 ** (s["level_db"] / 20.0) / voiced_rms
+    wave += rng.normal(0.0, 1e-4, n)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+def draw_prosody(rng: np.random.Generator) -> dict[str, float]:
+    """Random z-scores of the six prosody dimensions (standard normal, clipped to +-2.5)."""
+    from ambinb import prosody
+
+    return {d: float(np.clip(rng.normal(), -SPEECH_Z_LIMIT, SPEECH_Z_LIMIT)) for d in prosody.DIMENSIONS}
+
+
+def quick_mel(feature_extractor: Any, wave: np.ndarray, pad_seconds: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Whisper features of :func:`ambinb.audio.mel_features` for one wave, computed on the wave
+    plus ``pad_seconds`` of silence and filled out to 3,000 frames with the padding's constant
+    column (equal to the full computation, about 10x faster for a 2 s clip)."""
+    sr = audio_mod.SAMPLE_RATE
+    padded = np.concatenate([wave, np.zeros(int(pad_seconds * sr), dtype=wave.dtype)])
+    out = feature_extractor([padded], sampling_rate=sr, return_attention_mask=True, padding="max_length",
+                            max_length=len(padded), return_tensors="pt")
+    body = out["input_features"][0].float()
+    feats = body[:, -1:].expand(audio_mod.N_MELS, audio_mod.N_FRAMES).clone()
+    feats[:, : body.shape[1]] = body
+    mask = torch.zeros(audio_mod.N_FRAMES, dtype=torch.long)
+    mask[: -(-len(wave) // audio_mod.HOP)] = 1  # ceil, as the extractor counts
+    return feats, mask
+
+
 # --- the warm-up ----------------------------------------------------------------------------
 
-def _warmup_batch(rng: random.Random, processor: Any, pool: list[torch.Tensor], batch_size: int,
-                  pad_id: int, vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    rows, labels, audio = [], [], []
+QUOTE_WEIGHT = 5.0  # warm-up loss weight of the tokens inside double quotes (words quoted from the transcript)
+
+
+def quote_weights(tokens: list[str], weight: float = QUOTE_WEIGHT) -> list[float]:
+    """Loss weights of completion tokens: ``weight`` inside double quotes, 1 elsewhere (quote marks included).
+
+    Example: tokens ``['Keywords', ':', 'Ġ"', 'furious', '",', 'Ġloud']`` -> ``[1, 1, 1, w, 1, 1]``.
+    """
+    out, inside = [], False
+    for t in tokens:
+        marks = t.count('"')
+        out.append(weight if inside and not marks else 1.0)
+        inside ^= marks % 2 == 1
+    return out
+
+
+def _warmup_batch(rng: random.Random, processor: Any, pool: list[tuple[torch.Tensor, dict[str, float]]],
+                  batch_size: int, pad_id: int, vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    rows, labels, audio, weights = [], [], [], []
     for _ in range(batch_size):
-        feats = pool[rng.randrange(len(pool))]
-        transcript = synthetic_transcript(rng, vocabulary)
+        feats, z = pool[rng.randrange(len(pool))]
         classes = synthetic_class_list(rng)
-        think, answer = synthetic_completion(rng, transcript, classes)
+        transcript = cued_transcript(rng, classes, vocabulary)
+        think, answer = synthetic_completion(rng, transcript, classes, z)
         p_ids = prompt.prompt_ids(processor.tokenizer, prompt.prompt_text(processor, transcript, classes),
                                   feats.shape[0])
         c_ids = prompt.completion_ids(processor.tokenizer, think, answer).ids
         rows.append(p_ids + c_ids)
         labels.append([-100] * len(p_ids) + c_ids)
+        weights.append([0.0] * len(p_ids) + quote_weights(processor.tokenizer.convert_ids_to_tokens(c_ids)))
         audio.append(feats)
+    width = max(len(r) for r in rows)
+    ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+    lab = torch.full((batch_size, width), -100, dtype=torch.long)
+    mask = torch.zeros((batch_size, width), dtype=torch.long)
+    wts = torch.zeros((batch_size, width))
+    for i, (r, lb, wt) in enumerate(zip(rows, labels, weights)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(lb)] = torch.tensor(lb)
+        mask[i, : len(r)] = 1
+        wts[i, : len(wt)] = torch.tensor(wt)
+    return ids, mask, lab, audio, wts
+
+
+COPY_DRILL_BATCH = 32  # short text-only chats per warm-up step that practise quoting emotion words
+
+
+def copy_drill_text(rng: random.Random, vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS) -> tuple[str, str]:
+    """A short quoting exercise, as pretraining text has many: a transcript (:func:`cued_transcript`)
+    and the keyword line that quotes its emotion words of the curator's lexicon in order of
+    appearance, or says "plain wording" when it has none (as the curator's template does).
+
+    Returns ``(context, target)``; the warm-up's loss covers the target only. Example:
+    ``('Transcript: "They last straw went."\nKeywords:', ' "last straw"')``.
+    """
+    from ambinb import curation
+
+    transcript = cued_transcript(rng, list(ALL_CLASSES), vocabulary)
+    low = transcript.lower()
+    cues = sorted((w for ws in curation.text_cues(transcript, ALL_CLASSES).values() for w in ws), key=low.find)
+    target = ", ".join(f'"{w}"' for w in cues[:3]) if cues else "plain wording"
+    return f'Transcript: "{transcript}"\nKeywords:', " " + target
+
+
+def _drill_batch(rng: random.Random, tokenizer: Any, batch_size: int, pad_id: int,
+                 vocabulary: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows, labels = [], []
+    for _ in range(batch_size):
+        context, target = copy_drill_text(rng, vocabulary)
+        c = tokenizer(context, add_special_tokens=False)["input_ids"]
+        t = tokenizer(target, add_special_tokens=False)["input_ids"]
+        rows.append(c + t)
+        labels.append([-100] * len(c) + t)
     width = max(len(r) for r in rows)
     ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
     lab = torch.full((batch_size, width), -100, dtype=torch.long)
@@ -421,14 +684,27 @@ def _warmup_batch(rng: random.Random, processor: Any, pool: list[torch.Tensor], 
         ids[i, : len(r)] = torch.tensor(r)
         lab[i, : len(lb)] = torch.tensor(lb)
         mask[i, : len(r)] = 1
-    return ids, mask, lab, audio
+    return ids, mask, lab
+
+
+def warmup_pool(model: Any, processor: Any, n_audio: int, np_rng: np.random.Generator
+                ) -> list[tuple[torch.Tensor, dict[str, float]]]:
+    """``n_audio`` clips of :func:`synthetic_speech` with random prosody: (tower output, z-scores) each."""
+    pool = []
+    for _ in range(n_audio):
+        z = draw_prosody(np_rng)
+        feats, mask = quick_mel(processor.feature_extractor, synthetic_speech(np_rng, z))
+        with torch.no_grad():
+            pool.append((audio_mod.run_tower(model, feats[None], mask[None])[0], z))
+    return pool
 
 
 def warm_up(model: Any, processor: Any, steps: int = 300, batch_size: int = 8, lr: float = 1e-2,
-            seed: int = 0, n_audio: int = 16) -> dict[str, float]:
+            seed: int = 0, n_audio: int = 384) -> dict[str, float]:
     """Teach a fresh model the output format on synthetic chats (see the module docstring).
 
-    The audio tower is frozen and its outputs for ``n_audio`` synthetic clips are computed once.
+    The audio tower is frozen and its outputs for ``n_audio`` synthetic speech clips (at most one
+    per warm-up chat) are computed once.
     AdamW, 10 linear warm-up steps then cosine decay to 10 % of ``lr``; CE on the completion only.
 
     Returns:
@@ -440,10 +716,7 @@ def warm_up(model: Any, processor: Any, steps: int = 300, batch_size: int = 8, l
     np_rng = np.random.default_rng(seed)
     core = audio_mod.core(model)
     core.audio_tower.requires_grad_(False)
-    waves = [synthetic_wave(np_rng) for _ in range(n_audio)]
-    feats, masks = audio_mod.mel_features(processor.feature_extractor, waves)
-    with torch.no_grad():
-        pool = audio_mod.run_tower(model, feats, masks)
+    pool = warmup_pool(model, processor, max(1, min(n_audio, steps * batch_size)), np_rng)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = min(10, max(1, steps // 10))
@@ -459,12 +732,21 @@ def warm_up(model: Any, processor: Any, steps: int = 300, batch_size: int = 8, l
     model.train()
     losses = []
     for _ in range(steps):
-        ids, mask, labels, audio = _warmup_batch(rng, processor, pool, batch_size, pad_id, vocabulary)
+        ids, mask, labels, audio, weights = _warmup_batch(rng, processor, pool, batch_size, pad_id, vocabulary)
         hidden, _ = audio_mod.lm_hidden(model, ids, mask, audio)
         target = labels[:, 1:]
         where = target != -100
         logits = audio_mod.head_logits(model, hidden[:, :-1][where])
-        loss = torch.nn.functional.cross_entropy(logits.float(), target[where])
+        ce = torch.nn.functional.cross_entropy(logits.float(), target[where], reduction="none")
+        w = weights[:, 1:][where]
+        loss = (w * ce).sum() / w.sum()
+        if COPY_DRILL_BATCH:
+            d_ids, d_mask, d_labels = _drill_batch(rng, processor.tokenizer, COPY_DRILL_BATCH, pad_id, vocabulary)
+            d_hidden, _ = audio_mod.lm_hidden(model, d_ids, d_mask)
+            d_target = d_labels[:, 1:]
+            d_where = d_target != -100
+            d_logits = audio_mod.head_logits(model, d_hidden[:, :-1][d_where])
+            loss = loss + torch.nn.functional.cross_entropy(d_logits.float(), d_target[d_where])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -514,6 +796,7 @@ def make_tiny(seed: int = 0, vocab_size: int = 1024, hidden_size: int = 64, laye
                              audio_layers, audio_heads, audio_ffn_size)
         torch.manual_seed(seed)
         model = Qwen2AudioForConditionalGeneration(config).float()
+        share_word_embeddings(model, tok)
         model.generation_config.eos_token_id = prompt.eos_ids(tok)
         model.generation_config.pad_token_id = tok.pad_token_id
         stats = warm_up(model, processor, warmup_steps, warmup_batch_size, warmup_lr, seed) if warmup_steps else {}
