@@ -78,8 +78,9 @@ from ambinb.paths import resolve_path
 log = logging.getLogger(__name__)
 
 TINY_SPEC_FILE = "ambinb_tiny.json"
-TINY_BUILDER_VERSION = 3  # 2: warm-up and tokenizer also cover the curator's wording;
-# 3: warm-up on speech-like audio whose prosody the think blocks describe, quoting emotion words
+TINY_BUILDER_VERSION = 4  # 2: warm-up and tokenizer also cover the curator's wording;
+# 3 (an interim build of the same idea) and 4: warm-up on speech-like audio whose prosody the think
+# blocks describe, with transcripts whose emotion words they quote
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *audio_mod.AUDIO_SPECIAL_TOKENS)
 
 # The chat template of Qwen/Qwen2-Audio-7B-Instruct (its processor's ``chat_template``).
