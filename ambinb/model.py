@@ -35,12 +35,12 @@ The tiny stand-in (:func:`build_tiny`, :func:`ensure_tiny`; ``model_name_or_path
   :data:`QUOTE_WEIGHT` in the warm-up loss. The audio tower stays at its random initialisation and
   frozen (the paper's setting), everything else trains. Audio features of the synthetic clips are
   computed once (:func:`warmup_pool`, :func:`quick_mel`).
-  Measured on one thread of a shared, loaded 2-core CPU: about 110 s for the whole build (300
-  steps of 8 chats and 32 drills; 384 clips), about twice the format-only warm-up of builder 2;
-  bit-identical across rebuilds with the same seed. What it buys, after 3 epochs of toy SFT
-  (64 training utterances): the think blocks quote the transcript's emotion words for about half
-  of the utterances that have them (never before) and their synthesis names the majority class
-  more often (0.47 against 0.34; one run each, so noisy).
+  Measured on one thread of a shared, loaded 2-core CPU: about 165 s for the whole build (600
+  steps of 8 chats and 32 drills; 384 clips), some three times the format-only warm-up of
+  builder 2; bit-identical across rebuilds with the same seed. 300 steps were measured too: the
+  quoting then hardly depends on the transcript and sampled completions (temperature 1) pass the
+  format check at most a quarter of the time on speech-like clips, against three quarters after
+  600 steps (on pure tones, a quarter to three eighths).
 
 LoRA (:func:`apply_lora`): peft LoRA on the language model's q,k,v,o,gate,up,down only, chosen by
 the ``lora_target_regex`` param (the audio tower has q/k/v projections too; the regex excludes
@@ -700,7 +700,7 @@ def warmup_pool(model: Any, processor: Any, n_audio: int, np_rng: np.random.Gene
     return pool
 
 
-def warm_up(model: Any, processor: Any, steps: int = 300, batch_size: int = 8, lr: float = 1e-2,
+def warm_up(model: Any, processor: Any, steps: int = 600, batch_size: int = 8, lr: float = 1e-2,
             seed: int = 0, n_audio: int = 384) -> dict[str, float]:
     """Teach a fresh model the output format on synthetic chats (see the module docstring).
 
@@ -765,7 +765,7 @@ def warm_up(model: Any, processor: Any, steps: int = 300, batch_size: int = 8, l
 TINY_DEFAULTS: dict[str, Any] = {
     "seed": 0, "vocab_size": 1024, "hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
     "intermediate_size": 128, "audio_hidden_size": 64, "audio_layers": 2, "audio_heads": 4,
-    "audio_ffn_size": 128, "warmup_steps": 300, "warmup_batch_size": 8, "warmup_lr": 1e-2,
+    "audio_ffn_size": 128, "warmup_steps": 600, "warmup_batch_size": 8, "warmup_lr": 1e-2,
 }
 
 
@@ -779,7 +779,7 @@ def tiny_spec(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def make_tiny(seed: int = 0, vocab_size: int = 1024, hidden_size: int = 64, layers: int = 2, heads: int = 4,
               kv_heads: int = 2, intermediate_size: int = 128, audio_hidden_size: int = 64, audio_layers: int = 2,
-              audio_heads: int = 4, audio_ffn_size: int = 128, warmup_steps: int = 300,
+              audio_heads: int = 4, audio_ffn_size: int = 128, warmup_steps: int = 600,
               warmup_batch_size: int = 8, warmup_lr: float = 1e-2) -> tuple[Any, Any, dict[str, float]]:
     """Build the tiny stand-in in memory: tokenizer, processor, random model, warm-up.
 

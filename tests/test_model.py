@@ -92,9 +92,13 @@ def test_warm_up_sees_no_corpus_audio_and_no_labels(monkeypatch):
 
 
 def test_the_warmed_up_stand_in_speaks_the_format(tiny):
+    """Sampled at temperature 1 on speech-like clips it has not heard (pure tones, unlike any speech,
+    pass about a third of the time: the warm-up hears speech only)."""
     model, processor = tiny
-    enc = encode_waves(model, processor, [tone(1.0, 200), tone(2.0, 400)], ["I told you already.", "Fine."])
-    group = rollout.rollout(model, processor, enc, CLASSES, {"max_new_tokens": 200, "seed": 0}, k=4)
+    rng = np.random.default_rng(7)  # not the warm-up's clips (seed 0)
+    waves = [M.synthetic_speech(rng, M.draw_prosody(rng)) for _ in range(2)]
+    enc = encode_waves(model, processor, waves, ["I told you already.", "Fine."])
+    group = rollout.rollout(model, processor, enc, CLASSES, {"max_new_tokens": 256, "seed": 0}, k=4)
     rate = np.mean([t.format_ok for t in group.flat()])
     assert rate >= 0.5, [t.text for t in group.flat()]
 
@@ -208,7 +212,7 @@ def test_default_build_is_reproducible_and_quick(tiny_dir, tmp_path):
     spec = M.tiny_spec(cfg)
     out = M.build_tiny(tmp_path / "tiny", **spec)
     info = json.loads((out / M.TINY_SPEC_FILE).read_text())
-    assert info["build_seconds"] < 240  # ~110 s on a loaded shared core; slack for a shared CI machine
+    assert info["build_seconds"] < 300  # ~165 s on a loaded shared core; slack for a shared CI machine
     a, _ = M.load_checkpoint(out, "float32", "cpu")
     b, _ = M.load_checkpoint(tiny_dir, "float32", "cpu")
     sa, sb = a.state_dict(), b.state_dict()
