@@ -3,8 +3,8 @@
 Import them into a test module: ``from conftest_model import tiny, tiny_dir, toy_corpus  # noqa: F401``.
 
 * ``tiny_dir`` (session): the tiny stand-in built by :func:`ambinb.model.ensure_tiny` from the
-  default params, i.e. under ``models/tiny/`` (gitignored); built once (~30-60 s on a loaded
-  2-core CPU), reused by every later session until its ``tiny_*`` params change.
+  default params, i.e. under ``models/tiny/`` (gitignored); built once (~1.5-2.5 min on a
+  2-core CPU: 600 warm-up steps), reused by every later session until its ``tiny_*`` params change.
 * ``tiny`` (function): a fresh ``(model, processor)`` loaded from it, float32 on the CPU, so a test
   may wrap or perturb it freely; sets one torch thread.
 * ``toy_corpus`` (session): ``(folder, table)`` of a 40-utterance toy corpus in a temporary folder.
