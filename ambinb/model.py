@@ -855,15 +855,29 @@ def _built_spec(folder: Path) -> dict[str, Any] | None:
 
 
 def ensure_tiny(cfg: dict[str, Any]) -> Path:
-    """The tiny stand-in's folder (``tiny_dir``), built first when missing or built from another spec."""
+    """The tiny stand-in's folder (``tiny_dir``), built first when missing or built from another spec.
+
+    Several processes (sweep workers) may ask at once: one builds, under a lock file beside the
+    folder, and the others wait for it and then find it built.
+    """
     out = resolve_path(cfg.get("tiny_dir", "models/tiny"))
     spec = tiny_spec(cfg)
-    built = _built_spec(out)
-    if built == spec:
+    if _built_spec(out) == spec:
         return out
-    if built is not None:
-        log.warning("%s was built from another spec; rebuilding", out)
-    return build_tiny(out, **spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a build in progress
+        except ImportError:  # pragma: no cover - no fcntl on Windows: no lock
+            pass
+        built = _built_spec(out)
+        if built == spec:
+            return out
+        if built is not None:
+            log.warning("%s was built from another spec; rebuilding", out)
+        return build_tiny(out, **spec)
 
 
 # --- LoRA and what trains -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``make report``: the built-in default job, ending in the built book.
 
-Stages (:func:`stages`): 01_labels -> 02_curate_cot -> the sweep (every strategy and fold) ->
-06_ablations -> book assembly -> book build.
+Stages (:func:`stages`): the tiny stand-in (built once, when the sweep uses it) -> 01_labels ->
+02_curate_cot -> the sweep (every strategy and fold) -> 06_ablations -> book assembly -> book build.
 Usage: ``python -m ambinb.report [--sweep params/sweeps/toy.yaml] [--run-root DIR] [--no-book]``.
 
 Nothing finished is redone: an executed notebook in its run folder is kept, a run with a complete
@@ -63,7 +63,17 @@ def stages(spec: dict[str, Any], runs: list[sweep.Run], workers: int | None = No
     def finished_metrics() -> list[Path]:
         return [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
 
+    def stand_in() -> dict[str, Any]:
+        from ambinb import config
+        from ambinb import model as model_mod
+
+        cfg = config.resolve(dataset=dataset, run_root=root)
+        if cfg["model_name_or_path"]:
+            return {"model": cfg["model_name_or_path"]}
+        return {"model": str(model_mod.ensure_tiny(cfg))}  # here, on every core, not in a sweep worker
+
     out = [
+        Stage("tiny_model", stand_in),
         Stage("01_labels", notebook_work("01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb",
                                          common)),
         Stage("02_curate_cot", notebook_work(  # every fold trains on its own share, so curate them all

@@ -7,7 +7,7 @@ from ambinb.paths import resolve_path
 def test_the_report_runs_every_stage_in_order_through_the_hook(tmp_path):
     seen = []
     runs = report.run("params/sweeps/toy.yaml", str(tmp_path), on_stage=lambda stage: seen.append(stage.name))
-    assert seen == ["01_labels", "02_curate_cot", "sweep", "06_ablations", "book_assemble", "book_build"]
+    assert seen == ["tiny_model", "01_labels", "02_curate_cot", "sweep", "06_ablations", "book_assemble", "book_build"]
     spec = sweep.load_sweep(resolve_path("params/sweeps/toy.yaml"))
     assert len(runs) == len(spec["strategies"]) * len(spec["folds"])
     assert {r.run_root for r in runs} == {str(tmp_path)}
