@@ -1,7 +1,8 @@
 """``make report``: the built-in default job, ending in the built book.
 
-Stages (:func:`stages`): the tiny stand-in (built once, when the sweep uses it) -> 01_labels ->
-02_curate_cot -> the sweep (every strategy and fold) -> 06_ablations -> book assembly -> book build.
+Stages (:func:`stages`): the tiny stand-in's build starts (in a thread, when the sweep uses it) ->
+01_labels -> 02_curate_cot -> the build is waited for -> the sweep (every strategy and fold) ->
+06_ablations -> book assembly -> book build.
 Usage: ``python -m ambinb.report [--sweep params/sweeps/toy.yaml] [--run-root DIR] [--no-book]``.
 
 Nothing finished is redone: an executed notebook in its run folder is kept, a run with a complete
@@ -13,6 +14,7 @@ run folder to redo it. ``bench/report_timing.py`` times the same stages one by o
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,22 +65,42 @@ def stages(spec: dict[str, Any], runs: list[sweep.Run], workers: int | None = No
     def finished_metrics() -> list[Path]:
         return [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
 
-    def stand_in() -> dict[str, Any]:
+    building: dict[str, Any] = {}
+
+    def start_stand_in() -> dict[str, Any]:
+        """Build the tiny stand-in (when the sweep uses it) in a thread, beside 01 and 02 (one core each)."""
         from ambinb import config
         from ambinb import model as model_mod
 
         cfg = config.resolve(dataset=dataset, run_root=root)
         if cfg["model_name_or_path"]:
             return {"model": cfg["model_name_or_path"]}
-        return {"model": str(model_mod.ensure_tiny(cfg))}  # here, on every core, not in a sweep worker
+
+        def build() -> None:
+            try:
+                building["path"] = str(model_mod.ensure_tiny(cfg))
+            except BaseException as err:  # re-raised where the report waits for it
+                building["error"] = err
+
+        building["thread"] = threading.Thread(target=build, name="tiny-stand-in", daemon=True)
+        building["thread"].start()
+        return {"started": True}
+
+    def wait_stand_in() -> dict[str, Any]:
+        if "thread" in building:
+            building["thread"].join()
+        if "error" in building:
+            raise building["error"]
+        return {"model": building.get("path", "")}
 
     out = [
-        Stage("tiny_model", stand_in),
+        Stage("tiny_model_start", start_stand_in),
         Stage("01_labels", notebook_work("01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb",
                                          common)),
         Stage("02_curate_cot", notebook_work(  # every fold trains on its own share, so curate them all
             "02_curate_cot", run_dir(dataset, "curation", None, root) / "02_curate_cot.ipynb",
             {**common, "fold": fold, "subset": "all"})),
+        Stage("tiny_model_wait", wait_stand_in),
         Stage("sweep", run_the_sweep),
         Stage("06_ablations", notebook_work(
             "06_ablations", run_dir("all", "ablations", None, root) / "06_ablations.ipynb",

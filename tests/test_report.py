@@ -1,5 +1,7 @@
 """make report: its stages, in order, through one hook (what bench/report_timing.py times)."""
 
+import pytest
+
 from ambinb import report, sweep
 from ambinb.paths import resolve_path
 
@@ -7,7 +9,8 @@ from ambinb.paths import resolve_path
 def test_the_report_runs_every_stage_in_order_through_the_hook(tmp_path):
     seen = []
     runs = report.run("params/sweeps/toy.yaml", str(tmp_path), on_stage=lambda stage: seen.append(stage.name))
-    assert seen == ["tiny_model", "01_labels", "02_curate_cot", "sweep", "06_ablations", "book_assemble", "book_build"]
+    assert seen == ["tiny_model_start", "01_labels", "02_curate_cot", "tiny_model_wait", "sweep", "06_ablations",
+                    "book_assemble", "book_build"]
     spec = sweep.load_sweep(resolve_path("params/sweeps/toy.yaml"))
     assert len(runs) == len(spec["strategies"]) * len(spec["folds"])
     assert {r.run_root for r in runs} == {str(tmp_path)}
@@ -33,3 +36,22 @@ def test_a_finished_notebook_stage_is_kept_unless_an_input_is_newer(tmp_path):
         assert work() == {"kept": True} and len(calls) == 1
     finally:
         report.notebook.execute = original
+
+
+def test_the_stand_in_is_built_beside_the_first_notebooks(tmp_path, monkeypatch):
+    from ambinb import model as model_mod
+
+    built = []
+    monkeypatch.setattr(model_mod, "ensure_tiny", lambda cfg: built.append(cfg["tiny_dir"]) or tmp_path / "tiny")
+    spec = sweep.load_sweep(resolve_path("params/sweeps/toy.yaml"))
+    stages = {s.name: s for s in report.stages(spec, sweep.expand(spec, str(tmp_path)))}
+    assert stages["tiny_model_start"].work() == {"started": True}
+    assert stages["tiny_model_wait"].work() == {"model": str(tmp_path / "tiny")} and len(built) == 1
+
+    def broken(cfg):
+        raise RuntimeError("no disk")
+    monkeypatch.setattr(model_mod, "ensure_tiny", broken)
+    stages = {s.name: s for s in report.stages(spec, sweep.expand(spec, str(tmp_path)))}
+    stages["tiny_model_start"].work()
+    with pytest.raises(RuntimeError, match="no disk"):          # a failed build stops the report before the sweep
+        stages["tiny_model_wait"].work()
