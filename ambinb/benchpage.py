@@ -146,10 +146,10 @@ def full_size_table(data: dict[str, Any]) -> str:
 
 
 def report_timing_table(data: dict[str, Any]) -> str:
-    rows = [[s["stage"], fmt(s["seconds"], 1), fmt(s["peak_tree_rss_mib"], 0), "kept" if s.get("kept") else ""]
+    rows = [[s["stage"], fmt(s["seconds"], 1), fmt(s["peak_tree_rss_mib"], 0), "yes" if s.get("kept") else ""]
             for s in data["stages"]]
     rows.append(["**total**", fmt(data["total_seconds"], 1), fmt(data["peak_tree_rss_mib"], 0), ""])
-    return table(["stage", "seconds", "peak RSS MiB (process tree)", ""], rows) + (
+    return table(["stage", "seconds", "peak RSS MiB (process tree)", "kept from before"], rows) + (
         f"\nSweep `{data.get('sweep', '?')}`{', reusing an earlier run' if data.get('reuse') else ', from nothing'}.\n")
 
 
