@@ -70,11 +70,13 @@ from ambinb import model as M  # noqa: E402
 from bench.sft_vs_trl import (  # noqa: E402
     CLASSES,
     FixedOrder,
+    add_run_arguments,
     batch_order,
     collate_indices,
     fresh_model,
     make_examples,
     paired_ratio,
+    quiet_libraries,
     run_engine,
     step_clock,
     summarize,
@@ -236,22 +238,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before the timed ones")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (2x rows per forward)")
     parser.add_argument("--examples", type=int, default=32, help="synthetic training utterances")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per path and mode (alternating order)")
-    parser.add_argument("--modes", nargs="+", default=["lora", "full"], choices=["lora", "full"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_run_arguments(parser)
     parser.add_argument("--smoke", action="store_true", help="1 timed step after 1 warm-up, batch 2, 4 utterances")
     parser.add_argument("--out", default="", help="JSON path (default bench/results/dpo_vs_trl_<device>.json)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.warmup, args.batch_size, args.examples, args.repeats = 1, 1, 2, 4, 1
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries(args.threads)
     import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
 
     cfg = config.resolve(strategy="dpo", overrides={"tau": -1.0, "dpo_rollouts": 1})

@@ -296,16 +296,32 @@ def format_table(rows: list[dict[str, Any]], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every engine-vs-TRL benchmark shares: repeats, modes, device, threads."""
+    parser.add_argument("--repeats", type=int, default=5, help="runs per path and mode (alternating order)")
+    parser.add_argument("--modes", nargs="+", default=["lora", "full"], choices=["lora", "full"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def quiet_libraries(threads: int) -> None:
+    """Set the torch threads and silence transformers' progress bars and notices, for a clean table."""
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed-argument notices
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before the timed ones")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--examples", type=int, default=32, help="synthetic training utterances")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per path and mode (alternating order)")
-    parser.add_argument("--modes", nargs="+", default=["lora", "full"], choices=["lora", "full"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_run_arguments(parser)
     parser.add_argument("--trl-tower", action="store_true", help="also time TRL running the frozen tower each step")
     parser.add_argument("--smoke", action="store_true",
                         help="2 timed steps after 1 warm-up, batch 2, 4 utterances, one repeat")
@@ -313,13 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.warmup, args.batch_size, args.examples, args.repeats = 2, 1, 2, 4, 1
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries(args.threads)
     import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed-argument notices
 
     cfg = config.resolve(strategy="sft")
     tiny_dir = M.ensure_tiny(cfg)
