@@ -39,7 +39,7 @@ from ambinb.paths import resolve_path, run_dir
 SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides",
               "strategy_overrides", "executor", "slurm", "threads_per_run"}
 # recorded parameters that say where or how a run was launched, not what it computed
-LAUNCH_KEYS = {"run_root", "layers", "description", "runner"}
+LAUNCH_KEYS = {"run_root", "layers", "description", "runner", "device"}  # device: each process records its own
 
 
 @dataclass
