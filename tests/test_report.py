@@ -1,5 +1,7 @@
 """make report: its stages, in order, through one hook (what bench/report_timing.py times)."""
 
+import os
+
 import pytest
 
 from ambinb import report, sweep
@@ -19,23 +21,19 @@ def test_the_report_runs_every_stage_in_order_through_the_hook(tmp_path):
     assert seen[-1] == "book_assemble"
 
 
-def test_a_finished_notebook_stage_is_kept_unless_an_input_is_newer(tmp_path):
+def test_a_finished_notebook_stage_is_kept_unless_an_input_is_newer(tmp_path, monkeypatch):
     output = tmp_path / "06.ipynb"
     output.write_text("{}")
     newer = tmp_path / "metrics.json"
     newer.write_text("{}")
-    import os
     os.utime(output, (1, 1))                                  # the output is older than an input
     calls = []
+    monkeypatch.setattr(report.notebook, "execute", lambda *a, **k: calls.append(a))
     work = report.notebook_work("06_ablations", output, {}, newer_than=lambda: [newer])
-    report.notebook.execute, original = (lambda *a, **k: calls.append(a)), report.notebook.execute
-    try:
-        assert work() == {"kept": False} and len(calls) == 1
-        os.utime(output, None)
-        os.utime(newer, (1, 1))
-        assert work() == {"kept": True} and len(calls) == 1
-    finally:
-        report.notebook.execute = original
+    assert work() == {"kept": False} and len(calls) == 1
+    os.utime(output, None)
+    os.utime(newer, (1, 1))
+    assert work() == {"kept": True} and len(calls) == 1
 
 
 def test_the_stand_in_is_built_beside_the_first_notebooks(tmp_path, monkeypatch):
