@@ -403,13 +403,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--caps", type=float, nargs=4, default=None, metavar=("MATMUL", "SFT", "GRPO", "MAX_BATCH"),
                         help="seconds per section")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the --smoke run)")
+    parser.add_argument("--device", default="", help="cpu or cuda (default: cuda, or cpu with --smoke); "
+                        "'--smoke --device cuda' checks the GPU code paths in seconds before the full run")
     parser.add_argument("--out", default="", help="JSON path (default bench/results/full_size_<card>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     caps = dict(zip(SECTIONS, args.caps)) if args.caps else dict(CAPS)
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed checkpointing methods
     if args.smoke:
-        spec, device, n_mat = TINY, "cpu", 256
+        spec, device, n_mat = TINY, args.device or "cpu", 256
         args.batch, args.steps, args.prompt_tokens, args.completion_tokens = 2, 2, 8, 12
         args.audio_seconds, args.grpo_utterances, args.k, args.max_new_tokens = 1.0, 1, 2, 4
         args.max_batch_limit = 4
@@ -417,7 +419,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         if not on_gpu():
             raise SystemExit("bench/full_size.py needs a CUDA GPU (or --smoke for the tiny CPU run)")
-        spec, device, n_mat = FULL, "cuda", 8192
+        spec, device, n_mat = FULL, args.device or "cuda", 8192
+    if device.startswith("cuda") and not on_gpu():
+        raise SystemExit(f"--device {device}: no CUDA GPU here")
     dtype = torch.float32 if args.smoke else torch.bfloat16  # CPUs without bf16 units emulate it, slowly
     started = time.perf_counter()
     cfg = config.resolve(strategy="grpo", overrides={"device": device})
