@@ -905,13 +905,27 @@ def apply_lora(model: Any, cfg: dict[str, Any]) -> Any:
     return wrapped.train(training)  # the new dropout modules start in train mode; keep the model's mode
 
 
+def set_activation_checkpointing(model: Any, on: bool) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (transformers' non-reentrant checkpointing; works under LoRA with frozen inputs). Only training-mode
+    forwards are affected: rollouts and no-grad forwards run as before."""
+    base = audio_mod.base_model(model)
+    if on:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.activation_checkpointing_disable()
+
+
 def prepare_trainable(model: Any, cfg: dict[str, Any]) -> Any:
-    """LoRA (``lora: true``) or a full fine-tune of the language model and projector; the tower frozen."""
+    """LoRA (``lora: true``) or a full fine-tune of the language model and projector; the tower frozen;
+    activation checkpointing as ``activation_checkpointing`` says."""
     if cfg.get("lora", True):
-        return apply_lora(model, cfg)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    audio_mod.core(model).audio_tower.requires_grad_(False)
+        model = apply_lora(model, cfg)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        audio_mod.core(model).audio_tower.requires_grad_(False)
+    set_activation_checkpointing(model, bool(cfg.get("activation_checkpointing", False)))
     return model
 
 

@@ -71,16 +71,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def git_commit() -> str:
-    """The project's git commit, with ``+dirty`` when the tree has uncommitted changes; outside a checkout
-    the environment's ``AMBINB_GIT_COMMIT`` (set it when copying the tree to another machine) or ``unknown``."""
+    """The project's git commit, with ``+dirty`` when the tree has uncommitted changes; ``unknown`` outside a
+    checkout. ``AMBINB_GIT_COMMIT`` in the environment wins: set it when the tree is copied to another
+    machine (a rented GPU box), whose ``.git``, if any, need not be this commit's."""
+    if os.environ.get("AMBINB_GIT_COMMIT"):
+        return os.environ["AMBINB_GIT_COMMIT"]
     root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):  # a copy of the tree without .git (a rented GPU machine, say)
-        return os.environ.get("AMBINB_GIT_COMMIT", "unknown")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
     return sha + ("+dirty" if dirty else "")
 
 

@@ -245,12 +245,8 @@ def sft_step_flops(counts: dict[str, int], examples: list[sft.Example], layers: 
 
 
 def set_checkpointing(model: Any, on: bool) -> None:
-    """Activation checkpointing of the decoder layers on or off (transformers' own, non-reentrant)."""
-    base = A.base_model(model)
-    if on:
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        base.activation_checkpointing_disable()
+    """Activation checkpointing on or off (:func:`ambinb.model.set_activation_checkpointing`), training mode."""
+    M.set_activation_checkpointing(model, on)
     model.train()
 
 
@@ -460,12 +456,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["total_seconds"] = time.perf_counter() - started
         results.write_bench("full_size", results.bench_device(device)[1], result, args.out)
 
-    def grpo() -> dict[str, Any]:
+    def grpo() -> dict[str, Any]:  # checkpointing as the 7B params set it: B*K rows of ~700 tokens need it
+        set_checkpointing(model, bool(config.resolve(model="qwen2_audio_7b")["activation_checkpointing"]))
         reference, steps, t0 = dpo.Reference(model), [], time.perf_counter()
         while len(steps) < 3 and (not steps or time.perf_counter() - t0 + steps[-1]["step_seconds"] < caps["grpo"]):
             steps.append(run_grpo(model, tok, examples[: args.grpo_utterances], args.k, args.max_new_tokens,
                                   optimizer, reference, {**cfg, "audio_seconds": args.audio_seconds}))
-        g = {**steps[-1], "steps_run": len(steps), "first_step_seconds": steps[0]["step_seconds"]}  # last = warm
+        g = {**steps[-1], "steps_run": len(steps), "first_step_seconds": steps[0]["step_seconds"],  # last = warm
+             "activation_checkpointing": bool(A.base_model(model).is_activation_checkpointing)}
+        set_checkpointing(model, False)
         print(f"  GRPO K={g['k']} B={g['utterances']}: step {g['step_seconds']:.2f} s "
               f"({', '.join(f'{k} {v:.2f}' for k, v in g['seconds'].items())}), rollout "
               f"{g['rollout_tokens_per_s']:.0f} tok/s, encoder share {g['encoder_share']:.3f}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -371,3 +372,30 @@ def test_word_tokens_start_from_their_spaced_twin(small_build):
     emb, head = fresh.get_input_embeddings().weight, fresh.lm_head.weight
     assert all(torch.equal(emb[a], emb[b]) and torch.equal(head[a], head[b]) for a, b in pairs)
     assert not torch.equal(emb[pairs[0][0]], emb[pairs[1][0]])  # only twins share
+
+
+def test_activation_checkpointing_recomputes_and_keeps_loss_and_gradients(tiny):
+    """With ``activation_checkpointing`` each decoder layer runs again in backward (a forward hook inside
+    the layer counts it), and the loss and LoRA gradients are those of the plain run."""
+    model, _ = tiny
+    cfg = {**config.resolve(), "lora_dropout": 0.0}
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def step(on: bool) -> tuple[float, dict[str, torch.Tensor], int]:
+        peft_model = M.prepare_trainable(copy.deepcopy(model), {**cfg, "activation_checkpointing": on}).train()
+        calls = []
+        first = A.core(peft_model).language_model.layers[0].input_layernorm  # the layer's first module
+        first.register_forward_hook(lambda *_: calls.append(1))
+        out = peft_model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in peft_model.named_parameters()
+                 if p.requires_grad and p.grad is not None}  # text only: the projector gets none
+        return float(out.loss), grads, len(calls)
+
+    loss_off, grads_off, calls_off = step(False)
+    loss_on, grads_on, calls_on = step(True)
+    assert (calls_off, calls_on) == (1, 2)
+    assert loss_on == pytest.approx(loss_off, rel=1e-6)
+    assert grads_on.keys() == grads_off.keys() and grads_off
+    for n in grads_off:
+        torch.testing.assert_close(grads_on[n], grads_off[n], rtol=1e-5, atol=1e-7)

@@ -1,6 +1,7 @@
 """Run-folder files: atomic writes, metrics.json content, finished-run detection."""
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -48,3 +49,12 @@ def test_write_evaluation_rejects_mismatched_ids(tmp_path):
     p = np.full((2, 2), 0.5)
     with pytest.raises(ValueError, match="utt_ids"):
         results.write_evaluation(tmp_path, ["only-one"], ["a", "b"], p, p, p[0], {})
+
+
+def test_git_commit_reads_the_checkout_or_the_environment(monkeypatch):
+    monkeypatch.delenv("AMBINB_GIT_COMMIT", raising=False)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=results.project_root(), capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert results.git_commit().split("+")[0] == head
+    monkeypatch.setenv("AMBINB_GIT_COMMIT", "abc123")  # a copy of the tree on another machine
+    assert results.git_commit() == "abc123"
