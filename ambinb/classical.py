@@ -137,28 +137,29 @@ def predict_soft(fitted: SoftModel, x: Any) -> np.ndarray:
 
 
 def run_classical(cfg: dict[str, Any], df: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Fit on the training folds of ``cfg["fold"]``, predict its test fold, write the run folder.
+    """Fit on the training folds of ``cfg["fold"]``, predict its test fold (or the validation fold,
+    ``eval_split: validation``), write the run folder.
 
-    The folder is ``ambinb.paths.run_dir(dataset, "classical", fold, run_root)`` with
+    The folder is ``ambinb.paths.run_folder(cfg, "classical")`` with
     ``predictions.jsonl``, ``params.json`` and ``metrics.json`` (``write_evaluation``).
 
     Returns:
         The ``metrics.json`` content.
     """
     from ambinb import labels
-    from ambinb.paths import run_dir
+    from ambinb.paths import run_folder
     from ambinb.results import prior_distribution, write_evaluation
 
     start = time.perf_counter()
     df = labels.load_dataset(cfg) if df is None else df
     classes = labels.class_names(df)
-    train, test = labels.split(df, int(cfg["fold"]))
+    train, test = labels.split_for_run(df, cfg)
     audio = audio_features(df, cfg) if cfg.get("classical_audio", True) else None
     x_train, x_test, names = design_matrices(train, test, audio, cfg)
     p_train, p_test = labels.p_matrix(train), labels.p_matrix(test)
     model = fit_soft(x_train, p_train, float(cfg.get("classical_c", 1.0)))
     p_hat = predict_soft(model, x_test)
-    out = run_dir(cfg["dataset"], "classical", int(cfg["fold"]), cfg["run_root"])
+    out = run_folder(cfg, "classical")
     extra = {"n_train": len(train), "n_test": len(test), "n_features": len(names),
              "n_audio_features": sum(n.startswith("egemaps:") for n in names),
              "n_words": sum(n.startswith("word:") for n in names),

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ambinb import audio as audio_mod
 from ambinb import prompt, results, rollout
-from ambinb.paths import resolve_path, run_dir
+from ambinb.paths import resolve_path, run_dir, run_folder
 
 
 def classes_of(df: pd.DataFrame) -> list[str]:
@@ -142,17 +142,17 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
 def run_base(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The ``base`` strategy: evaluate the model as loaded on the fold's test split.
 
-    Writes ``run_dir(dataset, "base", fold, run_root)`` and returns its ``metrics.json`` content.
+    Writes ``run_folder(cfg, "base")`` (``run_dir(dataset, "base", fold, run_root)``) and returns its ``metrics.json`` content.
     """
     from ambinb import labels
     from ambinb import model as model_mod
 
     cfg = {**cfg, "strategy": "base"}
     df = labels.load_dataset(cfg)
-    train_df, test_df = labels.split(df, int(cfg["fold"]))
+    train_df, test_df = labels.split_for_run(df, cfg)
     p_prior = results.prior_distribution(p_of(train_df))
     model, processor = model_mod.load_model(cfg)
-    out = run_dir(cfg["dataset"], "base", int(cfg["fold"]), cfg.get("run_root", "runs"))
+    out = run_folder(cfg, "base")
     return evaluate(model, processor, test_df, cfg, out, p_prior, progress=progress)
 
 
@@ -197,6 +197,8 @@ def run_cross_domain(cfg: dict[str, Any], progress: bool = True) -> dict[str, An
     if not train or not test:
         raise ValueError(f"dataset {cfg['dataset']!r}: a cross-domain run needs train_dataset and test_dataset "
                          f"(params/datasets/{cfg['dataset']}.yaml)")
+    if cfg.get("eval_split", "test") != "test":
+        raise ValueError(f"eval_split={cfg['eval_split']!r}: cross-domain runs evaluate the test corpus' test fold only")
     source = run_dir(train, cfg["strategy"], fold, cfg["run_root"])
     if not results.is_finished(source) or not (source / "adapter").exists():
         raise FileNotFoundError(f"{source}: no finished in-domain {cfg['strategy']} run with an adapter/; "

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from ambinb import metrics
-from ambinb.paths import resolve_path
+from ambinb.paths import resolve_path, validation_fold
 from ambinb.results import write_atomic, write_json
 
 CLASSES: dict[str, list[str]] = {
@@ -902,6 +902,20 @@ def split(df: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         present = sorted(int(k) for k in set(df["fold"]) if k >= 0)
         raise LabelError(f"fold={fold}: no test rows; the table's test folds are {present}")
     return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
+
+
+def split_for_run(df: pd.DataFrame, cfg: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, evaluated)`` for a run: :func:`split` on the test fold, or, with ``eval_split:
+    validation``, the test fold dropped and :func:`split` of the rest on the validation fold
+    (:func:`ambinb.paths.validation_fold`), so settings are chosen without seeing the test fold."""
+    train, test = split(df, int(cfg["fold"]))
+    v = validation_fold(cfg)
+    if v is None:
+        return train, test
+    try:
+        return split(train, v)
+    except LabelError as err:
+        raise LabelError(f"validation_fold: {err}") from None
 
 
 def _attrs_path(path: Path) -> Path:

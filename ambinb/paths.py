@@ -1,13 +1,15 @@
 """Where things live: the project root, the params folder, and every run folder.
 
 One function, :func:`run_dir`, builds every run path, so the book, the sweeps and the
-notebooks always find a run by its name: ``runs/<dataset>/<strategy>/fold<k>/``.
+notebooks always find a run by its name: ``runs/<dataset>/<strategy>/fold<k>/`` (validation runs,
+which choose settings without the test fold, under ``runs/<dataset>/<strategy>/validation/``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,11 +39,14 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
-def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os.PathLike = "runs") -> Path:
+def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os.PathLike = "runs",
+            validation: int | None = None) -> Path:
     """The run folder ``<root>/<dataset>/<strategy>/fold<k>/`` (no fold part when ``fold`` is None).
 
     Fold-independent artefacts (labels, curated CoTs) use ``fold=None``:
-    ``run_dir("toy", "labels")`` -> ``<root>/runs/toy/labels``.
+    ``run_dir("toy", "labels")`` -> ``<root>/runs/toy/labels``. A validation run (test fold ``k``
+    withheld, fold ``validation`` held out of training and evaluated) lives apart, where no table of
+    test results looks: ``run_dir("toy", "dpo", 0, validation=1)`` -> ``<root>/toy/dpo/validation/fold0-val1``.
     The folder is not created here.
     """
     for name, value in (("dataset", dataset), ("strategy", strategy)):
@@ -50,6 +55,32 @@ def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os
     base = resolve_path(root) / dataset / strategy
     if fold is None:
         return base
-    if int(fold) != fold or fold < 0:
-        raise ValueError(f"fold={fold!r}: expected a non-negative integer")
-    return base / f"fold{int(fold)}"
+    for name, value in (("fold", fold), ("validation", validation)):
+        if value is not None and (int(value) != value or value < 0):
+            raise ValueError(f"{name}={value!r}: expected a non-negative integer")
+    if validation is None:
+        return base / f"fold{int(fold)}"
+    if int(validation) == int(fold):
+        raise ValueError(f"validation fold {validation} is the test fold: it must be one of the training folds")
+    return base / "validation" / f"fold{int(fold)}-val{int(validation)}"
+
+
+def validation_fold(cfg: dict[str, Any]) -> int | None:
+    """The fold a run evaluates on instead of its test fold, or None (``eval_split: test``).
+
+    ``eval_split: validation`` holds out ``validation_fold`` of the training folds (``-1``: the next
+    fold, ``(fold + 1) mod n_folds``); the test fold stays unseen. Example: fold 4 of 5 -> validation 0.
+    """
+    split = cfg.get("eval_split", "test")
+    if split == "test":
+        return None
+    if split != "validation":
+        raise ValueError(f"eval_split={split!r}: expected test or validation")
+    v = int(cfg.get("validation_fold", -1))
+    return v if v >= 0 else (int(cfg["fold"]) + 1) % int(cfg["n_folds"])
+
+
+def run_folder(cfg: dict[str, Any], strategy: str | None = None) -> Path:
+    """The run folder of a resolved config (its dataset, ``strategy`` or its own, fold, run root and split)."""
+    return run_dir(cfg["dataset"], strategy or cfg["strategy"], int(cfg["fold"]), cfg.get("run_root", "runs"),
+                   validation_fold(cfg))

@@ -176,7 +176,7 @@ def build_strategy(model: Any, processor: Any, examples: list[Example], classes:
 
 def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train ``cfg["strategy"]`` (sft, sft_ce, sft_nocot) on the fold's training rows and evaluate on its
-    test rows, into ``run_dir(dataset, strategy, fold, run_root)``; see :func:`train_and_evaluate`."""
+    test rows, into ``run_folder(cfg)``; see :func:`train_and_evaluate`."""
     return train_and_evaluate(cfg, build_strategy, progress, stop_at)
 
 
@@ -185,7 +185,8 @@ def train_and_evaluate(cfg: dict[str, Any], build: Callable[..., engine.Strategy
                        summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The run every training strategy makes (SFT, DPO, GRPO), for a strategy built by
     ``build(model, processor, examples, classes, cfg)``: train on the fold's training rows that have an
-    accepted CoT, save the adapter (or the full weights), evaluate the fold's test rows into the run folder.
+    accepted CoT, save the adapter (or the full weights), evaluate the fold's test rows into the run folder
+    (``eval_split: validation``: train without the validation fold, evaluate on it; the test fold unseen).
 
     ``metrics.json`` gets a ``train`` entry (examples, training rows, steps, seconds, and
     ``summarize(history)``).
@@ -196,16 +197,16 @@ def train_and_evaluate(cfg: dict[str, Any], build: Callable[..., engine.Strategy
     """
     from ambinb import evaluate, labels, results
     from ambinb import model as model_mod
-    from ambinb.paths import run_dir
+    from ambinb.paths import run_folder
 
     start = time.time()
     torch.manual_seed(int(cfg["seed"]))
-    out = run_dir(cfg["dataset"], cfg["strategy"], int(cfg["fold"]), cfg["run_root"])
+    out = run_folder(cfg)
     accelerator = engine.make_accelerator(cfg, out)
     cfg = engine.place(cfg, accelerator)  # under several processes, each loads onto its own device
     with accelerator.main_process_first():  # the corpus, the CoT store and the tiny model are built once
         df = labels.load_dataset(cfg)
-        train_df, test_df = labels.split(df, int(cfg["fold"]))
+        train_df, test_df = labels.split_for_run(df, cfg)
         cots = training_cots(cfg, df, train_df)
         model, processor = model_mod.load_model(cfg)
     model = model_mod.prepare_trainable(model, cfg)

@@ -7,7 +7,9 @@ Usage::
 
 A sweep file names ``datasets``, ``strategies`` and ``folds`` (and optionally ``workers``,
 ``run_root``, ``overrides`` applied to every run, ``strategy_overrides`` applied to one strategy's
-runs (``{dpo: {max_steps: 8}}``), ``executor`` and ``slurm`` options). Each
+runs (``{dpo: {max_steps: 8}}``), ``variants`` that repeat every run with other settings, each in
+its own run root ``<run_root>/<variant>`` (``{lr_x4: {lr_scale: 40}}``: choose settings with
+``eval_split: validation``, never on the test fold), ``executor`` and ``slurm`` options). Each
 strategy's ``runner`` parameter says what runs it: a notebook name (executed through papermill
 into ``<run>/<notebook>.ipynb``) or ``module:function`` called with the resolved config.
 
@@ -34,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from ambinb import config, notebook, results
-from ambinb.paths import resolve_path, run_dir
+from ambinb.paths import resolve_path, run_folder
 
 SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides",
-              "strategy_overrides", "executor", "slurm", "threads_per_run"}
+              "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
 # recorded parameters that say where or how a run was launched, not what it computed
 LAUNCH_KEYS = {"run_root", "layers", "description", "runner", "device"}  # device: each process records its own
 
@@ -51,13 +53,14 @@ class Run:
     fold: int
     run_root: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
     status: str = "pending"
     seconds: float = 0.0
     error: str = ""
 
     @property
     def folder(self) -> Path:
-        return run_dir(self.dataset, self.strategy, self.fold, self.run_root)
+        return run_folder(self.config())
 
     def config(self) -> dict[str, Any]:
         return config.resolve(dataset=self.dataset, strategy=self.strategy, fold=self.fold,
@@ -80,6 +83,12 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     extra = sorted(set(per_strategy) - set(spec["strategies"]))
     if extra:
         raise config.ConfigError(f"{path}: strategy_overrides names {extra}, which the sweep does not run")
+    variants = spec.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise config.ConfigError(f"{path}: 'variants' must map a variant name to its key: value pairs")
+    for name in variants:
+        if not str(name).replace("_", "").isalnum() or str(name) != str(name).lower():
+            raise config.ConfigError(f"{path}: variant {name!r}: names become folders, use lower-case snake_case")
     return spec
 
 
@@ -101,7 +110,9 @@ def stale_keys(run: Run) -> list[str]:
 def expand(spec: dict[str, Any], run_root: str | None = None) -> list[Run]:
     """Every run of a sweep, checked: each config resolves and each runner exists, before anything runs."""
     root = run_root or spec.get("run_root") or config.resolve()["run_root"]
-    runs = [Run(d, s, int(f), str(root), run_overrides(spec, s))
+    variants = spec.get("variants") or {"": {}}
+    runs = [Run(d, s, int(f), str(Path(root) / v) if v else str(root), {**run_overrides(spec, s), **extra}, v)
+            for v, extra in variants.items()
             for d in spec["datasets"] for s in spec["strategies"] for f in spec["folds"]]
     for run in runs:
         runner = run.config()["runner"]
@@ -146,13 +157,32 @@ def execute_run(run: Run, threads: int | None = None) -> Run:
 
 def status_table(runs: list[Run]) -> str:
     """A plain-text table: one line per run with its status, wall time, held-out JS or error."""
-    lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  {'status':<8} {'time':>7}  result"]
+    width = max([len(r.variant) for r in runs] + [7])
+    lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  " + (f"{'variant':<{width}}  " if any(
+        r.variant for r in runs) else "") + f"{'status':<8} {'time':>7}  result"]
     for r in runs:
         result = r.error
         if r.status in ("done", "skipped", "stale"):
             m = results.read_metrics(r.folder)["metrics"]
             result = f"JS {m['js']:.3f}  BC {m['bc']:.3f}" + (f"  ({r.error})" if r.error else "")
-        lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {r.status:<8} {r.seconds:>6.0f}s  {result}")
+        variant = f"{r.variant:<{width}}  " if any(x.variant for x in runs) else ""
+        lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {variant}{r.status:<8} {r.seconds:>6.0f}s  {result}")
+    return "\n".join(lines)
+
+
+def best_variants(runs: list[Run]) -> str:
+    """Per dataset and strategy, each variant's mean JS over its finished runs, best first: the choice a
+    validation sweep exists to make. Empty when the sweep has no variants."""
+    scores: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in runs:
+        if r.variant and results.is_finished(r.folder):
+            js = results.read_metrics(r.folder)["metrics"]["js"]
+            scores.setdefault((r.dataset, r.strategy), {}).setdefault(r.variant, []).append(js)
+    lines = []
+    for (dataset, strategy), by_variant in sorted(scores.items()):
+        ranked = sorted(by_variant.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
+        lines.append(f"{dataset}/{strategy}: " + ", ".join(
+            f"{v} {sum(js) / len(js):.4f} (n={len(js)})" for v, js in ranked))
     return "\n".join(lines)
 
 
@@ -218,12 +248,15 @@ def main(argv: list[str] | None = None) -> int:
             stale = stale_keys(run) if results.is_finished(run.folder) else []
             state = ("would run" if not results.is_finished(run.folder) else
                      f"finished with other {', '.join(stale[:6])}, kept" if stale else "finished, skip")
-            print(f"{run.dataset}/{run.strategy}/fold{run.fold}: {state}  ({run.config()['runner']}) -> {run.folder}")
+            print(f"{run.dataset}/{run.strategy}/fold{run.fold}{'/' + run.variant if run.variant else ''}: {state}  "
+                  f"({run.config()['runner']}) -> {run.folder}")
         return 0
     run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
               executor=args.executor or spec.get("executor", "local"), slurm=spec.get("slurm"),
               threads_per_run=spec.get("threads_per_run"))
     print(status_table(runs))
+    if any(r.variant for r in runs):
+        print("mean JS per variant, best first:\n" + best_variants(runs))
     failed = [r for r in runs if r.status == "failed"]
     if failed:
         print(f"{len(failed)} run(s) failed; see error.log in their run folders.", file=sys.stderr)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ambinb import results
-from ambinb.paths import run_dir
+from ambinb.paths import run_folder
 
 
 def fake_run(cfg):
@@ -12,7 +12,7 @@ def fake_run(cfg):
     rng = np.random.default_rng(cfg["fold"])
     p = rng.dirichlet(np.ones(4), size=6)
     q = rng.dirichlet(np.ones(4), size=6)
-    out = run_dir(cfg["dataset"], cfg["strategy"], cfg["fold"], cfg["run_root"])
+    out = run_folder(cfg)
     results.write_evaluation(out, [f"u{i}" for i in range(6)], cfg["classes"], p, q, p.mean(0),
                              cfg)
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ambinb import config
-from ambinb.paths import params_dir, run_dir
+from ambinb.paths import params_dir, run_dir, run_folder, validation_fold
 
 
 @pytest.mark.parametrize("dataset", config.available("datasets"))
@@ -127,6 +127,20 @@ def test_run_dir_layout(tmp_path):
         run_dir("Toy", "sft", 0, tmp_path)
     with pytest.raises(ValueError, match="fold"):
         run_dir("toy", "sft", -1, tmp_path)
+    assert run_dir("toy", "dpo", 0, tmp_path, validation=1) == tmp_path / "toy" / "dpo" / "validation" / "fold0-val1"
+    with pytest.raises(ValueError, match="is the test fold"):
+        run_dir("toy", "dpo", 2, tmp_path, validation=2)
+
+
+def test_validation_fold_and_run_folder(tmp_path):
+    cfg = config.resolve(strategy="dpo", fold=4, run_root=str(tmp_path))
+    assert validation_fold(cfg) is None and run_folder(cfg) == tmp_path / "toy" / "dpo" / "fold4"
+    val = {**cfg, "eval_split": "validation"}
+    assert validation_fold(val) == 0  # the next fold, wrapping: (4 + 1) mod 5
+    assert validation_fold({**val, "validation_fold": 2}) == 2
+    assert run_folder(val, "base") == tmp_path / "toy" / "base" / "validation" / "fold4-val0"
+    with pytest.raises(ValueError, match="eval_split='dev'"):
+        validation_fold({**cfg, "eval_split": "dev"})
 
 
 def test_fast_dev_layer_sits_under_the_notebook(monkeypatch):

@@ -639,3 +639,14 @@ def test_load_dataset_unknown_or_rootless():
         labels.load_dataset({"dataset": "msp"})
     with pytest.raises(ValueError, match="needs data_root"):
         labels.load_dataset({"dataset": "iemocap", "data_root": ""})
+
+
+def test_split_for_run_keeps_the_test_fold_out_of_validation_runs():
+    df = pd.DataFrame({"utt_id": [f"u{i}" for i in range(10)], "fold": [0, 1, 2, 3, 4] * 2})
+    cfg = {"fold": 1, "n_folds": 5, "eval_split": "test", "validation_fold": -1}
+    train, test = labels.split_for_run(df, cfg)
+    assert set(test["fold"]) == {1} and set(train["fold"]) == {0, 2, 3, 4}
+    train, val = labels.split_for_run(df, {**cfg, "eval_split": "validation"})
+    assert set(val["fold"]) == {2} and set(train["fold"]) == {0, 3, 4}  # fold 1 (test) in neither
+    with pytest.raises(LabelError, match="validation_fold: fold=7"):
+        labels.split_for_run(df, {**cfg, "eval_split": "validation", "validation_fold": 7})

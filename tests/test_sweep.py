@@ -107,3 +107,22 @@ def test_per_strategy_overrides_and_stale_runs(project, capsys):
     sweep_file.write_text(sweep_file.read_text() + "strategy_overrides: {sft: {seed: 1}}\n")
     with pytest.raises(ValueError):
         sweep.load_sweep(sweep_file)
+
+
+def test_variants_run_apart_and_validation_runs_stay_out_of_the_tables(project, capsys):
+    from ambinb import aggregate
+
+    root, sweep_file = project
+    sweep_file.write_text(sweep_file.read_text().replace("folds: [0, 1, 2]", "folds: [0]")
+                          + "overrides: {eval_split: validation}\n"
+                            "variants: {seed_a: {seed: 1}, seed_b: {seed: 2}}\n")
+    runs = sweep.expand(sweep.load_sweep(sweep_file))
+    assert [(r.variant, r.overrides["seed"]) for r in runs] == [("seed_a", 1), ("seed_b", 2)]
+    assert runs[1].folder == root / "runs" / "seed_b" / "toy" / "fake" / "validation" / "fold0-val1"
+    assert sweep.main([str(sweep_file)]) == 0
+    out = capsys.readouterr().out
+    assert "seed_a" in out and "mean JS per variant, best first:\ntoy/fake: seed_" in out
+    assert aggregate.collect(str(root / "runs" / "seed_a")).empty  # validation runs never reach Table 2
+    sweep_file.write_text(sweep_file.read_text() + "variants: {Seed-C: {seed: 3}}\n")
+    with pytest.raises(ValueError, match="variant 'Seed-C'"):
+        sweep.load_sweep(sweep_file)
