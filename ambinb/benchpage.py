@@ -127,6 +127,11 @@ def full_size_table(data: dict[str, Any]) -> str:
         out.append(f"Measured matmul rate ({m['dtype']}, {m['n']} x {m['n']}): **{fmt(m['tflops'], 1)} TFLOP/s** "
                    "(the MFU denominator).\n")
     if "sft" in data:
+        st = data.get("settings", {})
+        out.append(f"SFT step on sequences of {data.get('sequence_tokens', '?')} tokens ({fmt(st.get('audio_seconds'), 1)} s "
+                   f"of audio = {data.get('audio_tokens', '?')} audio tokens, {st.get('prompt_tokens', '?')} prompt and "
+                   f"{st.get('completion_tokens', '?')} completion tokens), tower output cached; AdamW on the LoRA "
+                   f"parameters ({fmt(data.get('parameters', {}).get('trainable', 0) / 1e6, 1)} M).\n")
         out.append(table(["activation checkpointing", "batch", "s / step", "tokens/s", "MFU", "peak GiB"],
                          [["on" if r["activation_checkpointing"] else "off", str(r["batch"]),
                            fmt(r["seconds_per_step"], 3), fmt(r["tokens_per_s"], 0), fmt(r["mfu"], 3),
@@ -136,12 +141,17 @@ def full_size_table(data: dict[str, Any]) -> str:
         parts = ", ".join(f"{k} {fmt(v)} s" for k, v in g["seconds"].items())
         out.append(f"GRPO step, K = {g['k']}, {g['utterances']} utterances, {g['max_new_tokens']}-token budget: "
                    f"{fmt(g['step_seconds'])} s ({parts}); rollout {fmt(g['rollout_tokens_per_s'], 0)} tokens/s; "
-                   f"encoder share {fmt(100 * g['encoder_share'], 1)} %.\n")
+                   f"encoder share {fmt(100 * g['encoder_share'], 1)} %; peak {fmt(g.get('peak_memory_gib'), 1)} GiB"
+                   + (", activation checkpointing on" if g.get("activation_checkpointing") else "") + ".\n")
+    if "grpo_error" in data:
+        out.append(f"GRPO step failed: `{data['grpo_error'][:160]}`\n")
     if "max_batch" in data:
         out.append(table(["activation checkpointing", "largest SFT batch"],
                          [["on" if r["activation_checkpointing"] else "off",
                            f"{r['largest']}{' (search capped: at least)' if r['capped'] else ''}"]
                           for r in data["max_batch"]]))
+    if "total_seconds" in data:
+        out.append(f"Whole run: {fmt(data['total_seconds'], 0)} s (model build {fmt(data.get('build_seconds'), 1)} s).\n")
     return "\n".join(out)
 
 
