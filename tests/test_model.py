@@ -390,7 +390,7 @@ def test_activation_checkpointing_recomputes_and_keeps_loss_and_gradients(tiny):
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in peft_model.named_parameters()
                  if p.requires_grad and p.grad is not None}  # text only: the projector gets none
-        return float(out.loss), grads, len(calls)
+        return out.loss.item(), grads, len(calls)
 
     loss_off, grads_off, calls_off = step(False)
     loss_on, grads_on, calls_on = step(True)
