@@ -142,7 +142,7 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
 def run_base(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The ``base`` strategy: evaluate the model as loaded on the fold's test split.
 
-    Writes ``run_folder(cfg, "base")`` (``run_dir(dataset, "base", fold, run_root)``) and returns its ``metrics.json`` content.
+    Writes ``run_folder(cfg, "base")`` and returns its ``metrics.json`` content.
     """
     from ambinb import labels
     from ambinb import model as model_mod

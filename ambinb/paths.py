@@ -39,6 +39,11 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+def is_path_name(value: Any) -> bool:
+    """Whether ``value`` may name a folder of a run path: lower-case letters, digits and ``_``."""
+    return bool(value) and str(value).replace("_", "").isalnum() and str(value) == str(value).lower()
+
+
 def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os.PathLike = "runs",
             validation: int | None = None) -> Path:
     """The run folder ``<root>/<dataset>/<strategy>/fold<k>/`` (no fold part when ``fold`` is None).
@@ -50,7 +55,7 @@ def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os
     The folder is not created here.
     """
     for name, value in (("dataset", dataset), ("strategy", strategy)):
-        if not value or not str(value).replace("_", "").isalnum() or str(value) != str(value).lower():
+        if not is_path_name(value):
             raise ValueError(f"{name}={value!r}: names become paths, use lower-case snake_case")
     base = resolve_path(root) / dataset / strategy
     if fold is None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ambinb import config, notebook, results
-from ambinb.paths import resolve_path, run_folder
+from ambinb.paths import is_path_name, resolve_path, run_folder
 
 SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides",
               "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
@@ -87,7 +87,7 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise config.ConfigError(f"{path}: 'variants' must map a variant name to its key: value pairs")
     for name in variants:
-        if not str(name).replace("_", "").isalnum() or str(name) != str(name).lower():
+        if not is_path_name(name):
             raise config.ConfigError(f"{path}: variant {name!r}: names become folders, use lower-case snake_case")
     return spec
 
@@ -157,16 +157,16 @@ def execute_run(run: Run, threads: int | None = None) -> Run:
 
 def status_table(runs: list[Run]) -> str:
     """A plain-text table: one line per run with its status, wall time, held-out JS or error."""
-    width = max([len(r.variant) for r in runs] + [7])
-    lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  " + (f"{'variant':<{width}}  " if any(
-        r.variant for r in runs) else "") + f"{'status':<8} {'time':>7}  result"]
+    width = max([len(r.variant) for r in runs] + [7]) if any(r.variant for r in runs) else 0
+    column = (lambda text: f"{text:<{width}}  ") if width else (lambda text: "")
+    lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  {column('variant')}{'status':<8} {'time':>7}  result"]
     for r in runs:
         result = r.error
         if r.status in ("done", "skipped", "stale"):
             m = results.read_metrics(r.folder)["metrics"]
             result = f"JS {m['js']:.3f}  BC {m['bc']:.3f}" + (f"  ({r.error})" if r.error else "")
-        variant = f"{r.variant:<{width}}  " if any(x.variant for x in runs) else ""
-        lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {variant}{r.status:<8} {r.seconds:>6.0f}s  {result}")
+        lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {column(r.variant)}{r.status:<8} "
+                     f"{r.seconds:>6.0f}s  {result}")
     return "\n".join(lines)
 
 

@@ -31,10 +31,14 @@ def test_a_training_run_on_the_device(strategy, tmp_path):
         shutil.copytree(store, tmp_path / "toy" / "curation")
     cfg = config.resolve(strategy=strategy, fold=0, overrides={
         "device": DEVICE, "run_root": str(tmp_path), "max_steps": 2, "eval_max_utterances": 16, "bootstrap": 50})
+    on_gpu = DEVICE.startswith("cuda")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     out = RUNNERS[cfg["runner"]].run(cfg, progress=False)
     assert len(out["history"]) == 2 and all(math.isfinite(h["loss"]) for h in out["history"])
     folder = tmp_path / "toy" / strategy / "fold0"
     assert results.is_finished(folder) and (folder / "adapter").is_dir()
     m = results.read_metrics(folder)
     assert len(results.read_predictions(folder)) == 16 and 0.0 <= m["metrics"]["js"] <= 1.0
-    assert m["params"]["device"].startswith(DEVICE)
+    if on_gpu:  # the weights really lived on the card: its peak holds at least the saved model's bytes
+        assert torch.cuda.max_memory_allocated() >= (folder / "adapter" / "model.safetensors").stat().st_size
