@@ -175,6 +175,11 @@ def core(model: Any) -> Any:
     return base_model(model).model
 
 
+def device_of(model: Any) -> torch.device:
+    """The device the language-model side of a possibly wrapped model runs on (its projector's)."""
+    return core(model).multi_modal_projector.linear.weight.device
+
+
 def audio_token_id(model: Any) -> int:
     """The id of ``<|AUDIO|>`` in the model's config."""
     return int(base_model(model).config.audio_token_id)
@@ -417,5 +422,5 @@ class AudioFeatureCache:
                     tmp = path.with_suffix(f".tmp{os.getpid()}")
                     torch.save(res, tmp)
                     os.replace(tmp, path)
-        device = core(self.model).multi_modal_projector.linear.weight.device
+        device = device_of(self.model)
         return [(out[i] if i in out else self._tower[keys[i]]).to(device) for i in range(len(keys))]

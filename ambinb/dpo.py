@@ -210,7 +210,7 @@ def _mean(history: list[dict[str, Any]], key: str) -> float:
 # --- shared with GRPO ----------------------------------------------------------------------
 
 def device_of(model: Any) -> torch.device:
-    return audio_mod.core(model).multi_modal_projector.linear.weight.device
+    return audio_mod.device_of(model)
 
 
 def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],

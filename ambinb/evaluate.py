@@ -125,7 +125,7 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
     with torch.no_grad():
         out = predict(model, processor, test_df, cfg, cache, progress)
     p_hat = out["p_hat"] / out["p_hat"].sum(axis=1, keepdims=True)
-    device = str(audio_mod.core(model).multi_modal_projector.linear.weight.device)
+    device = str(audio_mod.device_of(model))
     extra = {
         "format_rate": float(np.mean(out["format_ok"])),
         "answer_tag_rate": float(np.mean(out["answer_found"])),

@@ -247,7 +247,7 @@ def cued_transcript(rng: random.Random, classes: list[str],
     places, so that the warm-up's think blocks practise quoting them. No corpus sentence, no label:
     which emotion words appear is random and the think block's answer does not depend on them.
     """
-    from ambinb import curation
+    from ambinb import cues as curation
 
     words = synthetic_transcript(rng, vocabulary).split()
     if rng.random() >= P_CUED:
@@ -286,7 +286,7 @@ def _free_completion(rng: random.Random, transcript: str, classes: list[str],
     """A free-form random think block and its answer drawn from ``classes`` (see :func:`synthetic_completion`)."""
     answer = rng.choice(classes)
     other = rng.choice([c for c in classes if c != answer])
-    from ambinb import curation
+    from ambinb import cues as curation
 
     keywords = rng.sample(KEYWORDS, rng.randint(2, 4))
     cues = [w for ws in curation.text_cues(transcript, classes).values() for w in ws]
@@ -659,7 +659,7 @@ def copy_drill_text(rng: random.Random, vocabulary: tuple[str, ...] = TRANSCRIPT
     Returns ``(context, target)``; the warm-up's loss covers the target only. Example:
     ``('Transcript: "They last straw went."\nKeywords:', ' "last straw"')``.
     """
-    from ambinb import curation
+    from ambinb import cues as curation
 
     transcript = cued_transcript(rng, list(ALL_CLASSES), vocabulary)
     low = transcript.lower()

@@ -41,7 +41,7 @@ def right_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[t
 
 def _hidden(model: Any, rows: list[list[int]], audio: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     """Last hidden states (N, T, hidden) of right-padded ``rows``; ``audio[i]`` feeds row i's audio positions."""
-    device = audio_mod.core(model).multi_modal_projector.linear.weight.device
+    device = audio_mod.device_of(model)
     ids, mask = right_pad(rows, pad_id, device)
     has_audio = (ids == audio_mod.audio_token_id(model)).any(dim=1).tolist()
     row_audio = [a for a, h in zip(audio, has_audio) if h]

@@ -107,7 +107,7 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
     Returns:
         ``[utterance][k] -> (generated ids, stop reason)``.
     """
-    device = audio_mod.core(model).multi_modal_projector.linear.weight.device
+    device = audio_mod.device_of(model)
     pad_id = int(tokenizer.pad_token_id)
     eos = set(prompt.eos_ids(tokenizer))
     close = fmt.answer_close
@@ -198,7 +198,7 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     fmt = cot.get_format(cfg.get("prompt_preset", "ambinb"))
     k = int(cfg.get("rollout_k", 8) if k is None else k)
     if generator is None:
-        generator = torch.Generator(device=audio_mod.core(model).multi_modal_projector.linear.weight.device)
+        generator = torch.Generator(device=audio_mod.device_of(model))
         generator.manual_seed(int(cfg.get("seed", 0)))
     was_training = model.training
     model.eval()
@@ -230,7 +230,7 @@ def generate_naive(model: Any, processor: Any, texts: list[str], waves: list[Any
     """The naive reference: ``model.generate`` K times per utterance on the processor's full inputs
     (the encoder and the prompt prefill run K times). Same suppression and stopping rules."""
     tok = processor.tokenizer
-    device = audio_mod.core(model).multi_modal_projector.linear.weight.device
+    device = audio_mod.device_of(model)
     out = []
     for text, wave in zip(texts, waves):
         inputs = processor(text=[text], audio=[wave], sampling_rate=audio_mod.SAMPLE_RATE, return_tensors="pt")

@@ -83,7 +83,7 @@ class SFTStrategy:
         """Eq. 3 on the examples ``indices``; stats ``ce``, ``kl`` and the batch's mean ``p_max``."""
         batch = [self.examples[i] for i in indices]
         rows = [ex.encoded.prompt_ids + ex.completion.ids for ex in batch]
-        device = audio_mod.core(model).multi_modal_projector.linear.weight.device
+        device = audio_mod.device_of(model)
         ids, attn = readout.right_pad(rows, self.pad_id, device)
         hidden, _ = audio_mod.lm_hidden(model, ids, attn, [ex.encoded.audio for ex in batch])
 
