@@ -39,6 +39,25 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+def display_path(path: str | os.PathLike, run_root: str | os.PathLike | None = None) -> str:
+    """``path`` as printed for a reader: never the absolute path of the machine that ran it.
+
+    Under ``run_root``: relative to the run root's parent (``runs/toy/sft/fold0``); else under the
+    project root: relative to it (``params/defaults.yaml``); else under the home folder: ``~/...``;
+    else the path as given. Example: ``display_path("/tmp/x/runs/toy/labels", "/tmp/x/runs")`` ->
+    ``"runs/toy/labels"``.
+    """
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return p.as_posix()
+    bases = [(resolve_path(run_root).parent, "")] if run_root else []
+    bases += [(project_root(), ""), (Path.home(), "~/")]
+    for base, prefix in bases:
+        if p.is_relative_to(base):
+            return prefix + (p.relative_to(base).as_posix() or ".")
+    return p.as_posix()
+
+
 def is_path_name(value: Any) -> bool:
     """Whether ``value`` may name a folder of a run path: lower-case letters, digits and ``_``."""
     return bool(value) and str(value).replace("_", "").isalnum() and str(value) == str(value).lower()
