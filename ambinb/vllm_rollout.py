@@ -221,9 +221,9 @@ def sampler_for(cfg: dict[str, Any], wave_of: Callable[[str], np.ndarray] | None
     Params used: ``model_name_or_path`` (the tiny stand-in's folder when empty), ``dtype``, ``seed``,
     ``vllm_gpu_memory_utilization``, ``vllm_max_model_len``, ``vllm_sync``.
     """
-    from ambinb import model as model_mod
+    from ambinb import standin
 
-    path = str(cfg.get("model_name_or_path") or "") or str(model_mod.ensure_tiny(cfg))
+    path = str(cfg.get("model_name_or_path") or "") or str(standin.ensure_tiny(cfg))
     key = (path, str(cfg.get("dtype", "auto")))
     if key not in _SAMPLERS:
         vllm = import_vllm()
