@@ -2,7 +2,7 @@
 
 The scripts start together as subprocesses (one module fixture), so they cost about the wall
 time of the slowest one: mostly importing torch, transformers and TRL, and loading the tiny
-stand-in (built once by ``ambinb.model.ensure_tiny``, as for the model-core tests). The book's
+stand-in (built once by ``ambinb.standin.ensure_tiny``, as for the model-core tests). The book's
 benchmark tables (:mod:`ambinb.benchpage`) are rendered from the JSON they write.
 ``bench/report_timing.py`` is not run here (it runs ``make report``'s stages); its memory probe is.
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ambinb import benchpage, config
-from ambinb import model as model_mod
+from ambinb import benchpage, config, standin
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300
@@ -35,7 +34,7 @@ COMMANDS = {
 @pytest.fixture(scope="module")
 def bench_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
     """Each benchmark's finished process and the JSON path it was told to write, run side by side."""
-    model_mod.ensure_tiny(config.resolve())  # build once here, not in two racing subprocesses
+    standin.ensure_tiny(config.resolve())  # build once here, not in two racing subprocesses
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = {}
