@@ -2,7 +2,7 @@
 
 Import them into a test module: ``from conftest_model import tiny, tiny_dir, toy_corpus  # noqa: F401``.
 
-* ``tiny_dir`` (session): the tiny stand-in built by :func:`ambinb.model.ensure_tiny` from the
+* ``tiny_dir`` (session): the tiny stand-in built by :func:`ambinb.standin.ensure_tiny` from the
   default params, i.e. under ``models/tiny/`` (gitignored); built once (~1.5-2.5 min on a
   2-core CPU: 600 warm-up steps), reused by every later session until its ``tiny_*`` params change.
 * ``tiny`` (function): a fresh ``(model, processor)`` loaded from it, float32 on the CPU, so a test
@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ambinb import config, labels
+from ambinb import config, labels, standin
 from ambinb import model as model_mod
 from ambinb import prompt as prompt_mod
 
@@ -28,7 +28,7 @@ CLASSES = ["anger", "happiness", "sadness", "neutral"]
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    return model_mod.ensure_tiny(config.resolve())
+    return standin.ensure_tiny(config.resolve())
 
 
 @pytest.fixture
@@ -47,6 +47,14 @@ def tone(seconds: float, freq: float, rate: int = 16_000, amp: float = 0.3) -> n
     """A sine tone: distinct, deterministic test audio."""
     t = np.arange(int(seconds * rate)) / rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def audio_logits(model, processor, wave: np.ndarray,
+                 text: str = "<|audio_bos|><|AUDIO|><|audio_eos|>How does it sound?") -> torch.Tensor:
+    """The model's logits (1, T, V) for one clip and ``text``, without gradients."""
+    inputs = processor(text=[text], audio=[wave], sampling_rate=16_000, return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits
 
 
 def encode_waves(model, processor, waves: list[np.ndarray], transcripts: list[str], classes=CLASSES,

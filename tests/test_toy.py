@@ -271,7 +271,7 @@ def test_interrupted_build_leaves_no_complete_looking_corpus(tmp_path, monkeypat
     out = tmp_path / "corpus"
     toy.ensure_toy(out, n=12, seed=0)
     calls = {"n": 0}
-    real = toy.speak_utterance
+    real = toy.speech.speak_utterance
 
     def failing(tts, row):
         calls["n"] += 1
@@ -279,12 +279,12 @@ def test_interrupted_build_leaves_no_complete_looking_corpus(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(tts, row)
 
-    monkeypatch.setattr(toy, "speak_utterance", failing)
+    monkeypatch.setattr(toy.speech, "speak_utterance", failing)  # what make_toy calls
     with pytest.raises(KeyboardInterrupt):
         toy.ensure_toy(out, n=12, seed=1)
     assert not (out / "meta.json").exists()
     assert not list(out.glob(".wav-*"))
-    monkeypatch.setattr(toy, "speak_utterance", real)
+    monkeypatch.setattr(toy.speech, "speak_utterance", real)
     capsys.readouterr()
     toy.ensure_toy(out, n=12, seed=0)
     assert "built" in capsys.readouterr().out
