@@ -65,7 +65,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, dpo, engine, prompt, results, rollout, sft  # noqa: E402
+from ambinb import config, dpo, engine, prompt, results, rollout, sft, standin  # noqa: E402
 from ambinb import model as M  # noqa: E402
 from bench.sft_vs_trl import (  # noqa: E402
     CLASSES,
@@ -95,7 +95,7 @@ def rejected_completions(processor: Any, examples: list[sft.Example], seed: int,
     tok = processor.tokenizer
     out = {}
     for ex in examples:
-        think, answer = M.synthetic_completion(rng, M.synthetic_transcript(rng), CLASSES)
+        think, answer = standin.synthetic_completion(rng, standin.synthetic_transcript(rng), CLASSES)
         ids = prompt.completion_ids(tok, think, answer, preset).ids
         out[ex.utt_id] = rollout.make_trajectory(tok, ex.utt_id, ids, "answer_close", CLASSES)
     return out
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
 
     cfg = config.resolve(strategy="dpo", overrides={"tau": -1.0, "dpo_rollouts": 1})
-    tiny_dir = M.ensure_tiny(cfg)
+    tiny_dir = standin.ensure_tiny(cfg)
     base, processor = M.load_checkpoint(tiny_dir, dtype="float32", device=args.device)
     examples, waves = make_examples(base, processor, args.examples, cfg["seed"], cfg)
     rejected = rejected_completions(processor, examples, int(cfg["seed"]), cfg["prompt_preset"])
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "mean_prompt_tokens": float(np.mean([len(e.encoded.prompt_ids) for e in examples])),
                      "mean_chosen_tokens": float(np.mean([len(e.completion.ids) for e in examples])),
                      "mean_rejected_tokens": float(np.mean([len(t.token_ids) for t in rejected.values()])),
-                     "tiny_spec": M.tiny_spec(cfg)},
+                     "tiny_spec": standin.tiny_spec(cfg)},
         "rows": rows,
     }
     results.write_bench("dpo_vs_trl", slug, result, args.out)

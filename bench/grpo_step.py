@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, grpo, prompt, readout, results, rollout, sft  # noqa: E402
+from ambinb import config, grpo, prompt, readout, results, rollout, sft, standin  # noqa: E402
 from ambinb import model as M  # noqa: E402
 from bench.rollouts import CLASSES, TRANSCRIPTS, waves  # noqa: E402
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     cfg = config.resolve(strategy=args.strategy, overrides={"max_new_tokens": args.max_new_tokens,
                                                             "device": args.device, "readout_batch_size": 0})
-    model, processor = M.load_checkpoint(M.ensure_tiny(cfg), dtype="float32", device=args.device)
+    model, processor = M.load_checkpoint(standin.ensure_tiny(cfg), dtype="float32", device=args.device)
     model = M.prepare_trainable(model, cfg)
     examples, sources = tone_examples(model, processor, args.utterances, args.seconds)
     indices = list(range(args.utterances))

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, prompt, readout, results, rollout  # noqa: E402
+from ambinb import config, prompt, readout, results, rollout, standin  # noqa: E402
 from ambinb import model as M  # noqa: E402
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     cfg = config.resolve()
     t0 = time.perf_counter()
-    tiny_dir = M.ensure_tiny(cfg)
+    tiny_dir = standin.ensure_tiny(cfg)
     ensure_seconds = time.perf_counter() - t0
     model, processor = M.load_checkpoint(tiny_dir, dtype="float32", device=args.device)
-    build_info = json.loads((tiny_dir / M.TINY_SPEC_FILE).read_text())
+    build_info = json.loads((tiny_dir / standin.TINY_SPEC_FILE).read_text())
     texts_raw = (TRANSCRIPTS * args.utterances)[: args.utterances]
     texts = [prompt.prompt_text(processor, t, CLASSES) for t in texts_raw]
     ws = waves(args.utterances, args.seconds)

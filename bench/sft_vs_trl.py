@@ -5,7 +5,7 @@
     .venv/bin/python bench/sft_vs_trl.py --trl-tower            # also TRL with the frozen tower run every step
     .venv/bin/python bench/sft_vs_trl.py --smoke --out /tmp/sft_vs_trl.json   # 2 timed steps: both paths run
 
-Both paths train the tiny stand-in (``ambinb.model.ensure_tiny`` then ``load_checkpoint``, float32)
+Both paths train the tiny stand-in (``ambinb.standin.ensure_tiny`` then ``load_checkpoint``, float32)
 prepared by :func:`ambinb.model.prepare_trainable` (LoRA, or a full fine-tune of the language model
 and projector), on the same synthetic utterances encoded once (prompt ids with the ``<|AUDIO|>``
 positions, the cached tower output, a think block in the curator's wording, a random p_gt), with
@@ -62,7 +62,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, engine, prompt, results, sft  # noqa: E402
+from ambinb import config, engine, prompt, results, sft, standin  # noqa: E402
 from ambinb import model as M  # noqa: E402
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
@@ -75,21 +75,21 @@ def make_examples(model: Any, processor: Any, n: int, seed: int, cfg: dict[str, 
                   ) -> tuple[list[sft.Example], list[np.ndarray]]:
     """``n`` synthetic training utterances, encoded once through a feature cache; also their waveforms.
 
-    Audio from :func:`ambinb.model.synthetic_wave` (1-3 s), transcripts and think blocks from the
+    Audio from :func:`ambinb.standin.synthetic_wave` (1-3 s), transcripts and think blocks from the
     stand-in's synthetic generators, p_gt drawn from a Dirichlet: realistic lengths, no corpus needed.
     """
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
-    waves = [M.synthetic_wave(np_rng) for _ in range(n)]
+    waves = [standin.synthetic_wave(np_rng) for _ in range(n)]
     cache = A.AudioFeatureCache(model, processor.feature_extractor)
     utt_ids = [f"bench{i:03d}" for i in range(n)]
     feats = cache.features(utt_ids, waves)
     tok = processor.tokenizer
     out = []
     for utt, f in zip(utt_ids, feats):
-        transcript = M.synthetic_transcript(rng)
+        transcript = standin.synthetic_transcript(rng)
         text = prompt.prompt_text(processor, transcript, CLASSES, cfg["prompt_preset"], utt)
-        think, answer = M.synthetic_completion(rng, transcript, CLASSES)
+        think, answer = standin.synthetic_completion(rng, transcript, CLASSES)
         encoded = prompt.Encoded(utt, prompt.prompt_ids(tok, text, f.shape[0]), f)
         completion = prompt.completion_ids(tok, think, answer, cfg["prompt_preset"])
         out.append(sft.Example(utt, encoded, completion, np_rng.dirichlet(np.ones(len(CLASSES)))))
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import transformers
 
     cfg = config.resolve(strategy="sft")
-    tiny_dir = M.ensure_tiny(cfg)
+    tiny_dir = standin.ensure_tiny(cfg)
     base, processor = M.load_checkpoint(tiny_dir, dtype="float32", device=args.device)
     examples, waves = make_examples(base, processor, args.examples, cfg["seed"], cfg)
     total = args.warmup + args.steps
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "mean_sequence_tokens": float(np.mean([len(e.encoded.prompt_ids) + len(e.completion.ids)
                                                             for e in examples])),
                      "mean_audio_tokens": float(np.mean([e.encoded.audio.shape[0] for e in examples])),
-                     "tiny_spec": M.tiny_spec(cfg)},
+                     "tiny_spec": standin.tiny_spec(cfg)},
         "rows": rows,
     }
     results.write_bench("sft_vs_trl", slug, result, args.out)
