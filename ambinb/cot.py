@@ -10,8 +10,8 @@ What the model writes (preset ``ambinb``, the paper's Table 1 structure)::
     </think>
     <answer>anger</answer>
 
-The distribution p_hat is read out at the slot right after the answer tag (see PAPER.md,
-"readout"). Curation writes think blocks with :func:`render_think`; training, rollouts and the
+The distribution p_hat is read out at the slot right after the answer tag
+(:mod:`ambinb.readout`). Curation writes think blocks with :func:`render_think`; training, rollouts and the
 format reward parse them with the functions below. The ``audio_reasoner`` preset places the slot
 after Audio-Reasoner's own ``<RESPONSE>`` tag so that checkpoint can be read out as a baseline.
 """
@@ -105,8 +105,9 @@ def split_output(completion: str, fmt: OutputFormat = AMBINB) -> tuple[str, str 
 
 
 def format_ok(completion: str, classes: list[str], fmt: OutputFormat = AMBINB) -> bool:
-    """PAPER.md's format check: 1 when every tag occurs once and in order, the three steps sit
-    inside the think block, and the answer is a valid class name (case-insensitive); else 0."""
+    """The format check of the format reward (Eq. 6): 1 when every tag occurs once and in order, the
+    three steps sit inside the think block, and the answer is a valid class name (case-insensitive);
+    else 0."""
     positions = []
     for tag in fmt.tags:
         if completion.count(tag) != 1:

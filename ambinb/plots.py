@@ -144,3 +144,25 @@ def distributions(p_gt: np.ndarray, p_hat: np.ndarray, classes: list[str], title
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def acceptance(curated: pd.DataFrame, accept_js: float) -> plt.Figure:
+    """Curation's validation (``ambinb.curation.load_curated`` records). Left: histogram of the
+    reader's JS for accepted and rejected think blocks, with the threshold. Right: how many
+    attempts each utterance took, by final status."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    js = curated["validation_js"].astype(float)
+    top = float(np.nanmax(js)) if js.notna().any() else 0.0
+    bins = np.linspace(0.0, max(2 * accept_js, top) * 1.02, 30)
+    for status, colour in (("accepted", "tab:green"), ("rejected", "tab:red")):
+        values = js[curated["status"] == status].dropna()
+        if len(values):
+            ax1.hist(values, bins=bins, alpha=0.7, color=colour, label=f"{status} ({len(values)})")
+    ax1.axvline(accept_js, color="black", linestyle="--", label=f"accept_js = {accept_js:g}")
+    ax1.set(xlabel="JS(p_gt, reader's distribution), log2", ylabel="utterances", title="Validation")
+    ax1.legend(frameon=False)
+    counts = pd.crosstab(curated["attempts"].map(len), curated["status"])
+    counts.plot.bar(ax=ax2, rot=0, color={"accepted": "tab:green", "rejected": "tab:red", "failed": "tab:gray"})
+    ax2.set(xlabel="attempts used", ylabel="utterances", title="Attempts per utterance")
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""The output format: rendering, splitting and the format check of PAPER.md."""
+"""The output format: rendering, splitting and the format check of the format reward."""
 
 import pytest
 

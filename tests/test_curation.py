@@ -487,10 +487,10 @@ def test_a_second_curation_run_waits_for_the_first(tmp_path):
     import threading
 
     store = tmp_path / "cot.jsonl"
-    first = curation._RunLock(store).__enter__()
+    first = curation.RunLock(store).__enter__()
     with pytest.raises(curation.CurationError, match="for over 0 s"):
-        curation._RunLock(store, timeout=0.2).__enter__()
+        curation.RunLock(store, timeout=0.2).__enter__()
     threading.Timer(0.3, first.__exit__, args=(None, None, None)).start()
     started = time.monotonic()
-    with curation._RunLock(store, timeout=10):
+    with curation.RunLock(store, timeout=10):
         assert time.monotonic() - started >= 0.25      # it waited for the first to let go
