@@ -14,17 +14,26 @@ A model may size a strategy for itself in ``params/models/<model>/<strategy>.yam
 stand-in's step counts and learning rates, for example); these files follow the strategy's
 ``extends`` chain too (``models/tiny/grpo.yaml`` also applies to ``grpo_z``) and come after every
 strategy file.
+
+Beyond its type, each key accepts what :data:`RULES` says: a range for counts, rates and
+probabilities, a set of choices for enumerated keys (``device: gpu`` fails here, naming the key and
+the file, not later in torch). Relations between keys (a fold the dataset has, attention heads that
+divide the width) are checked once every layer is applied, in :func:`check_relations`.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ambinb.paths import params_dir
+from ambinb.paths import fold_count, params_dir
 
 NOTEBOOK = "notebook"
 RUN_ROOT_ENV = "AMBINB_RUN_ROOT"
@@ -34,6 +43,145 @@ _META_KEYS = {"extends", "description"}
 
 class ConfigError(ValueError):
     """A parameter file or a notebook parameter that does not fit the declared keys."""
+
+
+# --- what each key accepts beyond its type ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key accepts: a closed or open range, a set of choices, or a pattern.
+
+    ``choices`` may name a registry instead (``"ambinb.rewards:REWARDS"``: its keys), so a list
+    of names lives in one place. ``says`` puts a ``pattern`` in words for the error message. With
+    ``each`` the rule applies to every item of a list.
+
+    Example: ``Rule(low=0, low_open=True).problem(-1e-4)`` -> ``"must be > 0"``.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | str = ()
+    pattern: str = ""
+    says: str = ""
+    each: bool = False
+
+    def allowed(self) -> tuple[str, ...]:
+        """The choices, read from the registry when ``choices`` names one."""
+        if isinstance(self.choices, str):
+            module, name = self.choices.split(":")
+            return tuple(sorted(getattr(importlib.import_module(module), name)))
+        return self.choices
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` does not fit, or None when it does."""
+        if self.each:
+            if not isinstance(value, list):
+                return None
+            whole = Rule(self.low, self.high, self.low_open, self.high_open, self.choices, self.pattern, self.says)
+            found = [(i, whole.problem(v)) for i, v in enumerate(value)]
+            return next((f"item {i} ({value[i]!r}) {why}" for i, why in found if why), None)
+        if self.choices:
+            return None if value in self.allowed() else f"must be one of {list(self.allowed())}"
+        if self.pattern:
+            ok = isinstance(value, str) and re.fullmatch(self.pattern, value)
+            return None if ok else f"must be {self.says}" if self.says else f"must match {self.pattern!r}"
+        return self._range_problem(value)
+
+    def _range_problem(self, value: Any) -> str | None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return "must be a finite number"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return f"must be {'<' if self.high_open else '<='} {self.high:g}"
+        return None
+
+
+def _at_least(low: float) -> Rule:
+    return Rule(low=low)
+
+
+def _positive() -> Rule:
+    return Rule(low=0, low_open=True)
+
+
+def _share() -> Rule:
+    """A probability or a share: in [0, 1]."""
+    return Rule(low=0, high=1)
+
+
+def _one_of(*choices: str) -> Rule:
+    return Rule(choices=choices)
+
+
+def _text(pattern: str, says: str, each: bool = False) -> Rule:
+    return Rule(pattern=pattern, says=says, each=each)
+
+
+_NAME = _text(r"[a-z0-9_]+", "lower-case snake_case (names become folders)")
+_NOT_EMPTY = _text(r"(?s).+", "a non-empty string")
+_CLASS = _text(r"[a-z][a-z0-9_ ]*", "a lower-case class name", each=True)
+TRACKERS = ("all", "aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
+_TRACKER = "|".join(TRACKERS)  # accelerate's LoggerType values
+
+RULES: dict[str, Rule] = {
+    # run selection
+    "dataset": _NAME, "strategy": _NAME, "model": _NAME, "fold": _at_least(0), "run_root": _NOT_EMPTY,
+    "eval_split": _one_of("test", "validation"), "validation_fold": _at_least(-1), "seed": _at_least(0),
+    "runner": _text(r"|\d\d_[a-z0-9_]+|[A-Za-z_][\w.]*:[A-Za-z_]\w*", "a notebook name (03_sft) or module:function"),
+    # data
+    "classes": _CLASS, "n_folds": _at_least(1),
+    "fold_scheme": _one_of("speaker", "emobox"), "ambiguous_max_p": Rule(low=0, high=1, low_open=True),
+    "toy_n": _at_least(1), "toy_seed": _at_least(0), "toy_sessions": _at_least(2),
+    # model
+    "dtype": _one_of("auto", "float32", "bfloat16", "float16"),
+    "device": _text(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:<index>"),
+    "attn_implementation": _one_of("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
+    "prompt_preset": Rule(choices="ambinb.cot:PRESETS"), "max_audio_seconds": Rule(low=0, high=30, low_open=True),
+    "lora_r": _at_least(1), "lora_alpha": _positive(), "lora_dropout": Rule(low=0, high=1, high_open=True),
+    "lora_target_regex": _NOT_EMPTY,
+    # metrics
+    "bootstrap": _at_least(0), "eps": Rule(low=0, high=1, low_open=True, high_open=True),
+    # curation
+    "backend": _one_of("template", "openai"), "curation_model": _NOT_EMPTY,
+    "base_url": _text(r"|https?://\S+", '"" or an http:// or https:// URL'),
+    "api_key_env": _text(r"[A-Za-z_][A-Za-z0-9_]*", "the name of an environment variable"),
+    "curation_temperature": Rule(low=0, high=2), "curation_max_tokens": _at_least(1),
+    "curation_concurrency": _at_least(1), "curation_attempts": _at_least(1), "accept_js": _share(),
+    "curation_timeout": _positive(), "curation_retries": _at_least(0), "backoff_base": _at_least(0),
+    "curation_give_up_after": _at_least(1), "curation_outage_s": _at_least(0),
+    "backoff_max": _at_least(0), "prompt_version": _text(r"[\w.-]+", "letters, digits, _ . or -"),
+    "price_prompt_per_1k": _at_least(0), "price_completion_per_1k": _at_least(0),
+    "curation_subset": _one_of("train", "all"), "prosody_cache": _NOT_EMPTY,
+    "prosody_workers": _at_least(1), "classical_c": _positive(), "classical_min_df": _at_least(1),
+    # prompt, readout, rollouts, evaluation
+    "max_new_tokens": _at_least(1), "temperature": _at_least(0), "top_p": Rule(low=0, high=1, low_open=True),
+    "rollout_k": _at_least(1), "rollout_batch_size": _at_least(1), "rollout_backend": _one_of("hf", "vllm"),
+    "vllm_gpu_memory_utilization": Rule(low=0, high=1, low_open=True), "vllm_max_model_len": _at_least(0),
+    "eval_batch_size": _at_least(1), "eval_max_utterances": _at_least(0), "readout_batch_size": _at_least(0),
+    "eval_prompt_classes": _CLASS, "tiny_dir": _NOT_EMPTY,
+    "tiny_seed": _at_least(0), "tiny_vocab_size": _at_least(64), "tiny_hidden_size": _at_least(1),
+    "tiny_layers": _at_least(1), "tiny_heads": _at_least(1), "tiny_kv_heads": _at_least(1),
+    "tiny_intermediate_size": _at_least(1), "tiny_audio_hidden_size": _at_least(1),
+    "tiny_audio_layers": _at_least(1), "tiny_audio_heads": _at_least(1), "tiny_audio_ffn_size": _at_least(1),
+    "tiny_warmup_steps": _at_least(0), "tiny_warmup_batch_size": _at_least(1), "tiny_warmup_lr": _positive(),
+    # training engine
+    "lr": _positive(), "lr_scale": _positive(), "weight_decay": _at_least(0), "warmup_ratio": _share(),
+    "epochs": _positive(), "max_steps": _at_least(0), "batch_size": _at_least(1), "grad_accum": _at_least(1),
+    "max_grad_norm": _positive(), "checkpoint_every": _at_least(1),
+    "trackers": _text(rf"\s*|\s*({_TRACKER})\s*(,\s*({_TRACKER})\s*)*", f"comma-separated names of {list(TRACKERS)}"),
+    "ce_weight": _at_least(0), "kl_weight": _at_least(0), "answer_ce": _one_of("soft", "majority", "none"),
+    # DPO and GRPO
+    "beta": _positive(), "tau": _share(), "dpo_rollouts": _at_least(1), "dpo_kl_weight": _at_least(0),
+    "dpo_ce_weight": _at_least(0), "grpo_k": _at_least(1),
+    "clip_eps": Rule(low=0, high=1, low_open=True, high_open=True),
+    "grpo_kl_coef": _at_least(0), "num_iterations": _at_least(1), "format_weight": _at_least(0),
+    "rewards": Rule(choices="ambinb.rewards:REWARDS", each=True),
+}
+"""What each declared key accepts beyond its type (keys left out accept any value of their type:
+booleans and free paths). Edit this table, not the code that reads the key."""
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -99,7 +247,9 @@ def _same_type(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def _apply(cfg: dict[str, Any], layer: dict[str, Any], source: str, declared: dict[str, Any]) -> None:
+def _apply(cfg: dict[str, Any], layer: dict[str, Any], source: str, declared: dict[str, Any],
+           sources: dict[str, str]) -> None:
+    """Set ``layer``'s keys in ``cfg`` after checking each key, type and rule; ``sources`` records who set it."""
     for key, value in layer.items():
         if key in _META_KEYS and source != NOTEBOOK:
             continue
@@ -112,7 +262,42 @@ def _apply(cfg: dict[str, Any], layer: dict[str, Any], source: str, declared: di
         if not _same_type(declared[key], value):
             raise ConfigError(f"{source}: key {key!r} must be {type(declared[key]).__name__} "
                               f"like its default {declared[key]!r}, got {value!r}")
+        check_value(key, value, source)
         cfg[key] = float(value) if isinstance(declared[key], float) and isinstance(value, int) else value
+        sources[key] = source
+
+
+def check_value(key: str, value: Any, source: str) -> None:
+    """Raise naming ``source`` and ``key`` when ``value`` breaks the key's rule in :data:`RULES`.
+
+    Example: ``check_value("batch_size", 0, "sweep.yaml")`` raises
+    ``ConfigError("sweep.yaml: key 'batch_size' = 0: must be >= 1")``.
+    """
+    why = RULES[key].problem(value) if key in RULES else None
+    if why:
+        raise ConfigError(f"{source}: key {key!r} = {value!r}: {why}")
+
+
+def check_relations(cfg: dict[str, Any], sources: dict[str, str]) -> None:
+    """Raise when keys that are each valid do not fit together, naming the keys and who set them.
+
+    Checked: the fold (and the validation fold of ``eval_split: validation``) exists for the dataset
+    (:func:`ambinb.paths.fold_count`), and the tiny stand-in's attention heads divide its widths.
+    """
+    def said(key: str) -> str:
+        return f"key {key!r} = {cfg[key]!r} (set by {sources.get(key, 'defaults.yaml')})"
+
+    count = fold_count(cfg)
+    if cfg["fold"] >= count:
+        raise ConfigError(f"{said('fold')}: dataset {cfg['dataset']!r} has {count} fold(s), 0 to {count - 1}")
+    v = cfg["validation_fold"]
+    if cfg["eval_split"] == "validation" and (v >= count or v == cfg["fold"]):
+        raise ConfigError(f"{said('validation_fold')}: expected -1 or one of the {count} folds of "
+                          f"{cfg['dataset']!r} other than the test fold {cfg['fold']}")
+    for width, heads in (("tiny_hidden_size", "tiny_heads"), ("tiny_heads", "tiny_kv_heads"),
+                         ("tiny_audio_hidden_size", "tiny_audio_heads")):
+        if cfg[width] % cfg[heads]:
+            raise ConfigError(f"{said(width)} is not a multiple of {said(heads)}")
 
 
 def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = None,
@@ -127,49 +312,57 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
         **params: a notebook's other literal parameters; None leaves a key to the layers.
             ``$AMBINB_RUN_ROOT``, when set, replaces the default ``run_root`` (the test suite uses it);
             ``$AMBINB_FAST_DEV`` applies ``params/fast_dev.yaml`` after the strategy (the notebook tests).
+            In a papermill run, a parameter injected that the notebook does not declare fails here
+            (:func:`ambinb.notebook.check_injected_parameters`).
 
     Returns:
         A flat dict of every declared key, plus ``layers`` (the files applied, in order).
 
     Raises:
-        ConfigError: an unknown key, a type change, or an unknown layer name, naming the source.
+        ConfigError: an unknown key, a type change, a value outside its rule (:data:`RULES`), keys
+            that do not fit together (:func:`check_relations`), or an unknown layer name, naming the
+            key and the file or layer that set it.
     """
+    from ambinb import notebook
+
+    notebook.check_injected_parameters()
     declared = defaults()
-    cfg = dict(declared)
+    cfg, sources = dict(declared), {}
+    for key, value in declared.items():
+        check_value(key, value, "defaults.yaml")
     layers = ["defaults.yaml"]
     if os.environ.get(RUN_ROOT_ENV):  # tests and CI keep their run folders apart from the user's
-        cfg["run_root"] = os.environ[RUN_ROOT_ENV]
+        _apply(cfg, {"run_root": os.environ[RUN_ROOT_ENV]}, f"${RUN_ROOT_ENV}", declared, sources)
         layers.append(f"${RUN_ROOT_ENV}")
     cfg["dataset"], cfg["strategy"] = dataset, strategy
-
     ds_path = _layer_file("datasets", dataset)
-    _apply(cfg, load_yaml(ds_path), str(ds_path), declared)
+    _apply(cfg, load_yaml(ds_path), str(ds_path), declared, sources)
     layers.append(f"datasets/{dataset}.yaml")
-
     model = model or cfg["model"]
-    model_path = _layer_file("models", model)
-    _apply(cfg, load_yaml(model_path), str(model_path), declared)
-    cfg["model"] = model
-    layers.append(f"models/{model}.yaml")
-
-    chain = _strategy_chain(strategy)
-    for path, data in chain:
-        _apply(cfg, data, str(path), declared)
-        layers.append(f"strategies/{path.stem}.yaml")
-    for path in model_strategy_files(model, [p.stem for p, _ in chain]):
-        _apply(cfg, load_yaml(path), str(path), declared)
-        layers.append(f"models/{model}/{path.stem}.yaml")
-    cfg["strategy"] = strategy
+    for name, path in _model_and_strategy_files(model, strategy):
+        _apply(cfg, load_yaml(path), str(path), declared, sources)
+        layers.append(name)
     if os.environ.get(FAST_DEV_ENV):
-        _apply(cfg, load_yaml(params_dir() / "fast_dev.yaml"), "fast_dev.yaml", declared)
+        _apply(cfg, load_yaml(params_dir() / "fast_dev.yaml"), "fast_dev.yaml", declared, sources)
         layers.append("fast_dev.yaml")
-
     given = {k: v for k, v in params.items() if v is not None}
-    _apply(cfg, given, NOTEBOOK, declared)
+    _apply(cfg, given, NOTEBOOK, declared, sources)
     if overrides:
-        _apply(cfg, dict(overrides), "overrides", declared)
+        _apply(cfg, dict(overrides), "overrides", declared, sources)
     if given or overrides:
         layers.append(NOTEBOOK)
     cfg["dataset"], cfg["strategy"], cfg["model"] = dataset, strategy, model
+    check_relations(cfg, sources)
     cfg["layers"] = layers
     return cfg
+
+
+def _model_and_strategy_files(model: str, strategy: str) -> list[tuple[str, Path]]:
+    """The layers after the dataset's, in order, as (name in ``layers``, file): the model, the
+    strategy's ``extends`` chain, then the model's files sizing those strategies."""
+    chain = [path for path, _ in _strategy_chain(strategy)]
+    files = [(f"models/{model}.yaml", _layer_file("models", model))]
+    files += [(f"strategies/{path.stem}.yaml", path) for path in chain]
+    files += [(f"models/{model}/{path.stem}.yaml", path)
+              for path in model_strategy_files(model, [p.stem for p in chain])]
+    return files

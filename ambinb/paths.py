@@ -89,22 +89,36 @@ def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os
     return base / "validation" / f"fold{int(fold)}-val{int(validation)}"
 
 
+def fold_count(cfg: dict[str, Any]) -> int:
+    """How many test folds the run's dataset has: ``toy_sessions`` for the toy corpus (one fold per
+    session), 1 for CREMA-D's ``emobox`` split (fold 0 is its test part), else ``n_folds``.
+
+    Example: ``{"dataset": "toy", "toy_sessions": 5, ...}`` -> 5; ``crema_d`` with ``emobox`` -> 1.
+    """
+    if cfg["dataset"] == "toy":
+        return int(cfg["toy_sessions"])
+    if cfg["dataset"] == "crema_d" and cfg["fold_scheme"] == "emobox":
+        return 1
+    return int(cfg["n_folds"])
+
+
 def validation_fold(cfg: dict[str, Any]) -> int | None:
     """The fold a run evaluates on instead of its test fold, or None (``eval_split: test``).
 
     ``eval_split: validation`` holds out ``validation_fold`` of the training folds (``-1``: the next
-    fold, ``(fold + 1) mod n_folds``); the test fold stays unseen. Example: fold 4 of 5 -> validation 0.
+    fold, ``(fold + 1) mod`` :func:`fold_count`); the test fold stays unseen. Example: fold 4 of 5 ->
+    validation 0.
     """
-    split = cfg.get("eval_split", "test")
+    split = cfg["eval_split"]
     if split == "test":
         return None
     if split != "validation":
         raise ValueError(f"eval_split={split!r}: expected test or validation")
-    v = int(cfg.get("validation_fold", -1))
-    return v if v >= 0 else (int(cfg["fold"]) + 1) % int(cfg["n_folds"])
+    v = int(cfg["validation_fold"])
+    return v if v >= 0 else (int(cfg["fold"]) + 1) % fold_count(cfg)
 
 
 def run_folder(cfg: dict[str, Any], strategy: str | None = None) -> Path:
     """The run folder of a resolved config (its dataset, ``strategy`` or its own, fold, run root and split)."""
-    return run_dir(cfg["dataset"], strategy or cfg["strategy"], int(cfg["fold"]), cfg.get("run_root", "runs"),
+    return run_dir(cfg["dataset"], strategy or cfg["strategy"], int(cfg["fold"]), cfg["run_root"],
                    validation_fold(cfg))

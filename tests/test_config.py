@@ -48,7 +48,7 @@ def test_type_change_is_named():
         config.resolve(fold="two")
     with pytest.raises(config.ConfigError, match="key 'strict' must be bool"):
         config.resolve(strict=1)
-    assert config.resolve(overrides={"eps": 0})["eps"] == 0.0  # an int where a float is declared is fine
+    assert config.resolve(overrides={"lr_scale": 2})["lr_scale"] == 2.0  # an int where a float is declared is fine
 
 
 def test_unknown_layer_names_choices():
@@ -148,3 +148,83 @@ def test_fast_dev_layer_sits_under_the_notebook(monkeypatch):
     cfg = config.resolve(strategy="sft", max_steps=5)
     assert cfg["eval_max_utterances"] == 8 and cfg["max_steps"] == 5
     assert cfg["layers"][-2:] == ["fast_dev.yaml", "notebook"]
+
+
+# --- values that cannot work fail when resolved, naming the key and who set it -------------------
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("lr", -1e-4, "must be > 0"), ("lr", 0, "must be > 0"), ("batch_size", 0, "must be >= 1"),
+    ("checkpoint_every", 0, "must be >= 1"), ("device", "gpu", "auto, cpu, mps, cuda or cuda:<index>"),
+    ("dtype", "fp16", "one of"), ("eval_split", "dev", "one of"), ("top_p", 1.5, "must be <= 1"),
+    ("warmup_ratio", -0.1, "must be >= 0"), ("lora_dropout", 1.0, "must be < 1"), ("epochs", 0.0, "must be > 0"),
+    ("eps", float("nan"), "finite"), ("rewards", ["grpo", "grpo_typo"], "item 1 .*one of"),
+    ("trackers", "tensorbord", "comma-separated"), ("base_url", "localhost:8000", "http"),
+    ("answer_ce", "hard", "one of"), ("classes", ["Anger"], "lower-case"), ("seed", -1, ">= 0"),
+])
+def test_values_that_cannot_work_are_refused_with_the_key_and_the_layer(key, value, why):
+    with pytest.raises(config.ConfigError, match=rf"^overrides: key '{key}' = .*{why}"):
+        config.resolve(overrides={key: value})
+
+
+def test_a_bad_value_in_a_file_names_the_file(params_copy):
+    (params_copy / "strategies" / "zero.yaml").write_text("extends: sft\ncheckpoint_every: 0\n")
+    with pytest.raises(config.ConfigError, match=r"strategies/zero.yaml: key 'checkpoint_every' = 0: must be >= 1"):
+        config.resolve(strategy="zero")
+    (params_copy / "defaults.yaml").write_text((params_copy / "defaults.yaml").read_text()
+                                               .replace("\nbatch_size: 8 ", "\nbatch_size: -8 "))
+    with pytest.raises(config.ConfigError, match=r"defaults.yaml: key 'batch_size' = -8"):
+        config.resolve()
+
+
+def test_values_at_the_edges_of_their_range_are_accepted():
+    cfg = config.resolve(overrides={"top_p": 1.0, "warmup_ratio": 0.0, "device": "cuda:1", "trackers": "",
+                                    "temperature": 0.0, "base_url": "http://127.0.0.1:8000/v1",
+                                    "rewards": ["format", "distribution"], "max_steps": 0})
+    assert (cfg["device"], cfg["top_p"]) == ("cuda:1", 1.0)
+    assert config.resolve(overrides={"trackers": "tensorboard, wandb"})["trackers"] == "tensorboard, wandb"
+
+
+def test_a_fold_the_dataset_lacks_is_refused():
+    with pytest.raises(config.ConfigError, match=r"key 'fold' = 7 \(set by notebook\): dataset 'toy' has 5 fold"):
+        config.resolve(fold=7)
+    assert config.resolve(fold=2, overrides={"toy_sessions": 3})["fold"] == 2
+    with pytest.raises(config.ConfigError, match="'fold' = 3 .* has 3 fold"):
+        config.resolve(fold=3, overrides={"toy_sessions": 3})
+    with pytest.raises(config.ConfigError, match=r"'fold' = 1 .*'crema_d' has 1 fold"):
+        config.resolve(dataset="crema_d", fold=1, overrides={"fold_scheme": "emobox"})
+    with pytest.raises(config.ConfigError, match="'validation_fold' = 2 .* other than the test fold 2"):
+        config.resolve(fold=2, overrides={"eval_split": "validation", "validation_fold": 2})
+    with pytest.raises(config.ConfigError, match="'validation_fold' = 5"):
+        config.resolve(overrides={"eval_split": "validation", "validation_fold": 5})
+
+
+def test_attention_heads_must_divide_the_tiny_widths():
+    with pytest.raises(config.ConfigError, match="'tiny_hidden_size' = 64 .* not a multiple of key 'tiny_heads' = 5"):
+        config.resolve(overrides={"tiny_heads": 5})
+
+
+def test_every_rule_names_a_declared_key_and_every_number_has_a_rule():
+    declared = config.defaults()
+    assert set(config.RULES) <= set(declared)
+    numbers = {k for k, v in declared.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert numbers <= set(config.RULES), f"keys without a range: {sorted(numbers - set(config.RULES))}"
+
+
+def test_rule_lists_agree_with_their_sources():
+    from accelerate.utils import LoggerType
+
+    from ambinb import cot, rewards
+
+    assert set(config.TRACKERS) == {t.value for t in LoggerType}
+    assert config.RULES["prompt_preset"].allowed() == tuple(sorted(cot.PRESETS))
+    assert config.RULES["rewards"].allowed() == tuple(sorted(rewards.REWARDS))
+
+
+def test_rule_problem_by_hand():
+    assert config.Rule(low=0, low_open=True).problem(-1e-4) == "must be > 0"
+    assert config.Rule(low=0, high=1).problem(1) is None
+    assert config.Rule(low=0, high=1, high_open=True).problem(1) == "must be < 1"
+    assert config.Rule(choices=("a", "b")).problem("c") == "must be one of ['a', 'b']"
+    assert config.Rule(choices=("a",), each=True).problem(["a", "x"]) == "item 1 ('x') must be one of ['a']"
+    assert config.Rule(low=1).problem(None) == "must be a finite number"
