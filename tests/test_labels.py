@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from iemocap_fixture import add_lines, emo_file, line_of, transcript_file, wav_file, write_iemocap
 
-from ambinb import labels
+from ambinb import config, labels
 from ambinb.labels import LabelError, LabelNote, LabelWarning
 
 CREMA_D = Path(os.environ.get("AMBINB_CREMA_D", Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d"))
@@ -46,17 +46,24 @@ def row(df: pd.DataFrame, utt_id: str) -> pd.Series:
 # --- CREMA-D, the real tables ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def crema() -> pd.DataFrame:
+def crema_load() -> tuple[pd.DataFrame, list[warnings.WarningMessage]]:
+    """The real tables read once for the module, with every warning the loader raised."""
     if not (CREMA_D / "processedResults" / "tabulatedVotes.csv").is_file():
         pytest.skip(f"the CREMA-D tables are not at {CREMA_D}")
-    return quiet(labels.load_crema_d, CREMA_D)
-
-
-@needs_crema_d
-def test_crema_d_label_only_emits_one_note():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = labels.load_crema_d(CREMA_D)
+    return df, caught
+
+
+@pytest.fixture(scope="module")
+def crema(crema_load) -> pd.DataFrame:
+    return crema_load[0]
+
+
+@needs_crema_d
+def test_crema_d_label_only_emits_one_note(crema_load):
+    df, caught = crema_load
     notes = [w for w in caught if issubclass(w.category, LabelNote)]
     assert len(notes) == 1 and "AudioWAV" in str(notes[0].message) and "label-only" in str(notes[0].message)
     assert not [w for w in caught if issubclass(w.category, LabelWarning)]  # the real tables are clean
@@ -142,27 +149,40 @@ def test_speaker_folds_seeded():
 
 @needs_crema_d
 def test_crema_d_emobox_split(crema):
-    df = quiet(labels.load_crema_d, CREMA_D, fold_scheme="emobox", seed=0)
-    assert set(df["fold"]) == {0, labels.TRAIN_ONLY_FOLD}
+    folds = labels.crema_d_emobox_split(crema["intended"], seed=0)
+    assert set(folds) == {0, labels.TRAIN_ONLY_FOLD}
     # floor(25 %) of each intended emotion is test, e.g. 1,271 ANG clips -> 317
-    for emotion, group in df.groupby("intended"):
-        assert (group["fold"] == 0).sum() == len(group) // 4, emotion
-    assert (df["intended"] == "anger").sum() == 1271 and ((df["intended"] == "anger") & (df["fold"] == 0)).sum() == 317
-    again = labels.crema_d_emobox_split(df["intended"], seed=0)
-    other = labels.crema_d_emobox_split(df["intended"], seed=1)
-    assert (again == df["fold"]).all() and not (other == df["fold"]).all()
-    train, test = labels.split(df, 0)
-    assert len(test) == (df["fold"] == 0).sum() and len(train) == len(df) - len(test)
+    for emotion, group in pd.Series(folds).groupby(crema["intended"].to_numpy()):
+        assert (group == 0).sum() == len(group) // 4, emotion
+    assert (crema["intended"] == "anger").sum() == 1271 and ((crema["intended"] == "anger") & (folds == 0)).sum() == 317
+    assert (labels.crema_d_emobox_split(crema["intended"], seed=0) == folds).all()
+    assert not (labels.crema_d_emobox_split(crema["intended"], seed=1) == folds).all()
+
+
+def test_crema_d_emobox_scheme_through_the_loader(tmp_path):
+    clips = [f"1001_{sentence}_NEU_XX" for sentence in ("IEO", "TIE", "IOM", "IWW")] + ["1002_DFA_ANG_XX"]
+    root = write_crema(tmp_path, [f'"{100001 + k}",0,0,0,1,10,0,"{c}",11,0.9,"N"\n' for k, c in enumerate(clips)],
+                       clips=clips)
+    df = quiet(labels.load_crema_d, root, fold_scheme="emobox", seed=0)
+    # four NEU clips: floor(0.25 * 4) = 1 test clip; one ANG clip: none
+    assert (df["fold"] == 0).sum() == 1 and df.loc[df["fold"] == 0, "intended"].tolist() == ["neutral"]
+    np.testing.assert_array_equal(df["fold"], labels.crema_d_emobox_split(df["intended"], seed=0))
+    assert "fold_scheme=emobox" in df.attrs["notes"][-1]
+    big = pd.Series(["anger"] * 8 + ["fear"] * 4)  # 8 -> 2 test, 4 -> 1 test
+    folds = labels.crema_d_emobox_split(big, seed=0)
+    assert (folds[:8] == 0).sum() == 2 and (folds[8:] == 0).sum() == 1
+    with_test = pd.DataFrame({"utt_id": [f"u{i}" for i in range(12)], "fold": folds})
+    train, test = labels.split(with_test, 0)
+    assert len(test) == 3 and len(train) == 9
     with pytest.raises(LabelError, match=r"fold=1: no test rows; the table's test folds are \[0\]"):
-        labels.split(df, 1)
+        labels.split(with_test, 1)
     with pytest.raises(ValueError, match="fold_scheme"):
-        labels.load_crema_d(CREMA_D, fold_scheme="random")
+        labels.load_crema_d(root, fold_scheme="random")
 
 
-@needs_crema_d
-def test_crema_d_require_audio_raises_without_audio():
+def test_crema_d_require_audio_raises_without_audio(tmp_path):
     with pytest.raises(LabelError, match=r"AudioWAV: missing \(require_audio=True\)"):
-        labels.load_crema_d(CREMA_D, require_audio=True)
+        labels.load_crema_d(write_crema(tmp_path), require_audio=True)
 
 
 @needs_crema_d
@@ -183,13 +203,15 @@ def test_crema_d_describe(crema):
     assert d["fallback"] == 0 and d["warnings"].empty
 
 
-@needs_crema_d
-def test_load_dataset_crema_d_through_params(crema):
-    from ambinb.config import resolve
+def test_load_dataset_crema_d_through_params(monkeypatch):
+    from ambinb.labels import dataset
 
-    cfg = resolve(dataset="crema_d", data_root=str(CREMA_D))
-    df = quiet(labels.load_dataset, cfg)
-    pd.testing.assert_frame_equal(df, crema)
+    calls = []
+    monkeypatch.setattr(dataset, "load_crema_d", lambda root, **kw: calls.append((root, kw)) or pd.DataFrame(
+        {"p_anger": [], "p_disgust": [], "p_fear": [], "p_happiness": [], "p_neutral": [], "p_sadness": []}))
+    labels.load_dataset(config.resolve(dataset="crema_d", data_root=str(CREMA_D), overrides={"fold_scheme": "emobox"}))
+    assert calls == [(CREMA_D.resolve(), {"strict": False, "require_audio": False, "fold_scheme": "emobox",
+                                           "seed": 0, "n_folds": 5})]
 
 
 # --- CREMA-D, bad input on a three-clip copy of the layout -------------------------------------------
@@ -203,12 +225,16 @@ GOOD_VOTES = [
 ]
 
 
+CLIPS = ["1001_IEO_NEU_XX", "1002_DFA_ANG_XX", "1002_TIE_SAD_LO"]
+
+
 def write_crema(root: Path, votes: list[str] | None = None, header: str = VOTES_HEADER,
-                audio: tuple[str, ...] | None = None) -> Path:
+                audio: tuple[str, ...] | None = None, clips: list[str] | None = None) -> Path:
+    """The CREMA-D layout with ``votes`` (lines of tabulatedVotes.csv) and ``clips`` (SentenceFilenames.csv)."""
     (root / "processedResults").mkdir(parents=True, exist_ok=True)
     (root / "processedResults" / "tabulatedVotes.csv").write_text(header + "".join(votes or GOOD_VOTES))
-    (root / "SentenceFilenames.csv").write_text(
-        '"Stimulus_Number","Filename"\n1,"1001_IEO_NEU_XX"\n2,"1002_DFA_ANG_XX"\n3,"1002_TIE_SAD_LO"\n')
+    (root / "SentenceFilenames.csv").write_text('"Stimulus_Number","Filename"\n' + "".join(
+        f'{k},"{name}"\n' for k, name in enumerate(clips or CLIPS, start=1)))
     (root / "VideoDemographics.csv").write_text(
         '"ActorID","Age","Sex","Race","Ethnicity"\n1001,51,"Male","Caucasian","Not Hispanic"\n'
         '1002,21,"Female","Caucasian","Not Hispanic"\n')
@@ -246,16 +272,24 @@ def test_crema_d_missing_table_names_the_file(tmp_path):
 CREMA_BAD = {
     # name: (replacement for GOOD_VOTES[1], problem kind, message fragment)
     "zero_votes": ('"100002",0,0,0,0,0,0,"1002_DFA_ANG_XX",0,0,""\n', "zero_votes", "1002_DFA_ANG_XX has no votes"),
-    "malformed": ('"100002",6,x,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "not non-negative"),
-    "negative": ('"100002",6,-2,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "not non-negative"),
+    "malformed": ('"100002",6,x,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row",
+                  "column 'D' holds 'x': vote counts must be non-negative integers"),
+    "negative": ('"100002",6,-2,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "column 'D' holds '-2'"),
+    # not counts: each names the row and the column (an inf vote was an OverflowError naming nothing)
+    "inf": ('"100002",6,inf,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "column 'D' holds 'inf'"),
+    "nan": ('"100002",6,2,0,NaN,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "column 'H' holds 'NaN'"),
+    "fraction": ('"100002",6,2,0,0,1.5,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "column 'N' holds '1.5'"),
+    "huge": ('"100002",1e30,2,0,0,1,-inf,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row",
+             "column 'A' holds '1e30', column 'S' holds '-inf'"),
     "renamed": (GOOD_VOTES[0].replace("100001", "100002"), "filename_mismatch", "SentenceFilenames.csv names"),
     "bad_id": ('"abc",6,2,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "first column 'abc'"),
+    "inf_id": ('"inf",6,2,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row", "first column 'inf'"),
+    "bad_modality": ('"900002",6,2,0,0,1,0,"1002_DFA_ANG_XX",9,0.67,"A"\n', "malformed_row",
+                     "first column '900002' is not 100000 * modality"),
 }
 
 
-@pytest.mark.parametrize("case", [  # an unreadable id also leaves clip 2 without a voice row: a second warning
-    pytest.param(c, marks=pytest.mark.filterwarnings("ignore:1 x missing_votes")) if c == "bad_id" else c
-    for c in sorted(CREMA_BAD)])
+@pytest.mark.parametrize("case", sorted(CREMA_BAD))
 def test_crema_d_bad_row_is_counted_or_raises(tmp_path, case):
     line, kind, fragment = CREMA_BAD[case]
     root = write_crema(tmp_path, [GOOD_VOTES[0], line, *GOOD_VOTES[2:]])
@@ -612,9 +646,9 @@ def test_describe_by_hand(release):
 
 def test_load_dataset_iemocap_relative_root(tmp_path, monkeypatch):
     write_iemocap(tmp_path)
-    monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))
-    cfg = {"dataset": "iemocap", "data_root": "IEMOCAP_full_release", "strict": False, "require_audio": False,
-           "classes": IEMOCAP_CLASSES}
+    cfg = config.resolve(dataset="iemocap", data_root="IEMOCAP_full_release")
+    assert cfg["classes"] == IEMOCAP_CLASSES
+    monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))  # relative data roots resolve against it
     df = quiet(labels.load_dataset, cfg)
     assert len(df) == 9 and df.attrs["source"] == str((tmp_path / "IEMOCAP_full_release").resolve())
     with pytest.raises(LabelError, match="params say classes"):
@@ -627,8 +661,8 @@ def test_load_dataset_toy_calls_ensure_toy(tmp_path, monkeypatch):
     fake.ensure_toy = lambda root, n, seed, sessions: calls.append(("ensure", root, n, seed, sessions)) or "table"
     fake.make_toy = lambda out_dir, n, seed, sessions: calls.append(("make", out_dir, n, seed, sessions)) or "made"
     monkeypatch.setitem(sys.modules, "ambinb.toy", fake)
+    cfg = {**config.defaults(), "dataset": "toy", "data_root": "", "toy_n": 12, "toy_seed": 3, "toy_sessions": 5}
     monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))
-    cfg = {"dataset": "toy", "data_root": "", "toy_n": 12, "toy_seed": 3, "toy_sessions": 5, "classes": []}
     assert labels.load_dataset(cfg) == "table"
     assert calls == [("ensure", tmp_path / "data" / "toy", 12, 3, 5)]
     assert labels.make_toy(tmp_path / "t", n=10, seed=1) == "made" and calls[-1] == ("make", tmp_path / "t", 10, 1, 5)
@@ -636,14 +670,15 @@ def test_load_dataset_toy_calls_ensure_toy(tmp_path, monkeypatch):
 
 def test_load_dataset_unknown_or_rootless():
     with pytest.raises(ValueError, match=r"dataset='msp': choose one of \['crema_d', 'iemocap', 'toy'\]"):
-        labels.load_dataset({"dataset": "msp"})
+        labels.load_dataset({**config.defaults(), "dataset": "msp"})
     with pytest.raises(ValueError, match="needs data_root"):
-        labels.load_dataset({"dataset": "iemocap", "data_root": ""})
+        labels.load_dataset({**config.defaults(), "dataset": "iemocap", "data_root": ""})
 
 
 def test_split_for_run_keeps_the_test_fold_out_of_validation_runs():
     df = pd.DataFrame({"utt_id": [f"u{i}" for i in range(10)], "fold": [0, 1, 2, 3, 4] * 2})
-    cfg = {"fold": 1, "n_folds": 5, "eval_split": "test", "validation_fold": -1}
+    cfg = {**config.defaults(), "dataset": "iemocap", "fold": 1, "n_folds": 5, "eval_split": "test",
+           "validation_fold": -1}
     train, test = labels.split_for_run(df, cfg)
     assert set(test["fold"]) == {1} and set(train["fold"]) == {0, 2, 3, 4}
     train, val = labels.split_for_run(df, {**cfg, "eval_split": "validation"})
