@@ -1,9 +1,11 @@
-"""One compact training loop for SFT, DPO and GRPO.
+"""One compact training loop for every strategy, and the protocol a strategy follows.
 
 Why not TRL's trainers: they run their log-prob passes without the audio features (GRPOTrainer
 drops them silently) and cannot read p_hat from the logits inside a reward. Here a *strategy*
-supplies ``loss(model, examples, step) -> (loss, stats)`` and, for on-policy methods, refreshes
-its own data; the loop does the rest:
+(:class:`Strategy`, implemented by :mod:`ambinb.strategies`) supplies
+``loss(model, indices, step, micro) -> (loss, stats)`` for the examples ``indices`` of micro-batch
+``micro`` of optimizer step ``step`` and, for on-policy methods, samples its own data there; the
+loop does the rest:
 
 * AdamW on the trainable parameters (LoRA adapters, or the language model for a full fine-tune),
   3 % linear warm-up then cosine decay, gradient accumulation and clipping.
@@ -19,14 +21,19 @@ its own data; the loop does the rest:
 * Deterministic: micro-batch ``g`` is a fixed slice of the per-epoch permutations drawn from the
   seed, and the checkpoint holds the optimizer, scheduler and RNG states, so a killed run resumed
   from its last checkpoint takes exactly the steps of an uninterrupted one.
+* Fail-fast: a loss or gradient norm that is not finite stops the run with
+  :class:`NonFiniteError`, naming the step and the batch's utterances, before the optimizer step,
+  so a NaN state is never applied nor checkpointed.
 * ``checkpoint.pt`` is written every ``checkpoint_every`` optimizer steps and at the end
-  (atomically); ``train_log.jsonl`` holds one line per optimizer step (loss, KL, learning rate,
-  the strategy's stats), rewritten from the checkpoint's history on resume so it never holds
-  steps that were lost.
+  (atomically: a write that fails, for instance for lack of space, removes its temporary file and
+  leaves the previous checkpoint as it was); ``train_log.jsonl`` holds one line per optimizer step
+  (loss, KL, learning rate, the strategy's stats), rewritten from the checkpoint's history on resume
+  so it never holds steps that were lost.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -39,18 +46,47 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ambinb import results
+from ambinb import config, results
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
 
 
 class Strategy(Protocol):
-    """What the engine needs from SFT, DPO or GRPO."""
+    """What the engine and :func:`ambinb.run.train_and_evaluate` need from a training strategy.
 
-    def num_examples(self) -> int: ...
+    :mod:`ambinb.run` maps each strategy name of ``params/strategies`` to a class following this
+    protocol (:class:`ambinb.strategies.sft.SFTStrategy`, ``DPOStrategy``, ``GRPOStrategy``).
+    """
 
-    def loss(self, model: Any, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    @classmethod
+    def build(cls, model: Any, processor: Any, examples: list[Any], classes: list[str],
+              cfg: dict[str, Any]) -> Strategy:
+        """The strategy of one run: its training examples (:class:`ambinb.run.Example`), the class
+        names of the read-out, and the resolved params."""
+        ...
+
+    def num_examples(self) -> int:
+        """How many training examples the engine draws micro-batches from."""
+        ...
+
+    def utt_ids(self, indices: list[int]) -> list[str]:
+        """The utterance ids of the examples ``indices`` (named when a step fails)."""
+        ...
+
+    def loss(self, model: Any, indices: list[int], step: int,
+             micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of micro-batch ``micro`` (0 .. grad_accum - 1) of optimizer step ``step``, on the
+        examples ``indices``, and the stats to log (floats, averaged over the step's micro-batches)."""
+        ...
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """The strategy's own entries of ``metrics.json``'s ``train`` summary, from the training log."""
+        ...
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient norm that is not finite: the step is not taken and nothing is checkpointed."""
 
 
 @dataclass
@@ -71,18 +107,26 @@ class TrainConfig:
 
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any]) -> TrainConfig:
-        trackers = [t.strip() for t in str(cfg.get("trackers", "")).split(",") if t.strip()]
-        return cls(lr=float(cfg["lr"]) * float(cfg.get("lr_scale", 1.0)), weight_decay=float(cfg["weight_decay"]),
+        return cls(lr=float(cfg["lr"]) * float(cfg["lr_scale"]), weight_decay=float(cfg["weight_decay"]),
                    warmup_ratio=float(cfg["warmup_ratio"]), epochs=float(cfg["epochs"]),
                    max_steps=int(cfg["max_steps"]), batch_size=int(cfg["batch_size"]),
                    grad_accum=int(cfg["grad_accum"]), max_grad_norm=float(cfg["max_grad_norm"]),
-                   checkpoint_every=int(cfg["checkpoint_every"]), seed=int(cfg["seed"]), trackers=trackers)
+                   checkpoint_every=int(cfg["checkpoint_every"]), seed=int(cfg["seed"]),
+                   trackers=tracker_names(cfg))
 
     def total_steps(self, n_examples: int) -> int:
         """Optimizer steps: ``max_steps`` if set, else enough for ``epochs`` passes over the data."""
         if self.max_steps > 0:
             return self.max_steps
         return max(1, math.ceil(self.epochs * n_examples / (self.batch_size * self.grad_accum)))
+
+
+def tracker_names(cfg: dict[str, Any]) -> list[str]:
+    """The experiment trackers of the params' ``trackers`` (comma-separated; "" = none).
+
+    Example: ``{"trackers": "tensorboard, wandb"}`` -> ``["tensorboard", "wandb"]``.
+    """
+    return [t.strip() for t in str(cfg["trackers"]).split(",") if t.strip()]
 
 
 def warmup_cosine(step: int, total: int, warmup_ratio: float) -> float:
@@ -129,8 +173,17 @@ def _save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, ste
         "history": history,
     }
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a file object: a failed write raises OSError with its errno
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"no space left on device while writing {path} (the temporary file is "
+                                     "removed, the previous checkpoint is intact): free some space and rerun "
+                                     "to resume") from err
+        raise
 
 
 def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, list[dict[str, Any]]]:
@@ -146,7 +199,7 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> 
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["step"]), list(state["history"])
 
@@ -184,7 +237,7 @@ def process_device(requested: str, num_processes: int, own: str) -> str:
 
 def place(cfg: dict[str, Any], accelerator: Any) -> dict[str, Any]:
     """``cfg`` with ``device`` set to this process's device (:func:`process_device`); load the model after this."""
-    device = process_device(str(cfg.get("device", "auto")), accelerator.num_processes, str(accelerator.device))
+    device = process_device(str(cfg["device"]), accelerator.num_processes, str(accelerator.device))
     return {**cfg, "device": device}
 
 
@@ -200,14 +253,14 @@ def _refuse_sharded(accelerator: Any) -> None:
 
 
 def make_accelerator(cfg: dict[str, Any], project_dir: Path) -> Any:
-    """An ``accelerate.Accelerator`` for the params: CPU or GPU, bf16 autocast where the dtype asks."""
+    """An ``accelerate.Accelerator`` for the params (``device``, ``dtype``, ``trackers``): CPU or GPU,
+    bf16 autocast where the dtype asks."""
     from accelerate import Accelerator
 
-    device = str(cfg.get("device", "auto"))
-    dtype = str(cfg.get("dtype", "auto"))
+    device, dtype = str(cfg["device"]), str(cfg["dtype"])
     cpu = device == "cpu" or not torch.cuda.is_available()
     bf16 = not cpu and dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
-    trackers = [t.strip() for t in str(cfg.get("trackers", "")).split(",") if t.strip()]
+    trackers = tracker_names(cfg)
     return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", log_with=trackers or None,
                        project_dir=str(project_dir))
 
@@ -228,40 +281,18 @@ def _mean_over_processes(sums: dict[str, float], accelerator: Any) -> dict[str, 
     return {k: float(v) for k, v in zip(keys, mean.tolist())}
 
 
-def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.PathLike, accelerator: Any = None,
-          resume: bool = True, progress: bool = True, stop_at: int | None = None,
-          on_step: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` with ``strategy`` for ``tc.total_steps`` optimizer steps; return the log.
-
-    Args:
-        out_dir: the run folder (``checkpoint.pt``, ``train_log.jsonl``).
-        resume: continue from ``checkpoint.pt`` when it exists.
-        stop_at: stop after this optimizer step as if killed (for tests; the checkpoint stays as it was).
-        on_step: called after each optimizer step with (step, log row).
-
-    Returns:
-        One dict per optimizer step: ``step``, ``lr``, ``loss`` and the strategy's stats (averaged
-        over the micro-batches of the step), ``seconds``.
-    """
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = accelerator or make_accelerator({}, out_dir)
-    _refuse_sharded(accelerator)
-    named = trainable_parameters(model)
-    if not named:
-        raise ValueError("the model has no trainable parameter: call ambinb.model.prepare_trainable first")
-    params = [p for _, p in named]
+def _optimizer(named: list[tuple[str, torch.nn.Parameter]], tc: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (biases and norms undecayed)."""
     decay = [p for n, p in named if p.ndim >= 2]
     no_decay = [p for n, p in named if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
-    n = strategy.num_examples()
-    if n == 0:
-        raise ValueError("no training examples")
-    total = tc.total_steps(n)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, tc.warmup_ratio))
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+
+
+def _start(model: Any, params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any, out_dir: Path,
+           accelerator: Any, resume: bool) -> tuple[int, list[dict[str, Any]]]:
+    """The first step and the history so far: process 0's parameters on every process, then the
+    checkpoint loaded (``resume``) or deleted (not ``resume``)."""
     ckpt = out_dir / CHECKPOINT
     start, history = 0, []
     world = accelerator.num_processes
@@ -275,32 +306,113 @@ def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.Pat
         ckpt.unlink(missing_ok=True)
     if world > 1:
         accelerator.wait_for_everyone()  # no process reads a checkpoint that process 0 is deleting
+    return start, history
+
+
+def _accumulate(model: Any, strategy: Strategy, tc: TrainConfig, step: int, n: int,
+                accelerator: Any) -> tuple[dict[str, float], list[int]]:
+    """Forward and backward of the ``grad_accum`` micro-batches of ``step`` on this process.
+
+    Returns:
+        The step's loss and stats, each averaged over its micro-batches, and the examples it used.
+    """
+    sums: dict[str, float] = {}
+    used: list[int] = []
+    world = accelerator.num_processes
+    for micro in range(tc.grad_accum):
+        g = (step * tc.grad_accum + micro) * world + accelerator.process_index
+        indices = micro_batch(g, n, tc.batch_size, tc.seed)
+        used.extend(indices)
+        with accelerator.autocast():
+            loss, stats = strategy.loss(model, indices, step, micro)
+        (loss / tc.grad_accum).backward()
+        for key, value in {"loss": float(loss.detach()), **stats}.items():
+            sums[key] = sums.get(key, 0.0) + float(value) / tc.grad_accum
+    return sums, used
+
+
+def _check_finite(step: int, loss: float, grad_norm: float, utt_ids: list[str], checkpoint: Path) -> None:
+    """Raise :class:`NonFiniteError` when the step's loss or gradient norm is NaN or infinite.
+
+    Args:
+        step: the optimizer step (1-based, as in the log).
+        utt_ids: the utterances of the step's batch on this process.
+        checkpoint: the run's checkpoint, which the failed step has not touched.
+    """
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    raise NonFiniteError(
+        f"step {step}: the loss is {loss} and the gradient norm {grad_norm} on the batch of utterances "
+        f"{sorted(set(utt_ids))}; the run stops before the optimizer step, so neither the weights nor "
+        f"{checkpoint} hold this state. Check those utterances' audio and labels (a NaN or infinite sample "
+        "in a wav, a label row that does not sum to 1), or lower lr")
+
+
+def _step(model: Any, strategy: Strategy, tc: TrainConfig, step: int, n: int, params: list[torch.nn.Parameter],
+          optimizer: Any, scheduler: Any, accelerator: Any, checkpoint: Path) -> dict[str, Any]:
+    """One optimizer step: micro-batches, the gradients averaged over the processes, the finite check,
+    clipping, AdamW and the scheduler. Returns the step's log row."""
+    t0 = time.perf_counter()
+    sums, used = _accumulate(model, strategy, tc, step, n, accelerator)
+    if accelerator.num_processes > 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+        sums = _mean_over_processes(sums, accelerator)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
+    _check_finite(step + 1, sums["loss"], grad_norm, strategy.utt_ids(used), checkpoint)
+    row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **sums, "grad_norm": grad_norm}
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.PathLike, accelerator: Any = None,
+          resume: bool = True, progress: bool = True, stop_at: int | None = None,
+          on_step: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` with ``strategy`` for ``tc.total_steps`` optimizer steps; return the log.
+
+    Args:
+        out_dir: the run folder (``checkpoint.pt``, ``train_log.jsonl``).
+        accelerator: from :func:`make_accelerator`; None = one process with the default params.
+        resume: continue from ``checkpoint.pt`` when it exists.
+        stop_at: stop after this optimizer step as if killed (for tests; the checkpoint stays as it was).
+        on_step: called after each optimizer step with (step, log row).
+
+    Returns:
+        One dict per optimizer step: ``step``, ``lr``, ``loss`` and the strategy's stats (averaged
+        over the micro-batches of the step), ``grad_norm``, ``seconds``.
+
+    Raises:
+        NonFiniteError: a step's loss or gradient norm is not finite (nothing of it is applied or saved).
+        OSError: the checkpoint cannot be written (``no space left on device while writing ...``).
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = accelerator or make_accelerator(config.defaults(), out_dir)
+    _refuse_sharded(accelerator)
+    named = trainable_parameters(model)
+    if not named:
+        raise ValueError("the model has no trainable parameter: call ambinb.model.prepare_trainable first")
+    params = [p for _, p in named]
+    optimizer = _optimizer(named, tc)
+    n = strategy.num_examples()
+    if n == 0:
+        raise ValueError("no training examples")
+    total = tc.total_steps(n)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, tc.warmup_ratio))
+    ckpt = out_dir / CHECKPOINT
+    start, history = _start(model, params, optimizer, scheduler, out_dir, accelerator, resume)
     if tc.trackers and accelerator.is_main_process:
         accelerator.init_trackers(out_dir.name, config={k: v for k, v in vars(tc).items() if k != "trackers"})
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress or start >= total)
     model.train()
     for step in range(start, total):
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        for micro in range(tc.grad_accum):
-            g = (step * tc.grad_accum + micro) * world + accelerator.process_index
-            indices = micro_batch(g, n, tc.batch_size, tc.seed)
-            with accelerator.autocast():
-                loss, stats = strategy.loss(model, indices, step)
-            (loss / tc.grad_accum).backward()
-            for key, value in {"loss": float(loss.detach()), **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / tc.grad_accum
-        if world > 1:
-            for p in params:
-                if p.grad is not None:
-                    p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
-            sums = _mean_over_processes(sums, accelerator)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **sums, "grad_norm": float(grad_norm)}
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        row["seconds"] = time.perf_counter() - t0
+        row = _step(model, strategy, tc, step, n, params, optimizer, scheduler, accelerator, ckpt)
         history.append(row)
         if tc.trackers:
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step + 1)

@@ -6,7 +6,7 @@ format failure), and writes ``predictions.jsonl`` and ``metrics.json`` through
 :func:`ambinb.results.write_evaluation`, with the training-prior predictor scored beside it.
 :func:`run_base` is the whole ``base`` strategy: load the data and the model, evaluate untouched.
 
-Extra entries in ``metrics.json``: ``format_rate`` (share passing PAPER.md's format check),
+Extra entries in ``metrics.json``: ``format_rate`` (share passing :func:`ambinb.cot.format_ok`),
 ``answer_tag_rate`` (share where the model wrote the answer tag itself), ``mean_completion_tokens``,
 ``seconds`` (generation, readout, total) and ``tower_calls`` (utterances the audio encoder saw).
 """
@@ -39,9 +39,9 @@ def p_of(df: pd.DataFrame) -> np.ndarray:
 
 def feature_cache(model: Any, processor: Any, cfg: dict[str, Any]) -> audio_mod.AudioFeatureCache:
     """The audio-feature cache the params ask for (``feature_cache_dir``; "" = memory only)."""
-    folder = cfg.get("feature_cache_dir") or ""
+    folder = str(cfg["feature_cache_dir"])
     return audio_mod.AudioFeatureCache(model, processor.feature_extractor, resolve_path(folder) if folder else None,
-                                       batch_size=int(cfg.get("eval_batch_size", 8)))
+                                       batch_size=int(cfg["eval_batch_size"]))
 
 
 def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str],
@@ -51,11 +51,11 @@ def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], cl
     from ambinb import cot, readout
 
     tok = processor.tokenizer
-    fmt = cot.get_format(cfg.get("prompt_preset", "ambinb"))
+    fmt = cot.get_format(cfg["prompt_preset"])
     slot = prompt.completion_ids(tok, "", classes[0], fmt)
     prefixes = [e.prompt_ids + slot.ids[: slot.slot] for e in encoded]
     p = readout.read_out(model, prefixes, [e.audio for e in encoded], prompt.class_ids(tok, classes),
-                         int(tok.pad_token_id), int(cfg.get("readout_batch_size", 0))).detach().cpu().numpy()
+                         int(tok.pad_token_id), int(cfg["readout_batch_size"])).detach().cpu().numpy()
     texts = [cot.render_output("", classes[int(i)], fmt) for i in p.argmax(axis=1)]
     return p.astype(np.float64), texts
 
@@ -72,9 +72,9 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
         "tokens": [...], "seconds": {...}}``.
     """
     classes = classes_of(df)
-    prompt_classes = list(cfg.get("eval_prompt_classes") or classes)
+    prompt_classes = list(cfg["eval_prompt_classes"] or classes)
     cache = cache or feature_cache(model, processor, cfg)
-    size = max(1, int(cfg.get("eval_batch_size", 8)))
+    size = max(1, int(cfg["eval_batch_size"]))
     p_hat, texts, ok, found, tokens = [], [], [], [], []
     seconds = {"generate": 0.0, "readout": 0.0, "encode": 0.0}
     bar = tqdm(total=len(df), desc="evaluate", unit="utt", disable=not progress)
@@ -83,7 +83,7 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
         t0 = time.perf_counter()
         encoded = prompt.encode_rows(batch, prompt_classes, processor, cache, cfg)
         seconds["encode"] += time.perf_counter() - t0
-        if not cfg.get("use_cot", True):
+        if not cfg["use_cot"]:
             t0 = time.perf_counter()
             p, text = direct_readout(model, processor, encoded, classes, cfg)
             seconds["readout"] += time.perf_counter() - t0
@@ -118,7 +118,7 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
     ``extra`` entries (e.g. the training summary) are added to ``metrics.json``.
     """
     start = time.perf_counter()
-    if int(cfg.get("eval_max_utterances", 0)) > 0:
+    if int(cfg["eval_max_utterances"]) > 0:
         test_df = test_df.iloc[: int(cfg["eval_max_utterances"])]
     cache = cache or feature_cache(model, processor, cfg)
     calls_before = cache.tower_calls
@@ -193,12 +193,13 @@ def run_cross_domain(cfg: dict[str, Any], progress: bool = True) -> dict[str, An
     from ambinb import labels
     from ambinb import model as model_mod
 
-    train, test, fold = cfg.get("train_dataset") or "", cfg.get("test_dataset") or "", int(cfg["fold"])
+    train, test, fold = str(cfg["train_dataset"]), str(cfg["test_dataset"]), int(cfg["fold"])
     if not train or not test:
         raise ValueError(f"dataset {cfg['dataset']!r}: a cross-domain run needs train_dataset and test_dataset "
                          f"(params/datasets/{cfg['dataset']}.yaml)")
-    if cfg.get("eval_split", "test") != "test":
-        raise ValueError(f"eval_split={cfg['eval_split']!r}: cross-domain runs evaluate the test corpus' test fold only")
+    if cfg["eval_split"] != "test":
+        raise ValueError(f"eval_split={cfg['eval_split']!r}: cross-domain runs evaluate the test corpus' "
+                         "test fold only")
     source = run_dir(train, cfg["strategy"], fold, cfg["run_root"])
     if not results.is_finished(source) or not (source / "adapter").exists():
         raise FileNotFoundError(f"{source}: no finished in-domain {cfg['strategy']} run with an adapter/; "

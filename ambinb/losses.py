@@ -1,9 +1,9 @@
-"""The training losses of SFT, DPO and GRPO as pure tensor functions (PAPER.md Eq. 2-7).
+"""The training losses of SFT, DPO and GRPO as pure tensor functions (Eq. 2-7 of the paper).
 
 Nothing here touches a model: the engine runs the forwards and hands these functions log-probs,
 logits and masks. Shapes: B sequences, T positions, V vocabulary, C classes. Everything that
 takes a log or an exponential works in float32 (float64 stays float64), whatever the model's
-dtype. The conventions are PAPER.md's: forward KL(p_gt || p_hat) with eps = 1e-10 smoothing,
+dtype. The conventions are the paper's: forward KL(p_gt || p_hat) with eps = 1e-10 smoothing,
 sigmoid DPO with beta = 0.1, GRPO with clip eps = 0.2, a k3 KL to the reference with coefficient
 0.04, advantages (r - mean) / (std + 1e-4) per group.
 
@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-10  # PAPER.md "smoothing", the same as ambinb.metrics.EPS
-ADV_EPS = 1e-4  # PAPER.md "GRPO": (r - mean) / (std + 1e-4)
+EPS = 1e-10  # the paper's smoothing of p_hat, the same as ambinb.metrics.EPS
+ADV_EPS = 1e-4  # GRPO advantages: (r - mean) / (std + 1e-4)
 IGNORE_INDEX = -100  # label value of positions without a target (Hugging Face's convention)
 
 
@@ -136,7 +136,7 @@ def sequence_logprob(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 def class_log_probs(class_seq_logprobs: torch.Tensor) -> torch.Tensor:
     """log p_hat: log-softmax over classes of each class name's whole-sequence log-likelihood.
 
-    PAPER.md "readout": p_hat = softmax_j(s_j), s_j = log p(name_j | prefix); this returns its log
+    The read-out: p_hat = softmax_j(s_j), s_j = log p(name_j | prefix); this returns its log
     (the form :func:`kl_dist_loss` wants), in float32.
 
     Args:
@@ -151,7 +151,7 @@ def class_log_probs(class_seq_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def kl_dist_loss(p_gt: torch.Tensor, log_p_hat: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Mean over the batch of KL(p_gt || p_hat), the distribution loss of Eq. 2 (forward KL, PAPER.md).
+    """Mean over the batch of KL(p_gt || p_hat), the distribution loss of Eq. 2 (forward KL).
 
     Both sides are smoothed exactly as ``ambinb.metrics.kl`` does (add ``eps``, renormalise), so
     the loss equals the evaluation metric on the same numbers. p_hat's smoothing is done in log
@@ -193,7 +193,7 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
         policy_chosen_logps, policy_rejected_logps: (B,) sequence log-probs under the policy
             (:func:`sequence_logprob`).
         ref_chosen_logps, ref_rejected_logps: (B,) the same under the reference (adapter disabled).
-        beta: the DPO temperature (PAPER.md: 0.1).
+        beta: the DPO temperature (the paper: 0.1).
 
     Returns:
         ``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))``; average ``losses`` for the loss.
@@ -221,7 +221,7 @@ def dpo_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) ->
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = ADV_EPS) -> torch.Tensor:
-    """GRPO advantages: (r - mean) / (std + eps) within each group of ``group_size`` (PAPER.md "GRPO").
+    """GRPO advantages: (r - mean) / (std + eps) within each group of ``group_size`` (Eq. 7).
 
     The std is the unbiased sample std (divisor K - 1), as TRL's GRPOTrainer (``nanstd`` in
     trl/trainer/utils.py, ``scale_rewards="group"``). Within a group the advantage is a strictly
@@ -232,7 +232,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = ADV_EP
     Args:
         rewards: (N * K,) with each group's K members adjacent, or (N, K).
         group_size: K, at least 2.
-        eps: added to the std (PAPER.md: 1e-4).
+        eps: added to the std (the paper: 1e-4).
 
     Returns:
         (N * K,) float32 (float64 for float64 input).
@@ -287,8 +287,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
         ref_logps: (B, T) the same under the reference (adapter disabled).
         advantages: (B,) one per sequence (:func:`group_advantages`).
         mask: (B, T) 1 on completion tokens. A sequence without any counted token contributes 0.
-        clip_eps: the clip range (PAPER.md: 0.2).
-        kl_coef: the KL coefficient (PAPER.md: 0.04).
+        clip_eps: the clip range (the paper: 0.2).
+        kl_coef: the KL coefficient (the paper: 0.04).
 
     Returns:
         ``(loss, stats)``: a scalar, and detached scalars over all counted tokens: ``clip_fraction``
@@ -325,7 +325,7 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
 
 
 def select_negative(js_values: Sequence[float] | torch.Tensor, tau: float = 0.1) -> int | None:
-    """The DPO negative among R rollouts (PAPER.md "DPO negatives").
+    """The DPO negative among R rollouts (Eq. 5's y_neg).
 
     The index of the rollout with the largest JS(p_hat, p_gt) when that JS exceeds ``tau``
     (strictly); otherwise, or with no rollouts, None (the utterance gives no pair this round).

@@ -1,4 +1,4 @@
-"""The predicted distribution p_hat, read out at the answer slot (PAPER.md, "readout").
+"""The predicted distribution p_hat, read out at the answer slot.
 
 For a prefix ``x`` = (prompt with audio, CoT, answer tag) and class names ``c_1..c_C`` (each
 tokenised on its own, :func:`ambinb.prompt.class_ids`)::

@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from ambinb import metrics
-from ambinb.paths import project_root
+from ambinb.paths import project_root, run_folder
 
 PACKAGES = ("ambinb", "torch", "transformers", "peft", "trl", "accelerate", "numpy", "pandas", "scipy",
             "opensmile", "papermill")
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+TABLE_METRICS = ("js", "bc", "r2", "brier", "kl", "entropy_corr", "collapse_rate")  # a held-out table's columns
 PARAMS_FILE = "params.json"
 
 
@@ -129,8 +130,8 @@ def write_evaluation(run_dir: str | os.PathLike, utt_ids: list[str], classes: li
     if len(utt_ids) != p_gt.shape[0] or len(classes) != p_gt.shape[1]:
         raise ValueError(f"{len(utt_ids)} utt_ids and {len(classes)} classes for arrays of shape {p_gt.shape}")
     prior = np.tile(np.asarray(p_prior, dtype=np.float64), (p_gt.shape[0], 1))
-    seed = int(cfg.get("seed", 0))
-    n_boot = int(cfg.get("bootstrap", 1000))
+    seed = int(cfg["seed"])
+    n_boot = int(cfg["bootstrap"])
     lines = []
     for i, utt in enumerate(utt_ids):
         row = {"utt_id": utt, "p_gt": p_gt[i].round(6).tolist(), "p_hat": p_hat[i].round(6).tolist()}
@@ -145,7 +146,7 @@ def write_evaluation(run_dir: str | os.PathLike, utt_ids: list[str], classes: li
         "prior": metrics.score(p_gt, prior),
         "prior_ci95": metrics.bootstrap_ci(p_gt, prior, n_boot=n_boot, seed=seed),
         "classes": list(classes),
-        "dataset": cfg.get("dataset"), "strategy": cfg.get("strategy"), "fold": cfg.get("fold"),
+        "dataset": cfg["dataset"], "strategy": cfg["strategy"], "fold": cfg["fold"],
         "params": cfg,
         "env": env_info(device),
         **(extra or {}),
@@ -171,6 +172,65 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
 def read_predictions(run_dir: str | os.PathLike) -> pd.DataFrame:
     """The ``predictions.jsonl`` of a run folder as a DataFrame (one row per utterance)."""
     return pd.read_json(Path(run_dir) / PREDICTIONS_FILE, lines=True)
+
+
+def held_out_table(cfg: dict[str, Any], metrics_: dict[str, Any]) -> pd.DataFrame:
+    """A run's held-out scores (:data:`TABLE_METRICS`) beside the training-prior predictor's and, when
+    the ``base`` run of the same fold and split has finished, the untrained model's.
+
+    Args:
+        cfg: the run's resolved params (for the ``base`` run folder).
+        metrics_: the run's ``metrics.json`` content.
+
+    Returns:
+        One row per predictor (the strategy, ``prior``, and ``base`` if finished), one column per metric.
+    """
+    rows = {str(metrics_["strategy"]): metrics_["metrics"], "prior": metrics_["prior"]}
+    base = run_folder(cfg, "base")
+    if is_finished(base):
+        rows["base"] = read_metrics(base)["metrics"]
+    return pd.DataFrame(rows).T[list(TABLE_METRICS)]
+
+
+def held_out_note(metrics_: dict[str, Any]) -> str:
+    """One line under a held-out table: the bootstrap 95 % CI of JS and the format pass rate.
+
+    Example: ``{"ci95": {"js": [0.1234, 0.2]}, "format_rate": 0.5}`` ->
+    ``"95% CI of JS: [0.123, 0.200], format pass rate: 0.50"``.
+    """
+    low, high = metrics_["ci95"]["js"]
+    return f"95% CI of JS: [{low:.3f}, {high:.3f}], format pass rate: {metrics_['format_rate']:.2f}"
+
+
+def clearest_and_most_ambiguous(preds: pd.DataFrame, n: int = 2) -> pd.DataFrame:
+    """The ``n`` predictions whose annotators agreed most (largest max p_gt) then the ``n`` whose
+    annotators agreed least (smallest max p_gt); ties keep the file's order.
+
+    Example: max p_gt of utterances a..e = (0.9, 0.4, 0.7, 0.3, 1.0) and n = 2 -> e, a, d, b.
+    """
+    agreement = preds["p_gt"].apply(max)
+    return pd.concat([preds.loc[agreement.nlargest(n).index], preds.loc[agreement.nsmallest(n).index]])
+
+
+def describe_examples(preds: pd.DataFrame) -> str:
+    """Each prediction's utterance id and the completion the model wrote, one block per utterance."""
+    return "\n".join(f"--- {row.utt_id}\n{getattr(row, 'completion', '')}\n" for row in preds.itertuples())
+
+
+def save_examples(run_dir: str | os.PathLike, n: int = 2) -> tuple[Any, str]:
+    """Draw the clearest and the most ambiguous held-out utterances of a finished run
+    (:func:`clearest_and_most_ambiguous`) into ``examples.png`` of its folder.
+
+    Returns:
+        The figure (annotators' against the model's distribution) and :func:`describe_examples` of them.
+    """
+    from ambinb import plots
+
+    pick = clearest_and_most_ambiguous(read_predictions(run_dir), n)
+    fig = plots.distributions(np.stack(pick.p_gt), np.stack(pick.p_hat), read_metrics(run_dir)["classes"],
+                              list(pick.utt_id))
+    plots.save(fig, Path(run_dir) / "examples.png")
+    return fig, describe_examples(pick)
 
 
 def bench_device(device: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""GRPO rewards as pure functions, chosen by name (PAPER.md Eq. 6 and "format reward", "GRPO_z").
+"""GRPO rewards as pure functions, chosen by name (Eq. 6, the format reward and GRPO_z's gold reward).
 
 Every reward has the open-r1 signature ``reward(completions: list[str], **kw) -> list[float]``,
 one value per completion, and ignores keyword arguments it does not use, so the engine can pass
@@ -7,7 +7,9 @@ one shared set (``classes``, ``p_gt``, ``p_hat``, ``fmt``, ...) to any of them. 
 distribution read out at its answer slot.
 
 Registry (:data:`REWARDS`): ``format``, ``distribution``, ``grpo`` (= distribution + 0.1 format,
-Eq. 6) and ``gold`` (the reward GRPO_z gives its injected gold CoT).
+Eq. 6) and ``gold`` (the reward GRPO_z gives its injected gold CoT). :func:`combined_reward` sums
+the rewards the params' ``rewards`` list names; :class:`ambinb.strategies.grpo.GRPOStrategy` scores
+its groups with it.
 
 Worked example (two classes, lambda3 = 0.1): p_gt = (0.5, 0.5), p_hat = (0.75, 0.25), a
 well-formed completion -> KL = 0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25) = 0.1438, reward
@@ -24,7 +26,7 @@ import numpy as np
 from ambinb import cot, metrics
 
 RewardFn = Callable[..., list[float]]
-FORMAT_WEIGHT = 0.1  # lambda3 (PAPER.md "optimiser")
+FORMAT_WEIGHT = 0.1  # lambda3 of Eq. 6
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -42,7 +44,7 @@ def _check_strings(completions: list[str]) -> None:
 
 def format_reward(completions: list[str], classes: list[str], fmt: str | cot.OutputFormat = "ambinb",
                   **kw: Any) -> list[float]:
-    """1.0 for each completion that passes ``ambinb.cot.format_ok`` (PAPER.md "format reward"), else 0.0.
+    """1.0 for each completion that passes ``ambinb.cot.format_ok`` (the format reward of Eq. 6), else 0.0.
 
     Args:
         completions: the generated texts (think block and answer, no prompt).
@@ -82,7 +84,7 @@ def grpo_reward(completions: list[str], p_gt: Any, p_hat: Any, classes: list[str
 
 
 def gold_reward(completions: list[str], format_weight: float = FORMAT_WEIGHT, **kw: Any) -> list[float]:
-    """The reward of GRPO_z's injected gold CoT: the highest Eq. 6 can give, ``lambda3`` (PAPER.md "GRPO_z").
+    """The reward of GRPO_z's injected gold CoT: the highest Eq. 6 can give, ``lambda3``.
 
     Eq. 6 is at most 0 + lambda3 * 1 (KL >= 0, format <= 1), and the gold gets exactly that
     without a read-out: its KL term is defined as 0 and its format as 1. In its group it therefore
@@ -118,20 +120,31 @@ def get_reward(name: str) -> RewardFn:
     return REWARDS[name]
 
 
-def combined_reward(names_weights: Mapping[str, float] | Iterable[tuple[str, float]], completions: list[str],
+def combined_reward(rewards: Mapping[str, float] | Iterable[str | tuple[str, float]], completions: list[str],
                     **kw: Any) -> list[float]:
-    """Weighted sum of registered rewards, ``sum_j w_j * reward_j(completions, **kw)``.
+    """Weighted sum of registered rewards, ``sum_j w_j * reward_j(completions, **kw)``: GRPO's reward.
 
-    Example: ``combined_reward({"distribution": 1.0, "format": 0.1}, completions, p_gt=..., p_hat=...,
-    classes=...)`` equals :func:`grpo_reward` with its default lambda3.
+    Args:
+        rewards: reward names (weight 1 each, as the params' ``rewards`` list gives them), a mapping
+            name -> weight, or (name, weight) pairs.
+        completions: the texts to score; ``kw`` goes to every reward.
+
+    Example: ``combined_reward(["grpo"], texts, p_gt=..., p_hat=..., classes=..., format_weight=0.1)`` is
+    Eq. 6, and so is ``combined_reward({"distribution": 1.0, "format": 0.1}, texts, ...)``.
+
+    Raises:
+        ValueError: no reward named, an unknown name, or a reward that returns the wrong number of values.
     """
-    pairs = list(names_weights.items()) if isinstance(names_weights, Mapping) else list(names_weights)
+    if isinstance(rewards, Mapping):
+        pairs = [(str(n), float(w)) for n, w in rewards.items()]
+    else:
+        pairs = [(r, 1.0) if isinstance(r, str) else (str(r[0]), float(r[1])) for r in rewards]
     if not pairs:
-        raise ValueError("combined_reward: no reward named")
+        raise ValueError("rewards: name at least one reward of the registry")
     total = [0.0] * len(completions)
     for name, weight in pairs:
         values = get_reward(name)(completions, **kw)
         if len(values) != len(completions):
             raise ValueError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
-        total = [t + float(weight) * v for t, v in zip(total, values)]
+        total = [t + weight * float(v) for t, v in zip(total, values)]
     return total

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ambinb import engine
+from ambinb import config, engine
 from ambinb.paths import params_dir
 
 N, B, STEPS = 24, 3, 4
@@ -36,7 +36,10 @@ class MeanSquares:
     def num_examples(self):
         return N
 
-    def loss(self, model, indices, step):
+    def utt_ids(self, indices):
+        return [f"u{i}" for i in indices]
+
+    def loss(self, model, indices, step, micro):
         err = model(self.x[indices]).squeeze(-1) - self.y[indices]
         loss = (err ** 2).mean()
         return loss, {"abs_err": float(err.abs().mean().detach())}
@@ -58,7 +61,7 @@ def _worker(rank, world, port, out_dir, result_dir):
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
                        "OMP_NUM_THREADS": "1"})
     torch.set_num_threads(1)
-    accelerator = engine.make_accelerator({"device": "cpu"}, out_dir)
+    accelerator = engine.make_accelerator({**config.defaults(), "device": "cpu"}, out_dir)
     assert accelerator.num_processes == world and accelerator.process_index == rank
     # rank 1 starts from other weights: the engine must broadcast process 0's before the first step
     model = _model(0 if rank == 0 else 123)
@@ -132,19 +135,17 @@ def test_sharded_launch_is_refused(tmp_path):
 
 
 def _sft_worker(rank, world, port, root, result_dir):
-    from ambinb import sft
+    from ambinb import run
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
                        "OMP_NUM_THREADS": "1"})
     torch.set_num_threads(1)
-    out = sft.run(_sft_cfg(root, "ddp", grad_accum=1), progress=False)
+    out = run.run(_sft_cfg(root, "ddp", grad_accum=1), progress=False)
     torch.save({"history": out["history"], "metrics": out["metrics"]}, os.path.join(result_dir, f"sft{rank}.pt"))
 
 
 def _sft_cfg(root, name, grad_accum):
-    from ambinb import config
-
     return config.resolve(dataset="toy", strategy="sft_nocot", fold=1, data_root=str(root / "toy"),
                           run_root=str(root / name), overrides={
                               "toy_n": 100, "toy_seed": 1, "max_steps": 3, "batch_size": 2, "grad_accum": grad_accum,
@@ -153,9 +154,9 @@ def _sft_cfg(root, name, grad_accum):
 
 @pytest.mark.slow
 def test_two_processes_run_sft_once_and_evaluate_on_process_0(tmp_path):
-    """The real run (sft.train_and_evaluate on the tiny model): two gloo processes log the losses of one
+    """The real run (run.train_and_evaluate on the tiny model): two gloo processes log the losses of one
     process with grad_accum 2, and only process 0 saves the adapter and writes metrics.json."""
-    from ambinb import results, sft
+    from ambinb import results, run
 
     res = tmp_path / "res"
     res.mkdir()
@@ -164,7 +165,7 @@ def test_two_processes_run_sft_once_and_evaluate_on_process_0(tmp_path):
     assert ranks[0]["metrics"] is not None and ranks[1]["metrics"] is None
     assert results.is_finished(tmp_path / "ddp" / "toy" / "sft_nocot" / "fold1")
     torch.set_num_threads(1)
-    single = sft.run(_sft_cfg(tmp_path, "one", grad_accum=2), progress=False)
+    single = run.run(_sft_cfg(tmp_path, "one", grad_accum=2), progress=False)
     for r in ranks:
         assert [row["loss"] for row in r["history"]] == pytest.approx([row["loss"] for row in single["history"]],
                                                                       rel=1e-4)

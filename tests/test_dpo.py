@@ -10,8 +10,11 @@ import torch
 from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
 
 from ambinb import audio as A
-from ambinb import config, cot, dpo, engine, metrics, prompt, rollout, sft
+from ambinb import config, cot, engine, metrics, prompt, rollout
 from ambinb import model as model_mod
+from ambinb import policy as policy_mod
+from ambinb.run import Example
+from ambinb.strategies import dpo
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
 
@@ -28,9 +31,9 @@ def make_cfg(**over) -> dict:
         "max_new_tokens": 48, "readout_batch_size": 0, "seed": 0, **over})
 
 
-def make_examples(model, processor, n: int = 3) -> list[sft.Example]:
+def make_examples(model, processor, n: int = 3) -> list[Example]:
     enc = encode_waves(model, processor, [tone(1.0, 180), tone(2.0, 320), tone(1.5, 500)][:n], TRANSCRIPTS[:n])
-    return [sft.Example(e.utt_id, e, prompt.completion_ids(processor.tokenizer, THINK, a), p)
+    return [Example(e.utt_id, e, prompt.completion_ids(processor.tokenizer, THINK, a), p)
             for e, a, p in zip(enc, ANSWERS, P_GT)]
 
 
@@ -64,7 +67,7 @@ def test_form_pairs_by_hand():
 def test_rollout_js_is_metrics_js_per_rollout():
     p_gt = np.array([[0.5, 0.5], [1.0, 0.0]])
     p_hat = torch.tensor([[[0.5, 0.5], [0.9, 0.1]], [[0.2, 0.8], [1.0, 0.0]]])
-    js = dpo.rollout_js(p_gt, p_hat)
+    js = policy_mod.rollout_js(p_gt, p_hat)
     assert js.shape == (2, 2)
     assert js[0, 0] == pytest.approx(0.0, abs=1e-9) and js[1, 1] == pytest.approx(0.0, abs=1e-9)
     assert js[0, 1] == pytest.approx(float(metrics.js(p_gt[:1], np.array([[0.9, 0.1]]))[0]))
@@ -82,8 +85,8 @@ def test_pairs_follow_the_rollouts_js(tiny, monkeypatch):
     p_hat[2] = [[0.3, 0.25, 0.2, 0.25]] * 3
     monkeypatch.setattr(dpo.rollout, "rollout", fake_rollout(p_hat))
     seen = []
-    plain = dpo.completion_logprobs
-    monkeypatch.setattr(dpo, "completion_logprobs",
+    plain = policy_mod.completion_logprobs
+    monkeypatch.setattr(policy_mod, "completion_logprobs",
                         lambda m, p, c, a, pad: seen.append([list(x) for x in c]) or plain(m, p, c, a, pad))
     strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, make_cfg(dpo_rollouts=3))
     loss, stats = strategy.loss(model, [0, 1, 2], 0)
@@ -206,13 +209,13 @@ def test_reference_is_the_model_without_its_adapter(tiny, tiny_dir):
     completions = [ex.completion.ids for ex in examples]
     audio = [ex.encoded.audio for ex in examples]
     pad = processor.tokenizer.pad_token_id
-    reference = dpo.Reference(model)
+    reference = policy_mod.Reference(model)
     assert reference.uses_adapter and reference.copy is None  # no second copy of the weights
     with torch.no_grad():
         with reference(model) as ref_model:
-            ref, mask, _ = dpo.completion_logprobs(ref_model, prompts, completions, audio, pad)
-        policy, _, _ = dpo.completion_logprobs(model, prompts, completions, audio, pad)
-        expected, _, _ = dpo.completion_logprobs(base, prompts, completions, audio, pad)
+            ref, mask, _ = policy_mod.completion_logprobs(ref_model, prompts, completions, audio, pad)
+        policy, _, _ = policy_mod.completion_logprobs(model, prompts, completions, audio, pad)
+        expected, _, _ = policy_mod.completion_logprobs(base, prompts, completions, audio, pad)
     torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
     assert (policy - expected).abs().max() > 1e-2, "the perturbed adapter must change the policy"
     assert mask.sum(1).tolist() == [len(c) for c in completions]
@@ -222,7 +225,7 @@ def test_full_fine_tune_reference_is_one_frozen_copy_of_the_start(tiny, tiny_dir
     model, processor = tiny
     base, _ = model_mod.load_checkpoint(tiny_dir, dtype="float32", device="cpu")
     model = model_mod.prepare_trainable(model, make_cfg(lora=False))
-    reference = dpo.Reference(model)
+    reference = policy_mod.Reference(model)
     assert not reference.uses_adapter and reference.copy is not model
     assert not any(p.requires_grad for p in reference.copy.parameters())
     with torch.no_grad():
@@ -232,9 +235,9 @@ def test_full_fine_tune_reference_is_one_frozen_copy_of_the_start(tiny, tiny_dir
     args = ([ex.encoded.prompt_ids for ex in examples], [ex.completion.ids for ex in examples],
             [ex.encoded.audio for ex in examples], processor.tokenizer.pad_token_id)
     with torch.no_grad(), reference(model) as ref_model:
-        ref, _, _ = dpo.completion_logprobs(ref_model, *args)
-        policy, _, _ = dpo.completion_logprobs(model, *args)
-        expected, _, _ = dpo.completion_logprobs(base, *args)
+        ref, _, _ = policy_mod.completion_logprobs(ref_model, *args)
+        policy, _, _ = policy_mod.completion_logprobs(model, *args)
+        expected, _, _ = policy_mod.completion_logprobs(base, *args)
     torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
     assert (policy - expected).abs().max() > 1e-2
 
@@ -247,7 +250,8 @@ def test_completion_logprobs_equal_a_full_forward(tiny):
     completions = [examples[0].completion.ids, examples[1].completion.ids[:7]]  # unequal lengths: padding
     audio = [ex.encoded.audio for ex in examples]
     with torch.no_grad():
-        logps, mask, _ = dpo.completion_logprobs(model, prompts, completions, audio, processor.tokenizer.pad_token_id)
+        logps, mask, _ = policy_mod.completion_logprobs(model, prompts, completions, audio,
+                                                        processor.tokenizer.pad_token_id)
         for i, (p, c) in enumerate(zip(prompts, completions)):
             ids = torch.tensor([p + c])
             logits = A.lm_forward(model, ids, torch.ones_like(ids), [audio[i]]).logits[0].double()
@@ -275,3 +279,15 @@ def test_a_tiny_dpo_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_
     for n, p in A.core(model).audio_tower.named_parameters():
         assert torch.equal(p.detach(), tower[n]) and not p.requires_grad
     assert history[1]["margin"] != 0.0  # after one step the policy differs from the reference
+
+
+def test_summary_counts_pairs_and_averages_the_last_fifth_by_hand():
+    nan = float("nan")
+    history = [{"pairs": p, "neg_js": j, "accuracy": a, "margin": m} for p, j, a, m in
+               [(0, nan, nan, nan), (2, 0.4, 0.5, 0.1), (1, 0.3, 1.0, 0.2), (0, nan, nan, nan), (3, 0.2, 1.0, 0.4),
+                (2, 0.1, 0.5, 0.6)]]  # 6 steps: the last fifth is the last step
+    out = object.__new__(dpo.DPOStrategy).summary(history)
+    assert out["pairs_total"] == 8 and out["steps_without_pair"] == 2
+    assert out["neg_js_first"] == 0.4  # the first step that had a pair
+    assert out["neg_js_last_fifth"] == 0.1 and out["accuracy_last_fifth"] == 0.5 and out["margin_last_fifth"] == 0.6
+    assert np.isnan(object.__new__(dpo.DPOStrategy).summary(history[:1])["neg_js_last_fifth"])

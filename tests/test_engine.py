@@ -1,11 +1,13 @@
-"""The training loop: schedule, deterministic batches, and resume that matches a straight run."""
+"""The training loop: schedule, deterministic batches, resume that matches a straight run, the micro-batch
+index it passes, and the faults it stops on (a non-finite step, a full disk while checkpointing)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from ambinb import engine
+from ambinb import config, engine
 
 
 def test_warmup_cosine_by_hand():
@@ -37,7 +39,10 @@ class Regression:
     def num_examples(self):
         return len(self.y)
 
-    def loss(self, model, indices, step):
+    def utt_ids(self, indices):
+        return [f"u{i}" for i in indices]
+
+    def loss(self, model, indices, step, micro):
         pred = model(torch.nn.functional.dropout(self.x[indices], 0.1, training=True)).squeeze(-1)
         loss = ((pred - self.y[indices]) ** 2).mean()
         return loss, {"mse": float(loss.detach())}
@@ -90,7 +95,76 @@ def test_a_checkpoint_from_another_model_is_refused(tmp_path):
 
 
 def test_trackers_write_through_accelerate(tmp_path):
-    acc = engine.make_accelerator({"device": "cpu", "trackers": "tensorboard"}, tmp_path)
+    acc = engine.make_accelerator({**config.defaults(), "device": "cpu", "trackers": "tensorboard"}, tmp_path)
     engine.train(_model(), Regression(), _tc(max_steps=3, trackers=["tensorboard"]), tmp_path, accelerator=acc,
                  progress=False)
     assert list(tmp_path.rglob("events.out.tfevents.*")), "no TensorBoard event file written"
+
+
+class Recording(Regression):
+    """Records the (step, micro) of every call; ``poison`` makes the loss or only the gradient NaN at a step."""
+
+    def __init__(self, poison_step=None, where="loss"):
+        super().__init__()
+        self.calls, self.poison_step, self.where = [], poison_step, where
+
+    def loss(self, model, indices, step, micro):
+        self.calls.append((step, micro))
+        loss, stats = super().loss(model, indices, step, micro)
+        if step == self.poison_step:
+            if self.where == "loss":
+                loss = loss * float("nan")
+            else:  # finite value, NaN gradient: d sqrt(x)/dx at 0 is inf, times 0 is NaN
+                w = next(model.parameters())
+                loss = loss + 0.0 * torch.sqrt((w - w.detach()).sum())
+        return loss, stats
+
+
+def test_the_engine_passes_each_micro_batch_its_index(tmp_path):
+    model, strategy = _model(), Recording()
+    engine.train(model, strategy, engine.TrainConfig(lr=0.1, max_steps=3, batch_size=4, grad_accum=3), tmp_path,
+                 progress=False)
+    assert strategy.calls == [(s, m) for s in range(3) for m in range(3)]
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_non_finite_step_stops_before_the_optimizer_and_the_checkpoint(tmp_path, where):
+    """Step 5 (0-based 4) goes NaN; checkpoints every 3 steps. The error names the step and the batch's
+    utterances, the weights stay finite (no optimizer step on NaN gradients), and the checkpoint and
+    the log still hold step 3; a resume after fixing the data carries on from there."""
+    model = _model()
+    message = r"step 5: the loss is (nan|[\d.e+-]+) and the gradient norm nan"
+    with pytest.raises(engine.NonFiniteError, match=message) as err:
+        engine.train(model, Recording(poison_step=4, where=where), _tc(), tmp_path, progress=False)
+    batch = [f"u{i}" for m in range(2) for i in engine.micro_batch(4 * 2 + m, 32, 8, seed=1)]
+    assert str(sorted(set(batch))) in str(err.value)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    state = torch.load(tmp_path / engine.CHECKPOINT, weights_only=False)
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["params"].values())
+    assert [r["step"] for r in engine.read_log(tmp_path)] == [1, 2, 3]
+    resumed = engine.train(_model(), Recording(), _tc(), tmp_path, progress=False)
+    assert [r["step"] for r in resumed] == list(range(1, 21))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_while_checkpointing_says_so_and_leaves_the_last_checkpoint(tmp_path):
+    """The temporary checkpoint file is made a link to /dev/full (every write: ENOSPC) after step 5, so the
+    write at step 6 fails for lack of space: the error says so with the path, the temporary file is gone,
+    and checkpoint.pt still holds step 3."""
+    tmp = tmp_path / f".{engine.CHECKPOINT}.tmp"
+
+    def fill_disk(step, row):
+        if step == 5:
+            tmp.symlink_to("/dev/full")
+
+    with pytest.raises(OSError, match=f"no space left on device while writing {tmp_path / engine.CHECKPOINT}"):
+        engine.train(_model(), Regression(), _tc(), tmp_path, progress=False, on_step=fill_disk)
+    assert not tmp.exists() and not tmp.is_symlink()
+    assert torch.load(tmp_path / engine.CHECKPOINT, weights_only=False)["step"] == 3
+
+
+def test_train_config_reads_every_key_from_the_params():
+    cfg = config.resolve(overrides={"lr": 1e-3, "lr_scale": 2.0, "trackers": "tensorboard, wandb", "grad_accum": 3})
+    tc = engine.TrainConfig.from_cfg(cfg)
+    assert tc.lr == pytest.approx(2e-3) and tc.grad_accum == 3 and tc.trackers == ["tensorboard", "wandb"]
+    assert engine.tracker_names({"trackers": ""}) == []

@@ -14,14 +14,13 @@ import shutil
 import pytest
 import torch
 
-from ambinb import config, dpo, grpo, results, sft
+from ambinb import config, results, run
 from ambinb.paths import project_root
 
 DEVICE = os.environ.get("AMBINB_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
                                  reason="needs a CUDA device")]
-RUNNERS = {"03_sft": sft, "04_dpo": dpo, "05_grpo": grpo}
 
 
 @pytest.mark.parametrize("strategy", ["sft", "dpo", "grpo_z"])
@@ -34,7 +33,7 @@ def test_a_training_run_on_the_device(strategy, tmp_path):
     on_gpu = DEVICE.startswith("cuda")
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    out = RUNNERS[cfg["runner"]].run(cfg, progress=False)
+    out = run.run(cfg, progress=False)
     assert len(out["history"]) == 2 and all(math.isfinite(h["loss"]) for h in out["history"])
     folder = tmp_path / "toy" / strategy / "fold0"
     assert results.is_finished(folder) and (folder / "adapter").is_dir()

@@ -11,8 +11,9 @@ from conftest_model import CLASSES, tiny, tiny_dir
 from test_dpo import P_GT, audio_owner, check_audio_in, fake_rollout, make_examples, perturb_lora, record_forwards
 
 from ambinb import audio as A
-from ambinb import config, engine, grpo, losses, metrics, rewards
+from ambinb import config, engine, losses, metrics, rewards
 from ambinb import model as model_mod
+from ambinb.strategies import grpo
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
 
@@ -22,20 +23,20 @@ def make_cfg(strategy: str = "grpo_z", **over) -> dict:
         "max_new_tokens": 48, "readout_batch_size": 0, "seed": 0, **over})
 
 
-def test_total_reward_is_eq6_by_hand():
+def test_the_reward_names_sum_to_eq6_by_hand():
     good = "<think>\nKeywords: loud\nStep 1 (text): a.\nStep 2 (audio): b.\nStep 3 (synthesis): c.\n</think>\n" \
            "<answer>anger</answer>"
     kw = {"p_gt": [[0.5, 0.5], [0.5, 0.5]], "p_hat": [[0.75, 0.25], [0.75, 0.25]], "classes": ["anger", "sadness"],
           "format_weight": 0.1}
     kl = 0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25)  # 0.1438
-    r = grpo.total_reward(["grpo"], [good, "<answer>anger"], **kw)
+    r = rewards.combined_reward(["grpo"], [good, "<answer>anger"], **kw)
     assert r == pytest.approx([-kl + 0.1, -kl], abs=1e-6)
-    assert grpo.total_reward(["distribution"], [good, good], **kw) == pytest.approx([-kl, -kl], abs=1e-6)
-    assert grpo.total_reward(["distribution", "format"], [good], **{**kw, "p_gt": kw["p_gt"][:1],
+    assert rewards.combined_reward(["distribution"], [good, good], **kw) == pytest.approx([-kl, -kl], abs=1e-6)
+    assert rewards.combined_reward(["distribution", "format"], [good], **{**kw, "p_gt": kw["p_gt"][:1],
                                                                      "p_hat": kw["p_hat"][:1]}) == \
         pytest.approx([-kl + 1.0], abs=1e-6)
     with pytest.raises(ValueError, match="unknown reward"):
-        grpo.total_reward(["nope"], [good], **kw)
+        rewards.combined_reward(["nope"], [good], **kw)
 
 
 def test_with_gold_by_hand():
@@ -56,7 +57,7 @@ def test_the_injected_gold_always_has_the_top_advantage():
         if trial % 4 == 0:
             p_hat[0] = p_gt[0]  # a perfect sampled member ties with the gold
         texts = [good if rng.random() < 0.7 or (trial % 4 == 0 and j == 0) else "broken" for j in range(k)]
-        sampled = grpo.total_reward(["grpo"], texts, p_gt=p_gt, p_hat=p_hat, classes=CLASSES, format_weight=0.1)
+        sampled = rewards.combined_reward(["grpo"], texts, p_gt=p_gt, p_hat=p_hat, classes=CLASSES, format_weight=0.1)
         table = grpo.with_gold(np.array([sampled]), rewards.gold_reward(["gold"], format_weight=0.1))
         adv = losses.group_advantages(torch.tensor(table, dtype=torch.float64), k + 1)
         assert float(adv[-1]) >= float(adv[:-1].max()) - 1e-9
@@ -136,6 +137,34 @@ def test_num_iterations_reuses_the_rollouts_with_the_old_policy_logprobs(tiny, m
     assert abs(st1["ratio"] - 1.0) > 1e-3 and st1["kl"] > 0 and st1["clip_fraction"] > 0
     _, st2 = strategy.loss(model, [1, 2], 2)  # a new block samples afresh
     assert st2["resampled"] == 1 and calls == [2, 2]
+
+
+def test_the_buffer_follows_the_micro_batch_index_the_engine_passes(tiny, monkeypatch):
+    """grad_accum 2, num_iterations 2: the reuse step of micro-batch 1 takes micro-batch 1's rollouts, even
+    when it is the first call of its step (the index is passed, not inferred from the call order)."""
+    model, processor = tiny
+    model = model_mod.apply_lora(model, make_cfg())
+    examples = make_examples(model, processor)
+    calls: list[int] = []
+    rng = np.random.default_rng(4)
+    monkeypatch.setattr(grpo.rollout, "rollout", fake_rollout(rng.dirichlet(np.ones(4), size=(1, 2)), calls))
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES,
+                                 make_cfg(grpo_k=2, num_iterations=2, grpo_kl_coef=0.0))
+    strategy.loss(model, [0], 0, micro=0)
+    strategy.loss(model, [1], 0, micro=1)
+    assert [strategy._buffer[m].prompts[0] for m in (0, 1)] == [examples[0].encoded.prompt_ids,
+                                                               examples[1].encoded.prompt_ids]
+    _, st = strategy.loss(model, [2], 1, micro=1)  # the reuse step, micro-batch 1 first
+    assert st["resampled"] == 0 and calls == [1, 1]
+    assert strategy._buffer[1].prompts[0] == examples[1].encoded.prompt_ids
+
+
+def test_summary_compares_the_first_and_last_fifth_by_hand():
+    history = [{"reward_mean": float(i), "js": 0.5 - 0.01 * i} for i in range(10)]  # fifth = 2 steps
+    out = object.__new__(grpo.GRPOStrategy).summary(history)
+    assert out["reward_mean_first_fifth"] == pytest.approx(0.5) and out["reward_mean_last_fifth"] == pytest.approx(8.5)
+    assert out["js_first_fifth"] == pytest.approx(0.495) and out["js_last_fifth"] == pytest.approx(0.415)
+    assert "kl_first_fifth" not in out  # keys the log lacks are left out
 
 
 def test_one_iteration_has_no_old_policy_forward(tiny, monkeypatch):

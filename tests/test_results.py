@@ -58,3 +58,48 @@ def test_git_commit_reads_the_checkout_or_the_environment(monkeypatch):
     assert results.git_commit().split("+")[0] == head
     monkeypatch.setenv("AMBINB_GIT_COMMIT", "abc123")  # a copy of the tree on another machine
     assert results.git_commit() == "abc123"
+
+
+def _finished_run(cfg, strategy, p_hat, completions=None):
+    from ambinb.paths import run_folder
+
+    p_gt = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.5, 0.5], [1.0, 0.0]])
+    return results.write_evaluation(run_folder(cfg, strategy), list("abcde"), ["anger", "sadness"], p_gt, p_hat,
+                                    np.array([0.5, 0.5]), {**cfg, "strategy": strategy}, completions=completions)
+
+
+def test_held_out_table_has_the_run_the_prior_and_a_finished_base(tmp_path):
+    from ambinb import config
+
+    cfg = config.resolve(strategy="sft", fold=0, run_root=str(tmp_path), overrides={"bootstrap": 20})
+    m = _finished_run(cfg, "sft", np.full((5, 2), 0.5))
+    table = results.held_out_table(cfg, m)
+    assert list(table.index) == ["sft", "prior"] and list(table.columns) == list(results.TABLE_METRICS)
+    assert table.loc["sft", "js"] == table.loc["prior", "js"]  # the model answered the prior itself
+    _finished_run(cfg, "base", np.tile([0.9, 0.1], (5, 1)))
+    table = results.held_out_table(cfg, m)
+    assert list(table.index) == ["sft", "prior", "base"] and table.loc["base", "js"] != table.loc["sft", "js"]
+    assert results.held_out_note({"ci95": {"js": [0.1234, 0.2]}, "format_rate": 0.5}) == \
+        "95% CI of JS: [0.123, 0.200], format pass rate: 0.50"
+
+
+def test_clearest_and_most_ambiguous_by_hand():
+    import pandas as pd
+
+    preds = pd.DataFrame({"utt_id": list("abcde"), "p_gt": [[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.3, 0.3, 0.4],
+                                                              [1.0, 0.0]]})
+    assert list(results.clearest_and_most_ambiguous(preds, 2).utt_id) == ["e", "a", "d", "b"]
+    assert list(results.clearest_and_most_ambiguous(preds, 1).utt_id) == ["e", "d"]
+    assert results.describe_examples(preds.assign(completion=list("vwxyz")).iloc[:2]) == "--- a\nv\n\n--- b\nw\n"
+
+
+def test_save_examples_draws_four_utterances_into_the_run_folder(tmp_path):
+    from ambinb import config
+    from ambinb.paths import run_folder
+
+    cfg = config.resolve(strategy="sft", fold=0, run_root=str(tmp_path), overrides={"bootstrap": 20})
+    _finished_run(cfg, "sft", np.full((5, 2), 0.5), completions=[f"text {u}" for u in "abcde"])
+    fig, text = results.save_examples(run_folder(cfg))
+    assert (run_folder(cfg) / "examples.png").stat().st_size > 0
+    assert [ax.get_title() for ax in fig.axes] == ["e", "a", "d", "b"]
+    assert text.splitlines()[:2] == ["--- e", "text e"]

@@ -6,12 +6,15 @@ import torch
 from conftest_model import encode_waves, tiny, tiny_dir, tone
 
 from ambinb import audio as audio_mod
-from ambinb import cot, engine, metrics, prompt, readout, sft
+from ambinb import config, cot, engine, metrics, prompt, readout
 from ambinb import model as model_mod
+from ambinb import policy as policy_mod
+from ambinb.run import Example
+from ambinb.strategies import sft
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
 AUDIO = {"Volume": "loud.", "Speed": "fast.", "Pitch": "high.", "Tone": "tense."}
-CFG = {"ce_weight": 1.0, "kl_weight": 1.0, "answer_ce": "soft", "eps": 1e-10}
+CFG = config.resolve(strategy="sft")  # ce_weight 1, kl_weight 1, answer_ce soft, eps 1e-10
 
 
 def examples(model, processor, n=3):
@@ -20,14 +23,14 @@ def examples(model, processor, n=3):
     think = cot.render_think(["loud", "fast"], "Irritated wording.", AUDIO, "Mostly anger, some neutral.")
     p = np.random.default_rng(0).dirichlet(np.ones(4), size=n)
     tok = processor.tokenizer
-    return [sft.Example(e.utt_id, e, prompt.completion_ids(tok, think, "anger"), p[i]) for i, e in enumerate(encoded)]
+    return [Example(e.utt_id, e, prompt.completion_ids(tok, think, "anger"), p[i]) for i, e in enumerate(encoded)]
 
 
 def test_completion_mask_by_hand():
     c = prompt.CompletionIds(ids=[11, 12, 13, 14, 15, 16], slot=3, answer_len=1)
-    assert sft.completion_mask(c, "soft") == [1, 1, 1, 0, 1, 1]
-    assert sft.completion_mask(c, "none") == [1, 1, 1, 0, 1, 1]
-    assert sft.completion_mask(c, "majority") == [1] * 6
+    assert policy_mod.completion_mask(c, "soft") == [1, 1, 1, 0, 1, 1]
+    assert policy_mod.completion_mask(c, "none") == [1, 1, 1, 0, 1, 1]
+    assert policy_mod.completion_mask(c, "majority") == [1] * 6
 
 
 def test_kl_term_equals_the_metric_on_the_model_core_readout(tiny):

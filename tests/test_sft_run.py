@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambinb import config, evaluate, labels, metrics, results, sft
+from ambinb import config, evaluate, labels, metrics, results, run
 from ambinb import model as model_mod
 
 
@@ -13,7 +13,7 @@ def test_sft_beats_the_untrained_model_and_the_prior_on_held_out_speakers(tmp_pa
     out the same way. The margin asked for is 5x the seed-to-seed spread measured on this corpus (~0.01)."""
     torch.set_num_threads(2)
     cfg = config.resolve(dataset="toy", strategy="sft_nocot", fold=0, run_root=str(tmp_path))
-    out = sft.run(cfg, progress=False)
+    out = run.run(cfg, progress=False)
     trained = out["metrics"]["metrics"]["js"]
     prior = out["metrics"]["prior"]["js"]
     df = labels.load_dataset(cfg)
@@ -42,10 +42,10 @@ def _cfg(root, name):
 
 def test_a_stopped_run_resumes_to_the_metrics_of_a_straight_run(small_toy):
     torch.set_num_threads(1)
-    straight = sft.run(_cfg(small_toy, "a"), progress=False)
-    stopped = sft.run(_cfg(small_toy, "b"), progress=False, stop_at=5)
+    straight = run.run(_cfg(small_toy, "a"), progress=False)
+    stopped = run.run(_cfg(small_toy, "b"), progress=False, stop_at=5)
     assert stopped["metrics"] is None and not results.is_finished(stopped["run_dir"])
-    resumed = sft.run(_cfg(small_toy, "b"), progress=False)
+    resumed = run.run(_cfg(small_toy, "b"), progress=False)
     assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in straight["history"]], abs=1e-6)
     for key in ("js", "bc", "r2", "brier", "kl"):
         assert resumed["metrics"]["metrics"][key] == pytest.approx(straight["metrics"]["metrics"][key], abs=1e-6)

@@ -1,11 +1,11 @@
-"""GRPO with the distribution reward (Eq. 6-7), GRPO_z with the gold CoT injected, and the run they make.
+"""GRPO with the distribution reward (Eq. 6-7), and GRPO_z with the gold CoT injected.
 
 Each rollout step, for the B utterances of the micro-batch:
 
 1. the current policy samples K trajectories per utterance (:func:`ambinb.rollout.rollout`: cached
    tower output, one shared prefill, p_hat read out at each trajectory's own answer slot);
-2. each gets the reward of the registry names in ``rewards`` (:mod:`ambinb.rewards`, summed with
-   weight 1; the default ``[grpo]`` is Eq. 6, ``r = -KL(p_gt || p_hat) + lambda3 * format`` with
+2. each gets the reward of the registry names in ``rewards`` (:func:`ambinb.rewards.combined_reward`,
+   summed with weight 1; the default ``[grpo]`` is Eq. 6, ``r = -KL(p_gt || p_hat) + lambda3 * format`` with
    lambda3 = ``format_weight``);
 3. GRPO_z (``inject_gold: true``): the curated gold CoT with the majority class joins each group as
    member K+1, teacher-forced, with :func:`ambinb.rewards.gold_reward` (KL term 0, format 1: the
@@ -14,16 +14,16 @@ Each rollout step, for the B utterances of the micro-batch:
 4. advantages ``(r - mean) / (std + 1e-4)`` per group (:func:`ambinb.losses.group_advantages`);
 5. the clipped ratio objective with per-token averaging and a k3 KL to the reference
    (:func:`ambinb.losses.grpo_loss`, Eq. 7). The reference is the starting model
-   (:class:`ambinb.dpo.Reference`: LoRA adapter disabled, or one frozen copy for a full fine-tune);
+   (:class:`ambinb.policy.Reference`: LoRA adapter disabled, or one frozen copy for a full fine-tune);
    with ``grpo_kl_coef: 0`` no reference forward runs.
 
 ``num_iterations`` > 1 reuses one batch of rollouts for that many consecutive optimizer steps (TRL's
 ``num_iterations``): at the first step of each block the rollouts are sampled and the policy's
 token log-probs are kept as the old policy's (one extra no-grad forward); the following steps
 ignore the indices the engine hands them and take the buffered batch of the same micro-batch
-position, so the ratio rho moves away from 1 and the clip acts. With ``num_iterations: 1`` the old
-policy is the current one (rho = 1, no extra forward). A run resumed inside a block samples afresh
-at its first step (the buffer is not checkpointed).
+index (the ``micro`` the engine passes), so the ratio rho moves away from 1 and the clip acts. With
+``num_iterations: 1`` the old policy is the current one (rho = 1, no extra forward). A run resumed
+inside a block samples afresh at its first step (the buffer is not checkpointed).
 
 Logged per step: ``reward_mean`` and ``reward_std`` (over the sampled members), ``reward_group_std``
 (mean within-group spread), ``js`` (mean JS of the sampled p_hat), ``format_rate``, ``kl`` (mean k3
@@ -39,14 +39,15 @@ Speed: one GRPO step with these shared-encoder rollouts against the same step wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ambinb import cot, losses, rewards, rollout, sft
-from ambinb.dpo import Reference, completion_logprobs, rollout_js, step_generator
-from ambinb.sft import train_and_evaluate
+from ambinb import cot, losses, policy, rewards, rollout
+
+if TYPE_CHECKING:
+    from ambinb.run import Example
 
 
 @dataclass
@@ -60,23 +61,6 @@ class RolloutBatch:
     advantages: torch.Tensor             # (B * G,)
     old_logps: torch.Tensor | None       # (B * G, W) under the sampling policy, or None (num_iterations 1)
     stats: dict[str, float]
-
-
-def total_reward(names: list[str], completions: list[str], **kw: Any) -> list[float]:
-    """Sum of the registered rewards ``names`` (weight 1 each) on ``completions``; ``kw`` goes to all.
-
-    Example: ``total_reward(["grpo"], texts, p_gt=..., p_hat=..., classes=..., format_weight=0.1)``
-    is Eq. 6; ``["distribution"]`` drops the format term.
-    """
-    if not names:
-        raise ValueError("rewards: name at least one reward of the registry")
-    totals = np.zeros(len(completions))
-    for name in names:
-        values = rewards.get_reward(name)(completions, **kw)
-        if len(values) != len(completions):
-            raise ValueError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
-        totals += np.asarray(values, dtype=np.float64)
-    return totals.tolist()
 
 
 def with_gold(sampled: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -99,7 +83,7 @@ class GRPOStrategy:
     (``max_new_tokens``, ``temperature``, ``top_p``, ``readout_batch_size``).
     """
 
-    def __init__(self, model: Any, processor: Any, examples: list[sft.Example], classes: list[str],
+    def __init__(self, model: Any, processor: Any, examples: list[Example], classes: list[str],
                  cfg: dict[str, Any]):
         self.examples = examples
         self.processor = processor
@@ -113,7 +97,7 @@ class GRPOStrategy:
         self.reward_names = [str(n) for n in cfg["rewards"]]
         self.format_weight = float(cfg["format_weight"])
         self.inject_gold = bool(cfg["inject_gold"])
-        self.fmt = cot.get_format(cfg.get("prompt_preset", "ambinb"))
+        self.fmt = cot.get_format(cfg["prompt_preset"])
         self.seed = int(cfg["seed"])
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations={self.num_iterations}: must be at least 1")
@@ -124,12 +108,20 @@ class GRPOStrategy:
             rewards.get_reward(name)  # unknown names fail here, not at the first step
         if self.inject_gold:
             self._check_gold_on_top()
-        self.reference = Reference(model) if self.kl_coef > 0 else None
+        self.reference = policy.Reference(model) if self.kl_coef > 0 else None
         self._buffer: dict[int, RolloutBatch] = {}
-        self._step, self._micro = -1, 0
+
+    @classmethod
+    def build(cls, model: Any, processor: Any, examples: list[Example], classes: list[str],
+              cfg: dict[str, Any]) -> GRPOStrategy:
+        """The strategy of one run (:class:`ambinb.engine.Strategy`)."""
+        return cls(model, processor, examples, classes, cfg)
 
     def num_examples(self) -> int:
         return len(self.examples)
+
+    def utt_ids(self, indices: list[int]) -> list[str]:
+        return [self.examples[i].utt_id for i in indices]
 
     def _check_gold_on_top(self) -> None:
         """Refuse a reward list whose best attainable value (p_hat = p_gt, a well-formed text) beats the gold's."""
@@ -137,31 +129,24 @@ class GRPOStrategy:
             return
         ex = self.examples[0]
         best_text = self._gold_text(ex)
-        best = total_reward(self.reward_names, [best_text], **self._reward_kw(ex.p_gt[None], ex.p_gt[None]))[0]
+        best = rewards.combined_reward(self.reward_names, [best_text],
+                                       **self._reward_kw(ex.p_gt[None], ex.p_gt[None]))[0]
         gold = rewards.gold_reward([best_text], format_weight=self.format_weight)[0]
         if best > gold + 1e-12:
             raise ValueError(f"inject_gold: the rewards {self.reward_names} can reach {best:.4g}, above the gold's "
                              f"{gold:.4g} (rewards.gold_reward with format_weight={self.format_weight}): the gold "
                              "would not rank first; use rewards [grpo] or [distribution]")
 
-    def _gold_text(self, ex: sft.Example) -> str:
+    def _gold_text(self, ex: Example) -> str:
         return self.processor.tokenizer.decode(ex.completion.ids, skip_special_tokens=True)
 
     def _reward_kw(self, p_gt: np.ndarray, p_hat: np.ndarray) -> dict[str, Any]:
         return {"p_gt": p_gt, "p_hat": p_hat, "classes": self.classes, "format_weight": self.format_weight,
                 "fmt": self.fmt}
 
-    def _micro_index(self, step: int) -> int:
-        """Which micro-batch of ``step`` this call is (the engine calls 0, 1, ... grad_accum - 1 in order)."""
-        if step != self._step:
-            self._step, self._micro = step, 0
-        else:
-            self._micro += 1
-        return self._micro
-
-    def loss(self, model: Any, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Eq. 7 on the micro-batch's groups (sampled here at the first step of each ``num_iterations`` block)."""
-        micro = self._micro_index(step)
+    def loss(self, model: Any, indices: list[int], step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. 7 on the groups of micro-batch ``micro`` of ``step`` (sampled here at the first step of each
+        ``num_iterations`` block, and buffered per micro-batch index for the block's later steps)."""
         anchor = step - step % self.num_iterations
         batch = self._buffer.get(micro)
         resampled = batch is None or batch.anchor != anchor or step == anchor
@@ -170,11 +155,11 @@ class GRPOStrategy:
             batch.anchor = anchor
             if self.num_iterations > 1:
                 self._buffer[micro] = batch
-        logps, mask, _ = completion_logprobs(model, batch.prompts, batch.completions, batch.audio, self.pad_id)
+        logps, mask, _ = policy.completion_logprobs(model, batch.prompts, batch.completions, batch.audio, self.pad_id)
         if self.reference is not None:
             with torch.no_grad(), self.reference(model) as ref_model:
-                ref_logps, _, _ = completion_logprobs(ref_model, batch.prompts, batch.completions, batch.audio,
-                                                      self.pad_id)
+                ref_logps, _, _ = policy.completion_logprobs(ref_model, batch.prompts, batch.completions,
+                                                             batch.audio, self.pad_id)
         else:
             ref_logps = logps.detach()
         loss, st = losses.grpo_loss(logps, batch.old_logps, ref_logps, batch.advantages.to(logps.device), mask,
@@ -182,11 +167,22 @@ class GRPOStrategy:
         return loss, {**batch.stats, **{k: float(v) for k, v in st.items()}, "resampled": float(resampled),
                       "rollout_s": batch.stats["rollout_s"] if resampled else 0.0}
 
+    def _members(self, chosen: list[Example],
+                 group: rollout.GroupRollout) -> tuple[list[list[int]], list[list[int]], list[torch.Tensor]]:
+        """Prompt, completion and tower output of every group member, group by group (the gold last)."""
+        prompts, completions, audio = [], [], []
+        for ex, trajectories in zip(chosen, group.trajectories):
+            members = [t.token_ids for t in trajectories] + ([ex.completion.ids] if self.inject_gold else [])
+            prompts.extend([ex.encoded.prompt_ids] * len(members))
+            completions.extend(members)
+            audio.extend([ex.encoded.audio] * len(members))
+        return prompts, completions, audio
+
     def sample(self, model: Any, indices: list[int], step: int) -> RolloutBatch:
         """K scored trajectories per utterance (plus the gold member for GRPO_z), their advantages, and
         the old policy's log-probs when ``num_iterations`` > 1."""
         chosen = [self.examples[i] for i in indices]
-        gen = step_generator(model, self.seed, step, indices)
+        gen = policy.step_generator(model, self.seed, step, indices)
         group = rollout.rollout(model, self.processor, [ex.encoded for ex in chosen], self.classes, self.cfg,
                                 k=self.k, generator=gen)
         b, k = len(chosen), self.k
@@ -194,14 +190,10 @@ class GRPOStrategy:
         p_hat = group.p_hat.double().numpy()
         p_hat = (p_hat / p_hat.sum(axis=-1, keepdims=True)).reshape(b * k, -1)
         texts = [t.text for t in group.flat()]
-        sampled = np.asarray(total_reward(self.reward_names, texts, **self._reward_kw(np.repeat(p_gt, k, axis=0),
-                                                                                         p_hat))).reshape(b, k)
-        prompts, completions, audio = [], [], []
-        for ex, trajectories in zip(chosen, group.trajectories):
-            members = [t.token_ids for t in trajectories] + ([ex.completion.ids] if self.inject_gold else [])
-            prompts.extend([ex.encoded.prompt_ids] * len(members))
-            completions.extend(members)
-            audio.extend([ex.encoded.audio] * len(members))
+        sampled = np.asarray(rewards.combined_reward(self.reward_names, texts,
+                                                     **self._reward_kw(np.repeat(p_gt, k, axis=0), p_hat)))
+        sampled = sampled.reshape(b, k)
+        prompts, completions, audio = self._members(chosen, group)
         table = sampled
         if self.inject_gold:
             gold = rewards.gold_reward([self._gold_text(ex) for ex in chosen], format_weight=self.format_weight)
@@ -210,8 +202,8 @@ class GRPOStrategy:
         old_logps = None
         if self.num_iterations > 1:
             with torch.no_grad():
-                old_logps, _, _ = completion_logprobs(model, prompts, completions, audio, self.pad_id)
-        js = rollout_js(p_gt, group.p_hat)
+                old_logps, _, _ = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id)
+        js = policy.rollout_js(p_gt, group.p_hat)
         stats = {"reward_mean": float(sampled.mean()), "reward_std": float(sampled.std()),
                  "reward_group_std": float(sampled.std(axis=1, ddof=1).mean()) if k > 1 else 0.0,
                  "js": float(js.mean()), "format_rate": float(np.mean([t.format_ok for t in group.flat()])),
@@ -219,25 +211,13 @@ class GRPOStrategy:
                  "rollout_s": float(sum(group.seconds.values()))}
         return RolloutBatch(step, prompts, completions, audio, advantages, old_logps, stats)
 
-
-def build_strategy(model: Any, processor: Any, examples: list[sft.Example], classes: list[str],
-                   cfg: dict[str, Any]) -> GRPOStrategy:
-    return GRPOStrategy(model, processor, examples, classes, cfg)
-
-
-def summarize_grpo(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``train`` entries of ``metrics.json`` that are GRPO's own: rewards, JS and format at the start and end."""
-    fifth = max(1, len(history) // 5)
-    out: dict[str, Any] = {}
-    for key in ("reward_mean", "js", "format_rate", "kl", "clip_fraction", "completion_len"):
-        values = [row[key] for row in history if key in row]
-        if values:
-            out[f"{key}_first_fifth"] = float(np.mean(values[:fifth]))
-            out[f"{key}_last_fifth"] = float(np.mean(values[-fifth:]))
-    return out
-
-
-def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
-    """Train ``cfg["strategy"]`` (grpo, grpo_z) on the fold's training rows and evaluate on its test rows,
-    into ``run_dir(dataset, strategy, fold, run_root)``; returns what :func:`ambinb.sft.run` returns."""
-    return train_and_evaluate(cfg, build_strategy, progress, stop_at, summarize_grpo)
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """GRPO's own ``train`` entries of ``metrics.json``: rewards, JS and format at the start and the end."""
+        fifth = max(1, len(history) // 5)
+        out: dict[str, Any] = {}
+        for key in ("reward_mean", "js", "format_rate", "kl", "clip_fraction", "completion_len"):
+            values = [row[key] for row in history if key in row]
+            if values:
+                out[f"{key}_first_fifth"] = float(np.mean(values[:fifth]))
+                out[f"{key}_last_fifth"] = float(np.mean(values[-fifth:]))
+        return out

@@ -1,0 +1,194 @@
+"""The policy's side of training: completion log-probs, the reference, the slot read-out, the soft CE.
+
+Every strategy (:mod:`ambinb.strategies`) scores the model it trains through these functions:
+
+* :func:`completion_logprobs`: the log-prob of every completion token given its prompt (with the
+  utterance's cached tower output), one right-padded forward; DPO's sequence log-probs (Eq. 5) and
+  GRPO's token ratios (Eq. 7) are built from it.
+* :class:`Reference`: pi_ref of Eq. 5 and Eq. 7, the model before training (the LoRA adapter
+  switched off, or one frozen copy for a full fine-tune).
+* :func:`slot_class_log_likelihoods`: the class names' log-likelihoods at a teacher-forced
+  completion's answer slot, from the hidden states of that forward (the KL term of Eq. 3-4).
+* :func:`completion_mask` and :func:`completion_ce`: the token CE of Eq. 3-4 (``L_CE``), with the answer
+  slot's target chosen by ``answer_ce`` (``soft``: p_gt itself, counted as one token of the mean).
+* :func:`step_generator` (the seeded rollout sampler of one micro-batch), :func:`rollout_js` (JS of
+  each rollout's read-out to p_gt) and :func:`zero_loss` (a loss that reaches every parameter).
+
+Worked example of :func:`completion_ce` (``soft``, one utterance, two classes): token NLLs summing to
+3.0 over 5 tokens, class log-likelihoods (-0.1, -2.3) at the slot and p_gt = (0.5, 0.5) ->
+(3.0 + 0.5 * 0.1 + 0.5 * 2.3) / (5 + 1) = 0.7.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ambinb import audio as audio_mod
+from ambinb import engine, losses, metrics, prompt, readout
+
+if TYPE_CHECKING:
+    from ambinb.run import Example
+
+ANSWER_CE = ("soft", "majority", "none")
+
+
+def check_answer_ce(value: str) -> str:
+    """``value`` if it is one of :data:`ANSWER_CE`.
+
+    Raises:
+        ValueError: naming the key and the choices.
+    """
+    if value not in ANSWER_CE:
+        raise ValueError(f"answer_ce={value!r}: choose one of {ANSWER_CE}")
+    return value
+
+
+def completion_mask(completion: prompt.CompletionIds, answer_ce: str) -> list[int]:
+    """1 for completion tokens that carry token CE; the class-name tokens only with ``answer_ce="majority"``.
+
+    Example: ids ``[<think>.., </think>, <answer>, anger, </answer>, <|im_end|>]`` with slot 3 and
+    answer_len 1 -> ``[1, 1, 1, 0, 1, 1]`` (``answer_ce="soft"``: the slot's CE is the soft term).
+    """
+    mask = [1] * len(completion.ids)
+    if answer_ce != "majority":
+        for t in range(completion.slot, completion.slot + completion.answer_len):
+            mask[t] = 0
+    return mask
+
+
+def completion_ce(nll_sum: torch.Tensor, count: int | float, class_ll: torch.Tensor, p_gt: torch.Tensor,
+              answer_ce: str) -> torch.Tensor:
+    """L_CE of Eq. 3-4: the token NLL mean over the completion, with the soft answer-slot term.
+
+    With ``answer_ce="soft"`` the slot's target is the annotators' distribution,
+    ``-sum_c p_gt(c) log p(name_c)`` per utterance, counted as one token of the mean; otherwise the
+    slot is either in ``nll_sum`` already (``majority``) or not trained by CE (``none``).
+
+    Args:
+        nll_sum: the summed NLL of the completion tokens that :func:`completion_mask` keeps.
+        count: how many tokens ``nll_sum`` sums.
+        class_ll: (B, C) class-name log-likelihoods at each utterance's answer slot.
+        p_gt: (B, C) gold distributions.
+        answer_ce: one of :data:`ANSWER_CE`.
+    """
+    if answer_ce == "soft":
+        nll_sum = nll_sum - (p_gt * class_ll).sum()
+        count += len(p_gt)
+    return nll_sum / max(1, count)
+
+
+def slot_class_log_likelihoods(model: Any, hidden: torch.Tensor, examples: Sequence[Example],
+                               class_ids: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(B, C) class-name log-likelihoods at each example's answer slot, float32, differentiable.
+
+    Row ``b`` of ``hidden`` must be the last hidden states of ``prompt_ids + completion.ids`` of
+    ``examples[b]`` (right-padded, teacher-forced). Single-token names are read from those states
+    (position ``len(prompt) + slot - 1`` predicts the name); multi-token names are scored whole by
+    :func:`ambinb.readout.class_log_likelihoods` in one more batched forward over the slot prefixes.
+    """
+    if all(len(ids) == 1 for ids in class_ids):
+        device = hidden.device
+        pos = torch.tensor([len(ex.encoded.prompt_ids) + ex.completion.slot - 1 for ex in examples], device=device)
+        h = hidden[torch.arange(len(examples), device=device), pos]
+        logp = torch.log_softmax(audio_mod.head_logits(model, h, float32=True), dim=-1)
+        return logp[:, torch.tensor([ids[0] for ids in class_ids], device=device)]
+    prefixes = [ex.encoded.prompt_ids + ex.completion.ids[: ex.completion.slot] for ex in examples]
+    return readout.class_log_likelihoods(model, prefixes, [ex.encoded.audio for ex in examples], class_ids, pad_id)
+
+
+def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
+                        audio: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probability of every completion token given its prompt (with audio) and the tokens before it.
+
+    One right-padded forward of ``prompt_i + completion_i`` through :func:`ambinb.audio.lm_hidden`,
+    the head applied (in float32) only where a completion token is predicted.
+
+    Args:
+        prompts: N prompt id lists (``<|AUDIO|>`` expanded).
+        completions: N completion id lists (at least one token each).
+        audio: the tower output of each row's utterance.
+
+    Returns:
+        ``(logps (N, W), mask (N, W), hidden (N, T, H))``: W the longest completion, ``logps[i, t]``
+        the log-prob of ``completions[i][t]`` (0 where ``mask`` is 0), and the last hidden states
+        of the whole rows (for a read-out at a slot).
+    """
+    if not (len(prompts) == len(completions) == len(audio)):
+        raise ValueError(f"{len(prompts)} prompts, {len(completions)} completions and {len(audio)} audio tensors")
+    if any(not c for c in completions):
+        raise ValueError("completion_logprobs: an empty completion")
+    device = audio_mod.device_of(model)
+    ids, attn = readout.right_pad([p + c for p, c in zip(prompts, completions)], pad_id, device)
+    hidden, _ = audio_mod.lm_hidden(model, ids, attn, audio)
+    rows, pos, cols, targets = [], [], [], []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        rows.extend([i] * len(c))
+        pos.extend(range(len(p) - 1, len(p) - 1 + len(c)))  # position t-1 predicts token t
+        cols.extend(range(len(c)))
+        targets.extend(c)
+    rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+    logits = audio_mod.head_logits(model, hidden[rows_t, torch.tensor(pos, device=device)], float32=True)
+    flat = losses.token_logprobs(logits[None], torch.tensor(targets, device=device)[None])[0]
+    width = max(len(c) for c in completions)
+    logps = torch.zeros((len(completions), width), dtype=flat.dtype, device=device).index_put((rows_t, cols_t), flat)
+    mask = torch.zeros((len(completions), width), dtype=torch.float32, device=device)
+    mask[rows_t, cols_t] = 1.0
+    return logps, mask, hidden
+
+
+class Reference:
+    """The reference policy pi_ref of Eq. 5 and Eq. 7: the model as it was before training.
+
+    With a peft (LoRA) model, :meth:`__call__` is peft's ``disable_adapter()`` context on the very
+    model being trained: no second copy of the weights. With a full fine-tune it is ONE frozen deep
+    copy of the starting weights, taken when the strategy is built (before any step, and before a
+    resumed run loads its checkpoint); this costs a second copy of the model and is only for the full
+    fine-tune (``lora: false``).
+
+    Usage: ``with reference(model) as ref_model: ...`` (gradients stay off inside, the caller's
+    ``torch.no_grad`` is still advisable).
+    """
+
+    def __init__(self, model: Any):
+        self.uses_adapter = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+        self.copy = None
+        if not self.uses_adapter:
+            self.copy = copy.deepcopy(audio_mod.base_model(model)).eval()
+            self.copy.requires_grad_(False)
+
+    @contextmanager
+    def __call__(self, model: Any) -> Iterator[Any]:
+        if self.uses_adapter:
+            with model.disable_adapter():
+                yield model
+        else:
+            yield self.copy
+
+
+def rollout_js(p_gt: np.ndarray, p_hat: torch.Tensor) -> np.ndarray:
+    """JS (log 2) of each rollout's p_hat (B, R, C) to its utterance's p_gt (B, C); returns (B, R)."""
+    b, r, c = p_hat.shape
+    q = p_hat.detach().double().cpu().numpy().reshape(b * r, c)
+    q = q / q.sum(axis=1, keepdims=True)
+    return metrics.js(np.repeat(np.asarray(p_gt, dtype=np.float64), r, axis=0), q).reshape(b, r)
+
+
+def zero_loss(model: Any) -> torch.Tensor:
+    """0 with a graph to every trainable parameter (their gradients become 0, not None)."""
+    params = [p for _, p in engine.trainable_parameters(model)]
+    return sum(p.sum() for p in params) * 0.0
+
+
+def step_generator(model: Any, seed: int, step: int, indices: list[int]) -> torch.Generator:
+    """The rollout sampler of one micro-batch, seeded from (seed, step, indices): a resumed run
+    samples exactly what an uninterrupted one did."""
+    state = np.random.SeedSequence([int(seed), int(step), *[int(i) for i in indices]]).generate_state(1)[0]
+    gen = torch.Generator(device=audio_mod.device_of(model))
+    gen.manual_seed(int(state))
+    return gen
