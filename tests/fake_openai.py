@@ -11,11 +11,14 @@ two requests of :mod:`ambinb.curation`:
   the class names in that synthesis line.
 
 So an undisturbed run is accepted at the first attempt. Faults are scripted per request kind
-(``write``, ``read`` or ``any``) and consumed in arrival order::
+(``write``, ``read`` or ``any``) and consumed in arrival order; once a script is used up, every
+request gets the fault ``always`` (``"ok"`` by default: a normal answer)::
 
     "429"           rate limit (with ``retry-after: 0``)
     "500"           server error
     "401"           authentication error
+    "403"           permission denied
+    "quota"         a 429 whose code says the account's quota is exhausted (``insufficient_quota``)
     "slow"          answer normally after ``slow_seconds`` (beyond the client's timeout)
     "truncated"     a 200 answer whose content is JSON cut in half
     "wrong_schema"  a 200 answer with valid JSON of the wrong shape
@@ -34,7 +37,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "401", "slow", "truncated", "wrong_schema", "far")
+FAULTS = ("429", "500", "401", "403", "quota", "slow", "truncated", "wrong_schema", "far")
 
 
 def _user_text(body: dict[str, Any]) -> str:
@@ -93,7 +96,10 @@ def read_answer(text: str, far: bool = False) -> dict[str, Any]:
 class FakeOpenAI:
     """The server: ``with FakeOpenAI() as srv: ... srv.base_url ...``."""
 
-    def __init__(self, delay: float = 0.0, slow_seconds: float = 1.0):
+    def __init__(self, delay: float = 0.0, slow_seconds: float = 1.0, always: str = "ok"):
+        if always not in FAULTS and always != "ok":
+            raise ValueError(f"unknown fault {always!r}")
+        self.always = always
         self.delay = delay
         self.slow_seconds = slow_seconds
         self.scripts: dict[str, deque[str]] = {"write": deque(), "read": deque(), "any": deque()}
@@ -116,7 +122,7 @@ class FakeOpenAI:
             for key in (kind, "any"):
                 if self.scripts[key]:
                     return self.scripts[key].popleft()
-        return "ok"
+        return self.always
 
     def count(self, kind: str | None = None, transcript: str | None = None) -> int:
         """Requests seen, optionally of one kind and one transcript."""
@@ -140,6 +146,11 @@ class FakeOpenAI:
             return 500, {}, {"error": {"message": "The server had an error", "type": "server_error"}}
         if fault == "401":
             return 401, {}, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+        if fault == "403":
+            return 403, {}, {"error": {"message": "Project does not have access", "type": "invalid_request_error"}}
+        if fault == "quota":
+            return 429, {}, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                                       "code": "insufficient_quota"}}
         if fault == "slow":
             time.sleep(self.slow_seconds)
         if kind == "write":

@@ -8,8 +8,10 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -410,11 +412,131 @@ def test_failed_records_are_redone_on_rerun(tmp_path, server, key_env):
     assert len(curation.load_curated(curation.store_path(cfg))) == 4
 
 
-def test_refused_credentials_stop_the_run(tmp_path, server, key_env):
-    cfg = openai_cfg(tmp_path, server)
-    server.push("any", "401")
-    with pytest.raises(curation.CurationError, match="AuthenticationError, status 401"):
-        curation.curate(cfg, make_table(4), subset="all", progress=False)
+def test_redo_failed_retries_only_this_runs_utterances_and_says_how_many(tmp_path, server, key_env, capsys):
+    df = make_table(12, n_folds=3)
+    cfg = openai_cfg(tmp_path, server, curation_attempts=1)
+    server.push("write", *["wrong_schema"] * 8)
+    assert curation.curate(cfg, df, progress=False)["failed"] == 8  # fold 0's training rows (folds 1, 2) all fail
+    calls = len(server.calls)
+    summary = curation.curate({**cfg, "fold": 1}, df, progress=True)  # fold 1 trains on folds 0 and 2
+    asked = {c["transcript"] for c in server.calls[calls:] if c["kind"] == "write"}
+    assert asked == set(df.loc[df["fold"] != 1, "transcript"]), "only fold 1's training utterances are asked for"
+    assert summary["retried_failed"] == 4 and summary["run"]["utterances"] == 8  # fold 2's 4 failures, fold 0's 4 new
+    assert "(0 already done, 4 earlier failures retried)" in capsys.readouterr().out
+    latest = curation.load_curated(curation.store_path(cfg)).set_index("utt_id")["status"]
+    assert set(latest[df.loc[df["fold"] == 1, "utt_id"]]) == {"failed"}, "fold 1's own rows were left alone"
+    calls = len(server.calls)
+    again = curation.curate({**cfg, "fold": 0, "redo_failed": False}, df, progress=False)
+    assert again["retried_failed"] == 0 and again["run"]["utterances"] == 0 and len(server.calls) == calls
+
+
+# --- a server that cannot answer ----------------------------------------------------------------------
+
+def closed_port() -> int:
+    """A loopback port where nothing listens (bound, read, released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_outage_watch_counts_streaks_of_one_kind_by_hand():
+    now = [0.0]
+    watch = curation.Outage("http://127.0.0.1:9/v1", 3, 10.0, clock=lambda: now[0])
+    for kind in ("connection", "connection", "status 500", "connection", "connection"):  # a new kind starts afresh
+        watch.failure(kind, "refused")
+    with pytest.raises(curation.CurationError, match=re.escape("cannot reach http://127.0.0.1:9/v1 after 3 attempts "
+                                                               "(refused)")):
+        watch.failure("connection", "refused")
+    with pytest.raises(curation.CurationError, match="cannot reach"):
+        watch.check()  # every worker sees the stop from then on
+
+    watch = curation.Outage("http://h/v1", 3, 10.0, clock=lambda: now[0])
+    watch.success()  # once the server has answered, a streak must also last 10 s
+    for t in (0.0, 0.0, 0.0, 0.0, 9.9):
+        now[0] = t
+        watch.failure("status 500", "boom")
+    watch.success()
+    now[0] = 20.0
+    watch.failure("status 500", "boom")  # the success ended the streak: this one starts at 20 s
+    now[0] = 30.0
+    watch.failure("status 500", "boom")
+    with pytest.raises(curation.CurationError, match=re.escape("http://h/v1 failed 3 requests in a row the same way")):
+        watch.failure("status 500", "boom")
+
+
+def test_a_server_that_is_not_there_stops_the_run_within_two_minutes(tmp_path, key_env):
+    df = make_table(8)
+    defaults = config.defaults()
+    transport = {k: defaults[k] for k in ("backoff_base", "backoff_max", "curation_retries", "curation_concurrency",
+                                          "curation_timeout", "curation_attempts")}  # as a user would run it
+    with FakeOpenAI() as srv:
+        cfg = openai_cfg(tmp_path, srv, **transport)
+        curation.curate(cfg, df, progress=False)  # fold 0's training rows, while the server is up
+        url = srv.base_url
+    path = curation.store_path(cfg)
+    stored = path.read_bytes()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            curation.curate(cfg, df, subset="all", progress=False)  # nothing listens on that port any more
+        except curation.CurationError as err:
+            outcome["error"] = str(err)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "still retrying after two minutes"
+    assert f"cannot reach {url} after 8 attempts (APIConnectionError" in outcome["error"]
+    assert f"kept in {path}" in outcome["error"]
+    assert path.read_bytes().startswith(stored), "nothing already stored is lost"
+
+
+def test_a_closed_port_stops_a_single_worker_too(tmp_path, key_env):
+    cfg = make_cfg(tmp_path, backend="openai", base_url=f"http://127.0.0.1:{closed_port()}/v1",
+                   curation_give_up_after=4)
+    with pytest.raises(curation.CurationError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1 after 4 attempts"):
+        curation.curate(cfg, make_table(6), subset="all", progress=False)
+    assert not curation.store_path(cfg).exists() or not lines(curation.store_path(cfg))
+
+
+@pytest.mark.parametrize("fault, error", [("401", "AuthenticationError, status 401"),
+                                          ("403", "PermissionDeniedError, status 403"),
+                                          ("quota", "quota is exhausted (RateLimitError, status 429)")])
+def test_refused_credentials_stop_every_worker_at_once(tmp_path, key_env, fault, error):
+    with FakeOpenAI(always=fault) as srv:
+        cfg = openai_cfg(tmp_path, srv, curation_concurrency=4, backoff_base=1.0, backoff_max=30.0)
+        started = time.monotonic()
+        with pytest.raises(curation.CurationError) as info:
+            curation.curate(cfg, make_table(8), subset="all", progress=False)
+        assert time.monotonic() - started < 30
+        message = str(info.value)
+        assert message.startswith(f"{srv.base_url}: the server refused the request") and error in message
+        assert len(srv.calls) <= 4, "no worker asked again once the run had stopped"
+
+
+def test_a_lasting_outage_stops_the_run_and_a_brief_one_is_waited_out(tmp_path, key_env):
+    df = make_table(12)
+    with FakeOpenAI() as srv:  # after a success, six server errors in a row, then answers again
+        srv.push("any", "ok", "ok", *["500"] * 6)
+        cfg = openai_cfg(tmp_path / "brief", srv, curation_give_up_after=4, curation_outage_s=60.0)
+        assert curation.curate(cfg, df, subset="all", progress=False)["accepted"] == 12
+    with FakeOpenAI(always="500") as srv:  # after a success, server errors for good
+        srv.push("any", "ok", "ok")
+        cfg = openai_cfg(tmp_path / "lasting", srv, curation_give_up_after=4, curation_outage_s=0.3)
+        with pytest.raises(curation.CurationError) as info:
+            curation.curate(cfg, df, subset="all", progress=False)
+        message = str(info.value)
+        assert message.startswith(f"{srv.base_url} failed") and "in a row the same way (InternalServerError" in message
+    records = lines(curation.store_path(cfg))
+    assert records[0]["status"] == "accepted" and len(records) < len(df)
+
+
+def test_rate_limits_never_stop_the_run(tmp_path, server, key_env):
+    cfg = openai_cfg(tmp_path, server, curation_give_up_after=2)
+    server.push("write", *["429"] * 8)  # attempt 1 gives up after 6 tries; attempt 2 gets through
+    rec = curation.curate_one(curation.OpenAIBackend(cfg), item(p=(1.0, 0, 0, 0)), 0.05, 3, "v1")
+    assert rec["status"] == "accepted" and len(rec["attempts"]) == 2
 
 
 def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
