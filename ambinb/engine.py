@@ -331,20 +331,22 @@ def _accumulate(model: Any, strategy: Strategy, tc: TrainConfig, step: int, n: i
     return sums, used
 
 
-def _check_finite(step: int, loss: float, grad_norm: float, utt_ids: list[str], checkpoint: Path) -> None:
+def _check_finite(step: int, loss: float, grad_norm: float, strategy: Strategy, indices: list[int],
+                  checkpoint: Path) -> None:
     """Raise :class:`NonFiniteError` when the step's loss or gradient norm is NaN or infinite.
 
     Args:
         step: the optimizer step (1-based, as in the log).
-        utt_ids: the utterances of the step's batch on this process.
+        strategy, indices: the strategy and the examples of the step's batch on this process (the error
+            names their utterances).
         checkpoint: the run's checkpoint, which the failed step has not touched.
     """
     if math.isfinite(loss) and math.isfinite(grad_norm):
         return
     raise NonFiniteError(
         f"step {step}: the loss is {loss} and the gradient norm {grad_norm} on the batch of utterances "
-        f"{sorted(set(utt_ids))}; the run stops before the optimizer step, so neither the weights nor "
-        f"{checkpoint} hold this state. Check those utterances' audio and labels (a NaN or infinite sample "
+        f"{sorted(set(strategy.utt_ids(indices)))}; the run stops before the optimizer step, so neither the "
+        f"weights nor {checkpoint} hold this state. Check those utterances' audio and labels (a NaN or infinite sample "
         "in a wav, a label row that does not sum to 1), or lower lr")
 
 
@@ -360,7 +362,7 @@ def _step(model: Any, strategy: Strategy, tc: TrainConfig, step: int, n: int, pa
                 p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
         sums = _mean_over_processes(sums, accelerator)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
-    _check_finite(step + 1, sums["loss"], grad_norm, strategy.utt_ids(used), checkpoint)
+    _check_finite(step + 1, sums["loss"], grad_norm, strategy, used, checkpoint)
     row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **sums, "grad_norm": grad_norm}
     optimizer.step()
     scheduler.step()

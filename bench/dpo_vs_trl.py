@@ -4,7 +4,7 @@
     .venv/bin/python bench/dpo_vs_trl.py --modes lora --repeats 3 --steps 40
     .venv/bin/python bench/dpo_vs_trl.py --smoke --out /tmp/dpo_vs_trl.json   # 1 timed step: every path runs
 
-ambinb's DPO (:class:`ambinb.dpo.DPOStrategy`) samples its negatives on-policy each step; TRL's
+ambinb's DPO (:class:`ambinb.strategies.dpo.DPOStrategy`) samples its negatives on-policy each step; TRL's
 ``DPOTrainer`` is offline (the pairs are data). To time the same work on both sides, the rollout is
 taken out of the comparison: every utterance gets one fixed rejected completion (a second synthetic
 think block and answer, as an offline preference set would hold), and during ambinb's loss
@@ -65,8 +65,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, dpo, engine, prompt, results, rollout, sft, standin  # noqa: E402
+from ambinb import config, engine, prompt, results, rollout, standin  # noqa: E402
 from ambinb import model as M  # noqa: E402
+from ambinb.run import Example  # noqa: E402
+from ambinb.strategies import dpo  # noqa: E402
 from bench.sft_vs_trl import (  # noqa: E402
     CLASSES,
     FixedOrder,
@@ -88,7 +90,7 @@ PATHS = ("engine", "trl", "trl_native")
 
 # --- the pairs ------------------------------------------------------------------------------
 
-def rejected_completions(processor: Any, examples: list[sft.Example], seed: int, preset: str
+def rejected_completions(processor: Any, examples: list[Example], seed: int, preset: str
                          ) -> dict[str, rollout.Trajectory]:
     """One rejected completion per utterance (a second synthetic think block and answer), as a trajectory."""
     rng = random.Random(seed + 1)
@@ -121,18 +123,18 @@ class OfflinePairsDPO:
         return rollout.GroupRollout([[self.rejected[e.utt_id]] for e in encoded], p_hat, list(classes),
                                     {"generate": 0.0, "readout": 0.0})
 
-    def loss(self, model: Any, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: Any, indices: list[int], step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         plain = rollout.rollout
         rollout.rollout = self._fixed_rollout
         try:
-            return self.strategy.loss(model, indices, step)
+            return self.strategy.loss(model, indices, step, micro)
         finally:
             rollout.rollout = plain
 
 
 # --- the TRL side ---------------------------------------------------------------------------
 
-def native_collator(examples: list[sft.Example], rejected: dict[str, rollout.Trajectory], mels: torch.Tensor,
+def native_collator(examples: list[Example], rejected: dict[str, rollout.Trajectory], mels: torch.Tensor,
                     mel_masks: torch.Tensor, pad_id: int) -> Any:
     """TRL's preference collator on the pairs' ids, plus each row's log-mel features (see the module docstring).
 

@@ -15,13 +15,13 @@ Sections, each under its own time cap (``--caps``), in this order:
 
 * ``matmul``: the card's bf16 matmul rate, measured (``torch.matmul`` of two N x N bf16 matrices,
   N = 8192 on a GPU), the denominator of the MFU below;
-* ``sft``: one SFT optimizer step (:meth:`ambinb.sft.SFTStrategy.loss`, Eq. 3, on synthetic
+* ``sft``: one SFT optimizer step (:meth:`ambinb.strategies.sft.SFTStrategy.loss`, Eq. 3, on synthetic
   utterances of ``--audio-seconds`` with the tower output cached, as training does; backward; AdamW
   on the LoRA parameters), without and with activation checkpointing: tokens/s, MFU, peak memory;
 * ``grpo``: a GRPO step at K = 8 (up to 3 steps within the cap; the last one is reported, the
   first one's seconds beside it): the audio encoder on the B utterances, the shared-prefill group
   rollout (:func:`ambinb.rollout.generate_group`, B*K rows), the readout at the answer slots, the
-  policy and reference log-prob forwards (:func:`ambinb.dpo.completion_logprobs`, the reference =
+  policy and reference log-prob forwards (:func:`ambinb.policy.completion_logprobs`, the reference =
   the LoRA adapter disabled), Eq. 7 (:func:`ambinb.losses.grpo_loss`) with group advantages of random
   rewards (rewards are text functions; random weights write no text worth scoring), backward, AdamW:
   each part's seconds, rollout tokens/s and the encoder's share of the step;
@@ -55,8 +55,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, dpo, losses, prompt, readout, results, rollout, sft  # noqa: E402
+from ambinb import config, losses, policy, prompt, readout, results, rollout  # noqa: E402
 from ambinb import model as M  # noqa: E402
+from ambinb.run import Example  # noqa: E402
+from ambinb.strategies import sft  # noqa: E402
 
 # Qwen/Qwen2-Audio-7B-Instruct config.json (the text model is Qwen2-7B's shape: the published file
 # leaves hidden size, layers and heads at Qwen2Config's defaults, written out here)
@@ -138,7 +140,7 @@ class IdTokenizer:
 
 
 def synthetic_examples(model: Any, tok: IdTokenizer, n: int, audio_seconds: float, prompt_tokens: int,
-                       completion_tokens: int, seed: int) -> tuple[list[sft.Example], float]:
+                       completion_tokens: int, seed: int) -> tuple[list[Example], float]:
     """``n`` utterances and the tower's seconds: random mel features of ``audio_seconds`` through the tower
     (timed), prompt ids with the audio positions expanded, a completion ending in
     ``<answer> class </answer> <|im_end|>``."""
@@ -168,7 +170,7 @@ def synthetic_examples(model: Any, tok: IdTokenizer, n: int, audio_seconds: floa
         ids = think + [tok.special["<answer>"]] + answer + [tok.special["</answer>"], tok.special["<|im_end|>"]]
         completion = prompt.CompletionIds(ids, len(think) + 1, len(answer))
         p_gt = rng.dirichlet(np.ones(len(CLASSES)))
-        out.append(sft.Example(f"s{i}", prompt.Encoded(f"s{i}", prompt_ids, audio[i]), completion, p_gt))
+        out.append(Example(f"s{i}", prompt.Encoded(f"s{i}", prompt_ids, audio[i]), completion, p_gt))
     return out, tower_s
 
 
@@ -230,7 +232,7 @@ def lm_param_counts(model: Any) -> dict[str, int]:
     return {"body": body, "embed": embed, "head": head, "tower": tower}
 
 
-def sft_step_flops(counts: dict[str, int], examples: list[sft.Example], layers: int, hidden: int,
+def sft_step_flops(counts: dict[str, int], examples: list[Example], layers: int, hidden: int,
                    full_finetune: bool = False) -> float:
     """Model FLOPs of one SFT step on ``examples`` (see the module docstring).
 
@@ -290,7 +292,7 @@ def run_sft(model, strategy, optimizer, examples, batch, steps, counts, layers, 
 def run_grpo(model, tok, examples, k, max_new, optimizer, reference, cfg) -> dict[str, Any]:
     """One GRPO step (module docstring), each part timed; the encoder re-run on the batch's utterances."""
     n = len(examples)
-    device = dpo.device_of(model)
+    device = A.device_of(model)
     parts: dict[str, float] = {}
     reset_peak()
     sync()
@@ -324,9 +326,9 @@ def run_grpo(model, tok, examples, k, max_new, optimizer, reference, cfg) -> dic
     rewards = torch.rand((n, k), generator=torch.Generator().manual_seed(1))
     advantages = losses.group_advantages(rewards, k).reshape(-1).to(device)
     t0 = time.perf_counter()
-    logps, mask, _ = dpo.completion_logprobs(model, prompts, completions, audio, tok.pad_token_id)
+    logps, mask, _ = policy.completion_logprobs(model, prompts, completions, audio, tok.pad_token_id)
     with torch.no_grad(), reference(model) as ref_model:
-        ref_logps, _, _ = dpo.completion_logprobs(ref_model, prompts, completions, audio, tok.pad_token_id)
+        ref_logps, _, _ = policy.completion_logprobs(ref_model, prompts, completions, audio, tok.pad_token_id)
     loss, _ = losses.grpo_loss(logps, None, ref_logps, advantages, mask, float(cfg["clip_eps"]),
                                float(cfg["grpo_kl_coef"]))  # Eq. 7
     loss.backward()
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def grpo() -> dict[str, Any]:  # checkpointing as the 7B params set it: B*K rows of ~700 tokens need it
         set_checkpointing(model, bool(config.resolve(model="qwen2_audio_7b")["activation_checkpointing"]))
-        reference, steps, t0 = dpo.Reference(model), [], time.perf_counter()
+        reference, steps, t0 = policy.Reference(model), [], time.perf_counter()
         while len(steps) < 3 and (not steps or time.perf_counter() - t0 + steps[-1]["step_seconds"] < caps["grpo"]):
             steps.append(run_grpo(model, tok, examples[: args.grpo_utterances], args.k, args.max_new_tokens,
                                   optimizer, reference, {**cfg, "audio_seconds": args.audio_seconds}))

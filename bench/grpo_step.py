@@ -3,7 +3,7 @@
     .venv/bin/python bench/grpo_step.py                      # tiny model, CPU, 4 utterances, K = 8
     .venv/bin/python bench/grpo_step.py --device cuda --k 8 16
 
-One GRPO optimizer step (:meth:`ambinb.grpo.GRPOStrategy.loss`, backward, AdamW step) on the same
+One GRPO optimizer step (:meth:`ambinb.strategies.grpo.GRPOStrategy.loss`, backward, AdamW step) on the same
 utterances, timed twice, with only the rollout swapped:
 
 * ``shared``: :func:`ambinb.rollout.rollout` (the tower output cached once per utterance before
@@ -38,8 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, grpo, prompt, readout, results, rollout, sft, standin  # noqa: E402
+from ambinb import config, prompt, readout, results, rollout, standin  # noqa: E402
 from ambinb import model as M  # noqa: E402
+from ambinb.run import Example  # noqa: E402
+from ambinb.strategies import grpo  # noqa: E402
 from bench.rollouts import CLASSES, TRANSCRIPTS, waves  # noqa: E402
 
 THINK_ANSWERS = ["anger", "sadness", "neutral", "happiness"]
@@ -72,7 +74,7 @@ def naive_rollout(sources: dict[str, tuple[str, object]]):
     return run
 
 
-def tone_examples(model, processor, n: int, seconds: float) -> tuple[list[sft.Example], dict[str, tuple[str, object]]]:
+def tone_examples(model, processor, n: int, seconds: float) -> tuple[list[Example], dict[str, tuple[str, object]]]:
     """``n`` training examples on test tones (a fixed gold CoT each, uniform p_gt), and each one's
     ``(prompt text, waveform)`` for the naive path; tower outputs through a fresh feature cache."""
     tok = processor.tokenizer
@@ -87,7 +89,7 @@ def tone_examples(model, processor, n: int, seconds: float) -> tuple[list[sft.Ex
                  f"Speed: fast. Pitch: high. Tone: harsh.\nStep 3 (synthesis): Mostly {answer}.\n</think>")
         text = prompt.prompt_text(processor, t, CLASSES, utt_id=u)
         enc = prompt.Encoded(u, prompt.prompt_ids(tok, text, f.shape[0]), f)
-        examples.append(sft.Example(u, enc, prompt.completion_ids(tok, think, answer),
+        examples.append(Example(u, enc, prompt.completion_ids(tok, think, answer),
                                     np.full(len(CLASSES), 1 / len(CLASSES))))
         sources[u] = (text, w)
     return examples, sources

@@ -9,7 +9,7 @@ Both paths train the tiny stand-in (``ambinb.standin.ensure_tiny`` then ``load_c
 prepared by :func:`ambinb.model.prepare_trainable` (LoRA, or a full fine-tune of the language model
 and projector), on the same synthetic utterances encoded once (prompt ids with the ``<|AUDIO|>``
 positions, the cached tower output, a think block in the curator's wording, a random p_gt), with
-the same loss: :meth:`ambinb.sft.SFTStrategy.loss` (Eq. 3: CE on the completion + KL at the answer
+the same loss: :meth:`ambinb.strategies.sft.SFTStrategy.loss` (Eq. 3: CE on the completion + KL at the answer
 slot). They see the same micro-batches in the same order (the engine's
 :func:`ambinb.engine.micro_batch` stream) and take the same number of optimizer steps: AdamW
 (``torch.optim.AdamW`` on both, each built by its own trainer), 3 % warm-up then cosine (TRL's
@@ -62,8 +62,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, engine, prompt, results, sft, standin  # noqa: E402
+from ambinb import config, engine, prompt, results, standin  # noqa: E402
 from ambinb import model as M  # noqa: E402
+from ambinb.run import Example  # noqa: E402
+from ambinb.strategies import sft  # noqa: E402
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
 PATHS = ("engine", "trl")
@@ -72,7 +74,7 @@ PATHS = ("engine", "trl")
 # --- the data both paths train on -------------------------------------------------------------
 
 def make_examples(model: Any, processor: Any, n: int, seed: int, cfg: dict[str, Any]
-                  ) -> tuple[list[sft.Example], list[np.ndarray]]:
+                  ) -> tuple[list[Example], list[np.ndarray]]:
     """``n`` synthetic training utterances, encoded once through a feature cache; also their waveforms.
 
     Audio from :func:`ambinb.standin.synthetic_wave` (1-3 s), transcripts and think blocks from the
@@ -92,7 +94,7 @@ def make_examples(model: Any, processor: Any, n: int, seed: int, cfg: dict[str, 
         think, answer = standin.synthetic_completion(rng, transcript, CLASSES)
         encoded = prompt.Encoded(utt, prompt.prompt_ids(tok, text, f.shape[0]), f)
         completion = prompt.completion_ids(tok, think, answer, cfg["prompt_preset"])
-        out.append(sft.Example(utt, encoded, completion, np_rng.dirichlet(np.ones(len(CLASSES)))))
+        out.append(Example(utt, encoded, completion, np_rng.dirichlet(np.ones(len(CLASSES)))))
     return out, waves
 
 
@@ -117,14 +119,14 @@ class TowerSFTStrategy:
     def num_examples(self) -> int:
         return self.strategy.num_examples()
 
-    def loss(self, model: Any, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: Any, indices: list[int], step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         feats, masks = self.mel_cache.mels([self.utt_ids[i] for i in indices], [self.waves[i] for i in indices])
         with torch.no_grad():
             audio = A.run_tower(model, feats, masks)
         view = copy.copy(self.strategy)
-        view.examples = [sft.Example(ex.utt_id, prompt.Encoded(ex.utt_id, ex.encoded.prompt_ids, a), ex.completion,
+        view.examples = [Example(ex.utt_id, prompt.Encoded(ex.utt_id, ex.encoded.prompt_ids, a), ex.completion,
                                      ex.p_gt) for ex, a in zip((self.strategy.examples[i] for i in indices), audio)]
-        return view.loss(model, list(range(len(indices))), step)
+        return view.loss(model, list(range(len(indices))), step, micro)
 
 
 # --- the TRL side -----------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def run_engine(model: Any, strategy: Any, tc: engine.TrainConfig, device: str, w
         times.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as out:
-        accelerator = engine.make_accelerator({"device": device, "dtype": "float32"}, Path(out))
+        accelerator = engine.make_accelerator({"device": device, "dtype": "float32", "trackers": ""}, Path(out))
         history = engine.train(model, strategy, tc, out, accelerator, resume=False, progress=False, on_step=on_step)
     rate, seconds = window_rate(times, warmup)
     return {"steps_per_s": rate, "seconds": seconds, "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"]}
