@@ -29,7 +29,6 @@ CHAT_TEMPLATE = (
 )
 
 
-
 def tokenizer_corpus(seed: int, n_examples: int = 300) -> list[str]:
     """The text the tiny BPE is trained on: prompts, synthetic CoTs, class names, transcript words."""
     rng = random.Random(seed)

@@ -42,7 +42,6 @@ TRANSCRIPT_WORDS = (
     "surface", "slick", "stop", "couple", "minutes", "wonder", "about", "way", "meeting", "would", "like")
 
 
-
 def extra_corpus_words() -> list[str]:
     """The words of the toy corpus's transcript banks (``ambinb.toy.SENTENCES``), lower-cased and sorted.
 
