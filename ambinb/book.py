@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ambinb import benchpage, config
-from ambinb.paths import project_root, resolve_path
+from ambinb import benchpage, config, outputs
+from ambinb.paths import display_path, project_root, resolve_path
 
 BOOK_DIR_ENV = "AMBINB_BOOK_DIR"
 # the hand-written part of a book folder (files, and folders copied whole); generated/ and _build/
@@ -77,10 +77,14 @@ def copy_sources(dest: str | os.PathLike, source: str | os.PathLike | None = Non
     return dest
 
 
-def chapter_notebook(executed: Path, dest: Path) -> Path:
+def chapter_notebook(executed: Path, dest: Path, run_root: str | os.PathLike | None = None) -> Path:
     """Copy an executed notebook into the book, hiding its default ``parameters`` cell when papermill
-    injected the values it ran with (the ``injected-parameters`` cell stays, so the page shows them)."""
-    nb = json.loads(executed.read_text())
+    injected the values it ran with (the ``injected-parameters`` cell stays, so the page shows them).
+
+    Its outputs are cleaned by :func:`ambinb.outputs.clean_notebook`: no progress-bar refreshes,
+    stderr summarised once, paths relative to ``run_root``'s parent or the project root.
+    """
+    nb = outputs.clean_notebook(json.loads(executed.read_text()), run_root)
     tags = [cell.get("metadata", {}).get("tags", []) for cell in nb.get("cells", [])]
     if any("injected-parameters" in t for t in tags):
         for cell, cell_tags in zip(nb["cells"], tags):
@@ -108,7 +112,7 @@ def chapter_title(name: str) -> str:
     return name
 
 
-def _placeholder(name: str, expected: Path) -> str:
+def _placeholder(name: str, expected: str) -> str:
     return (f"# {chapter_title(name)}\n\n:::{{note}}\nNot run yet: this chapter shows the executed notebook "
             f"`{expected}`, which does not exist yet.\nRun `make report` (or `papermill notebooks/{name}.ipynb ...` "
             "into that path) to produce it.\n:::\n")
@@ -146,6 +150,22 @@ def _environment(env: dict[str, Any]) -> tuple[str, ...]:
     pkgs = env.get("packages") or {}
     return (str(env.get("git_commit", "unknown")), str(env.get("python", "")), str(env.get("platform", "")),
             *(str(pkgs.get(k) or "") for k in ENV_PACKAGES))
+
+
+def software_table(envs: dict[tuple[str, ...], list[str]]) -> str:
+    """The appendix's Software section: one row per field (runs, git commit, Python, platform, the
+    packages of ``ENV_PACKAGES``) and one column per environment, so it stays narrow for a few of them.
+
+    ``envs`` maps an environment (as :func:`_environment` makes it) to the run folders that used it.
+    """
+    fields = ("git commit", "Python", "platform", *ENV_PACKAGES)
+    head = " | ".join(f"environment {i + 1}" for i in range(len(envs)))
+    rows = [f"| runs | {' | '.join(str(len(folders)) for folders in envs.values())} |"]
+    for k, name in enumerate(fields):
+        cells = [f"`{env[k]}`" if k == 0 else env[k] for env in envs]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    return ("\n## Software\n\nThe environments the runs above used (from their `metrics.json`).\n\n"
+            f"| | {head} |\n|---|{'---|' * len(envs)}\n" + "\n".join(rows) + "\n")
 
 
 def reproducibility_page(run_root: Path) -> str:
@@ -187,12 +207,7 @@ def reproducibility_page(run_root: Path) -> str:
             "|---|---|---|---|---|---|---|\n")
     page = head + ("\n".join(rows) if rows else "| (no runs yet) | | | | | | |") + "\n:::\n"
     if envs:
-        page += ("\n## Software\n\nThe environments the runs above used (from their `metrics.json`).\n\n"
-                 f"{_WIDE}\n| runs | git commit | Python | platform | {' | '.join(ENV_PACKAGES)} |\n"
-                 f"|---|---|---|---|{'---|' * len(ENV_PACKAGES)}\n")
-        for env, folders in envs.items():
-            page += f"| {len(folders)} | `{env[0]}` | " + " | ".join(env[1:]) + " |\n"
-        page += ":::\n"
+        page += software_table(envs)
     if blocks:
         page += ("\n## Parameters per run\n\nThe resolved parameters of each run that differ from "
                  "`params/defaults.yaml` (the full set is in the run folder's `params.json`).\n\n" + "\n".join(blocks))
@@ -209,11 +224,10 @@ def assemble(run_root: str = "runs", dataset: str = "toy", fold: int = 0,
     for name, pattern in CHAPTERS.items():
         executed = root / pattern.format(dataset=dataset, fold=fold)
         if executed.exists():
-            chapter_notebook(executed, gen / f"{name}.ipynb")
+            chapter_notebook(executed, gen / f"{name}.ipynb", root)
         else:
-            (gen / f"{name}.md").write_text(_placeholder(name, executed.relative_to(project_root())
-                                                         if executed.is_relative_to(project_root()) else executed))
-    (gen / "reproducibility.md").write_text(reproducibility_page(root))
+            (gen / f"{name}.md").write_text(_placeholder(name, display_path(executed, root)))
+    (gen / "reproducibility.md").write_text(outputs.relative_text(reproducibility_page(root), root))
     (gen / "benchmark_tables.md").write_text(benchpage.bench_tables())  # included by benchmarks.md
     return gen
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ambinb import book, notebook, sweep
-from ambinb.paths import resolve_path, run_dir
+from ambinb import book, config, notebook, sweep
+from ambinb.paths import display_path, resolve_path, run_dir
 
 
 @dataclass
@@ -40,77 +40,102 @@ def notebook_work(name: str, output: Path, params: dict[str, Any],
         inputs = newer_than() if newer_than else []
         stale = output.exists() and any(p.stat().st_mtime > output.stat().st_mtime for p in inputs)
         if output.exists() and not stale:
-            print(f"[report] {name}: kept {output}")
+            print(f"[report] {name}: kept {display_path(output)}")
             return {"kept": True}
-        print(f"[report] {name}: running -> {output}")
+        print(f"[report] {name}: running -> {display_path(output)}")
         notebook.execute(name, output, params, progress=True)
         return {"kept": False}
     return work
+
+
+class StandInBuild:
+    """The tiny stand-in's build: :meth:`start` runs it in a thread beside 01 and 02 (one core each),
+    :meth:`wait` joins it before the sweep and re-raises what the build raised."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.thread: threading.Thread | None = None
+        self.path = ""
+        self.error: BaseException | None = None
+
+    def _build(self) -> None:
+        from ambinb import standin
+
+        try:
+            self.path = str(standin.ensure_tiny(self.cfg))
+        except BaseException as err:  # re-raised where the report waits for it
+            self.error = err
+
+    def start(self) -> dict[str, Any]:
+        """Start the build unless params name a model of their own (then there is nothing to build)."""
+        if self.cfg["model_name_or_path"]:
+            return {"model": self.cfg["model_name_or_path"]}
+        self.thread = threading.Thread(target=self._build, name="tiny-stand-in", daemon=True)
+        self.thread.start()
+        return {"started": True}
+
+    def wait(self) -> dict[str, Any]:
+        """Wait for the build; raise its error, else return the model folder (``""`` when none was built)."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return {"model": self.path}
+
+
+def sweep_work(spec: dict[str, Any], runs: list[sweep.Run], workers: int | None) -> Callable[[], dict[str, Any]]:
+    """Run the sweep's unfinished runs (``workers`` at a time, default the sweep's), then print its status table."""
+    def work() -> dict[str, Any]:
+        sweep.run_sweep(runs, workers=workers or int(spec.get("workers") or 1),
+                        threads_per_run=spec.get("threads_per_run"))
+        print(sweep.status_table(runs))
+        return {"runs": [{"run": f"{r.dataset}/{r.strategy}/fold{r.fold}", "status": r.status,
+                          "seconds": round(r.seconds, 1)} for r in runs]}
+    return work
+
+
+def finished_metrics(runs: list[sweep.Run]) -> list[Path]:
+    """The ``metrics.json`` of every run that has one (what 06_ablations reads)."""
+    return [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
+
+
+def notebook_stages(spec: dict[str, Any], runs: list[sweep.Run]) -> dict[str, Stage]:
+    """01_labels and 02_curate_cot (first dataset, every fold curated), and 06_ablations over every run."""
+    root = runs[0].run_root
+    dataset, fold = spec["datasets"][0], int(spec["folds"][0])
+    common = {"dataset": dataset, "run_root": root}
+    ablations = {"run_root": root, "datasets": list(spec["datasets"]), "folds": [int(f) for f in spec["folds"]]}
+    return {
+        "01_labels": Stage("01_labels", notebook_work(
+            "01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb", common)),
+        "02_curate_cot": Stage("02_curate_cot", notebook_work(  # every fold trains on its own share: curate all
+            "02_curate_cot", run_dir(dataset, "curation", None, root) / "02_curate_cot.ipynb",
+            {**common, "fold": fold, "subset": "all"})),
+        "06_ablations": Stage("06_ablations", notebook_work(
+            "06_ablations", run_dir("all", "ablations", None, root) / "06_ablations.ipynb", ablations,
+            newer_than=lambda: finished_metrics(runs))),
+    }
+
+
+def book_stages(spec: dict[str, Any], root: str, with_book: bool,
+                book_folder: str | Path | None) -> list[Stage]:
+    """Assemble the book from the run folders (chapters 03-05 show the first dataset and fold), then build it."""
+    dataset, fold = spec["datasets"][0], int(spec["folds"][0])
+    out = [Stage("book_assemble", lambda: {"path": str(book.assemble(root, dataset, fold, book=book_folder))})]
+    if with_book:
+        out.append(Stage("book_build", lambda: {"path": str(book.build(book=book_folder))}))
+    return out
 
 
 def stages(spec: dict[str, Any], runs: list[sweep.Run], workers: int | None = None, with_book: bool = True,
            book_folder: str | Path | None = None) -> list[Stage]:
     """The report's stages for a sweep ``spec`` and its expanded ``runs`` (all under one run root)."""
     root = runs[0].run_root
-    dataset, fold = spec["datasets"][0], int(spec["folds"][0])
-    common = {"dataset": dataset, "run_root": root}
-
-    def run_the_sweep() -> dict[str, Any]:
-        sweep.run_sweep(runs, workers=workers or int(spec.get("workers", 1)),
-                        threads_per_run=spec.get("threads_per_run"))
-        print(sweep.status_table(runs))
-        return {"runs": [{"run": f"{r.dataset}/{r.strategy}/fold{r.fold}", "status": r.status,
-                          "seconds": round(r.seconds, 1)} for r in runs]}
-
-    def finished_metrics() -> list[Path]:
-        return [r.folder / "metrics.json" for r in runs if (r.folder / "metrics.json").exists()]
-
-    building: dict[str, Any] = {}
-
-    def start_stand_in() -> dict[str, Any]:
-        """Build the tiny stand-in (when the sweep uses it) in a thread, beside 01 and 02 (one core each)."""
-        from ambinb import config
-        from ambinb import model as model_mod
-
-        cfg = config.resolve(dataset=dataset, run_root=root)
-        if cfg["model_name_or_path"]:
-            return {"model": cfg["model_name_or_path"]}
-
-        def build() -> None:
-            try:
-                building["path"] = str(model_mod.ensure_tiny(cfg))
-            except BaseException as err:  # re-raised where the report waits for it
-                building["error"] = err
-
-        building["thread"] = threading.Thread(target=build, name="tiny-stand-in", daemon=True)
-        building["thread"].start()
-        return {"started": True}
-
-    def wait_stand_in() -> dict[str, Any]:
-        if "thread" in building:
-            building["thread"].join()
-        if "error" in building:
-            raise building["error"]
-        return {"model": building.get("path", "")}
-
-    out = [
-        Stage("tiny_model_start", start_stand_in),
-        Stage("01_labels", notebook_work("01_labels", run_dir(dataset, "labels", None, root) / "01_labels.ipynb",
-                                         common)),
-        Stage("02_curate_cot", notebook_work(  # every fold trains on its own share, so curate them all
-            "02_curate_cot", run_dir(dataset, "curation", None, root) / "02_curate_cot.ipynb",
-            {**common, "fold": fold, "subset": "all"})),
-        Stage("tiny_model_wait", wait_stand_in),
-        Stage("sweep", run_the_sweep),
-        Stage("06_ablations", notebook_work(
-            "06_ablations", run_dir("all", "ablations", None, root) / "06_ablations.ipynb",
-            {"run_root": root, "datasets": list(spec["datasets"]), "folds": [int(f) for f in spec["folds"]]},
-            newer_than=finished_metrics)),
-        Stage("book_assemble", lambda: {"path": str(book.assemble(root, dataset, fold, book=book_folder))}),
-    ]
-    if with_book:
-        out.append(Stage("book_build", lambda: {"path": str(book.build(book=book_folder))}))
-    return out
+    stand_in = StandInBuild(config.resolve(dataset=spec["datasets"][0], run_root=root))
+    notebooks = notebook_stages(spec, runs)
+    return [Stage("tiny_model_start", stand_in.start), notebooks["01_labels"], notebooks["02_curate_cot"],
+            Stage("tiny_model_wait", stand_in.wait), Stage("sweep", sweep_work(spec, runs, workers)),
+            notebooks["06_ablations"], *book_stages(spec, root, with_book, book_folder)]
 
 
 def timed(stage: Stage) -> dict[str, Any]:

@@ -37,10 +37,10 @@ def test_a_finished_notebook_stage_is_kept_unless_an_input_is_newer(tmp_path, mo
 
 
 def test_the_stand_in_is_built_beside_the_first_notebooks(tmp_path, monkeypatch):
-    from ambinb import model as model_mod
+    from ambinb import standin
 
     built = []
-    monkeypatch.setattr(model_mod, "ensure_tiny", lambda cfg: built.append(cfg["tiny_dir"]) or tmp_path / "tiny")
+    monkeypatch.setattr(standin, "ensure_tiny", lambda cfg: built.append(cfg["tiny_dir"]) or tmp_path / "tiny")
     spec = sweep.load_sweep(resolve_path("params/sweeps/toy.yaml"))
     stages = {s.name: s for s in report.stages(spec, sweep.expand(spec, str(tmp_path)))}
     assert stages["tiny_model_start"].work() == {"started": True}
@@ -48,7 +48,7 @@ def test_the_stand_in_is_built_beside_the_first_notebooks(tmp_path, monkeypatch)
 
     def broken(cfg):
         raise RuntimeError("no disk")
-    monkeypatch.setattr(model_mod, "ensure_tiny", broken)
+    monkeypatch.setattr(standin, "ensure_tiny", broken)
     stages = {s.name: s for s in report.stages(spec, sweep.expand(spec, str(tmp_path)))}
     stages["tiny_model_start"].work()
     with pytest.raises(RuntimeError, match="no disk"):          # a failed build stops the report before the sweep
