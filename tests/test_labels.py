@@ -7,6 +7,7 @@ full CREMA-D table, recomputed with the ``csv`` module independently of the load
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import sys
@@ -346,6 +347,96 @@ def test_crema_d_audio_paths_and_missing_audio(tmp_path):
         labels.load_crema_d(root, require_audio=True, n_folds=2)
 
 
+@pytest.mark.parametrize("name", ["processedResults/tabulatedVotes.csv", "SentenceFilenames.csv",
+                                  "VideoDemographics.csv"])
+def test_crema_d_empty_csv_names_the_path(tmp_path, name):
+    root = write_crema(tmp_path)
+    (root / name).write_bytes(b"")  # today: pandas' EmptyDataError, naming no file
+    with pytest.raises(LabelError, match=re.escape(str(root / name)) + r": empty file \(0 bytes, no header\)"):
+        quiet_notes(labels.load_crema_d, root, n_folds=2)
+
+
+def test_crema_d_unparseable_csv_names_the_path(tmp_path):
+    root = write_crema(tmp_path, [GOOD_VOTES[0], '"100002",6,2,0,0,1,0,"1002_DFA_ANG_XX,9\n'])  # quote never closed
+    with pytest.raises(LabelError, match=re.escape(str(root / "processedResults" / "tabulatedVotes.csv"))
+                       + ": not a readable CSV"):
+        quiet_notes(labels.load_crema_d, root, n_folds=2)
+
+
+def test_crema_d_header_only_votes_is_an_error(tmp_path):
+    root = write_crema(tmp_path, [""])
+    with pytest.raises(LabelError, match=r"tabulatedVotes\.csv: no usable voice-only row \(\{'missing_votes': 3\}\)"):
+        quiet(labels.load_crema_d, root, n_folds=2)
+
+
+def cut_off(tmp_path: Path, n_clips: int, n_rows: int, tail: str = "") -> Path:
+    """A layout of ``n_clips`` clips whose tabulatedVotes.csv stops after ``n_rows`` rows (then ``tail``)."""
+    clips = [f"1001_{sentence}_{emo}_XX" for emo in labels.CREMA_D_INTENDED for sentence in labels.CREMA_D_SENTENCES]
+    clips = clips[:n_clips]
+    votes = [f'"{100001 + k}",0,0,0,1,3,0,"{c}",4,0.75,"N"\n' for k, c in enumerate(clips)]
+    return write_crema(tmp_path, votes[:n_rows] + [tail], clips=clips)
+
+
+def test_crema_d_cut_off_file_is_summarised_once(tmp_path):
+    root = cut_off(tmp_path, 40, 5)
+    names = root / "SentenceFilenames.csv"
+    with pytest.warns(LabelWarning) as caught:
+        df = quiet_notes(labels.load_crema_d, root, n_folds=2)
+    assert len(df) == 5 and df.attrs["warnings"] == {"missing_votes": 35}
+    (warning,) = caught  # 35 problems of one kind: one warning, one line for the kind
+    lines = str(warning.message).splitlines()
+    assert lines[0] == f'35 problem(s) in {root}, skipped and counted in df.attrs["warnings"]:'
+    assert lines[1].startswith(f"  35 x missing_votes: {names} clip 6: ")
+    assert lines[1].endswith("(also clip 7, clip 8; +32 more)")
+    assert lines[2].startswith("strict=True") and len(lines) == 3
+    assert [where for where, _ in df.attrs["examples"]["missing_votes"]] == [f"{names} clip {k}" for k in (6, 7, 8)]
+
+
+def test_crema_d_row_cut_in_the_middle_is_named(tmp_path):
+    root = cut_off(tmp_path, 6, 5, tail='"100006",0,0,0')  # the last row stops inside the votes
+    where = f"{root / 'processedResults' / 'tabulatedVotes.csv'} row 7"
+    with pytest.warns(LabelWarning, match=re.escape(where) + r": column 'H' holds '', column 'N' holds '', "):
+        df = quiet_notes(labels.load_crema_d, root, n_folds=2)
+    assert len(df) == 5 and df.attrs["warnings"] == {"malformed_row": 1}  # clip 6 has its (broken) row
+
+
+def test_load_and_report_writes_the_summary_where_the_user_looks(tmp_path, monkeypatch):
+    from ambinb.progress import RUN_LOG_ENV
+
+    root = cut_off(tmp_path / "corpus", 40, 5)
+    log = tmp_path / "run.log"
+    monkeypatch.setenv(RUN_LOG_ENV, str(log))
+    cfg = config.resolve(dataset="crema_d", data_root=str(root), overrides={"n_folds": 2})
+    stream = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the report replaces the warnings
+        df = labels.load_and_report(cfg, stream=stream)
+    text = stream.getvalue()
+    assert text == log.read_text()
+    assert text.splitlines()[0] == f'35 problem(s) in {root}, skipped and counted in df.attrs["warnings"]:'
+    assert "35 x missing_votes" in text and "strict=True" in text
+    assert text.splitlines()[-1].startswith("note: ") and "label-only" in text.splitlines()[-1]
+    assert len(df) == 5
+    with pytest.raises(LabelError, match=r"clip 6: .* has no voice-only row .*missing_votes; strict=True"):
+        labels.load_and_report({**cfg, "strict": True}, stream=stream)
+
+
+def test_problem_summary_by_hand():
+    assert labels.problem_summary({}) == "" and labels.problem_summary({"warnings": {}}) == ""
+    attrs = {"source": "/d", "warnings": {"zero_votes": 5, "bad_file": 1},
+             "examples": {"zero_votes": [["/d/v.csv row 3", "a has no votes"], ["/d/v.csv row 9", "b has no votes"]],
+                          "bad_file": [["/d/x.txt", "empty"]]}}
+    assert labels.problem_summary(attrs).splitlines() == [
+        '6 problem(s) in /d, skipped and counted in df.attrs["warnings"]:',
+        "  1 x bad_file: /d/x.txt: empty",
+        "  5 x zero_votes: /d/v.csv row 3: a has no votes (also row 9; +3 more)",
+        "strict=True (the `strict` parameter or config key) stops at the first problem instead."]
+    from ambinb.labels.tally import kind_line
+
+    assert kind_line("k", 2, [["/a.txt:4", "m"], ["/b.txt:7", "n"]]) == "2 x k: /a.txt:4: m (also /b.txt:7)"
+    assert kind_line("k", 3, [["/a.txt:4", "m"], ["/a.txt:9", "n"]]) == "3 x k: /a.txt:4: m (also line 9; +1 more)"
+
+
 # --- IEMOCAP, the fixture -------------------------------------------------------------------------
 
 @pytest.fixture
@@ -518,9 +609,47 @@ def _missing_transcript(release):
     return f"{emo}:{line_of(emo, 'F000')}", "missing_transcript", "no transcript line for Ses02F_impro02_F000"
 
 
+def _empty_label_file(release):
+    path = emo_file(release, 2, "Ses02F_impro02")
+    path.write_text("")  # its three timed transcripts (F000, M000, F001) lose their labels
+    return str(path), "empty_label_file", ("no utterance block (a '[start - end] <utt_id> <code> [V, A, D]' header) "
+                                           "in this EmoEvaluation file; its 3 transcribed utterance(s) have no labels: "
+                                           "Ses02F_impro02_F000, Ses02F_impro02_M000, Ses02F_impro02_F001")
+
+
+def _headerless_label_file(release):
+    path = emo_file(release, 2, "Ses02F_impro02")
+    path.write_text("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n")
+    return str(path), "empty_label_file", "no utterance block"
+
+
+def _missing_labels(release):
+    path = emo_file(release, 2, "Ses02F_impro02")
+    text = path.read_text()
+    start = text.index("[5.0000 - 7.0000]")
+    path.write_text(text[:start] + text[text.index("[8.0000", start):])  # the M000 block cut out
+    return str(path), "missing_labels", ("1 transcribed utterance(s) of Ses02F_impro02 have no block in this "
+                                         "EmoEvaluation file: Ses02F_impro02_M000")
+
+
+def _missing_label_file(release):
+    emo_file(release, 1, "Ses01M_script01_1").unlink()
+    path = transcript_file(release, 1, "Ses01M_script01_1")
+    return str(path), "missing_label_file", ("its 2 transcribed utterance(s) have no labels: Ses01M_script01_1_F000, "
+                                             "Ses01M_script01_1_M000")
+
+
+def _dangling_label_link(release):
+    path = emo_file(release, 1, "Ses01M_script01_1")
+    path.unlink()
+    path.symlink_to(path.parent / "nowhere.txt")
+    return str(transcript_file(release, 1, "Ses01M_script01_1")), "missing_label_file", "Ses01M_script01_1_F000"
+
+
 IEMOCAP_BAD = {f.__name__[1:]: f for f in (
     _malformed_header, _garbage_line, _unknown_category, _unknown_code, _duplicate_id, _no_rating_lines,
-    _rating_before_header, _duplicate_rater, _missing_audio, _missing_transcript)}
+    _rating_before_header, _duplicate_rater, _missing_audio, _missing_transcript, _empty_label_file,
+    _headerless_label_file, _missing_labels, _missing_label_file, _dangling_label_link)}
 
 
 @pytest.mark.parametrize("case", sorted(IEMOCAP_BAD))
@@ -557,6 +686,56 @@ def test_iemocap_line_in_block_with_malformed_header_is_counted(release):
     df = quiet(labels.load_iemocap, release)
     assert df.attrs["skipped"]["utterance:malformed_header"] == 1
     assert df.attrs["skipped"]["line:in_block_with_malformed_header"] == 1
+
+
+def test_iemocap_unreadable_label_file_is_named(release, monkeypatch):
+    path = emo_file(release, 2, "Ses02F_impro02")
+    read_bytes = Path.read_bytes
+
+    def refuse(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.warns(LabelWarning, match=re.escape(f"{path}: cannot be read (Permission denied)")):
+        df = quiet_notes(labels.load_iemocap, release)
+    assert df.attrs["warnings"] == {"unreadable_file": 1} and df.attrs["skipped"]["file:unreadable"] == 1
+    assert set(df["session"]) == {1}
+    with pytest.raises(LabelError, match=re.escape(str(path)) + r": cannot be read .*unreadable_file; strict=True"):
+        quiet_notes(labels.load_iemocap, release, strict=True)
+
+
+def test_iemocap_no_label_file_in_a_session(release):
+    for path in emo_file(release, 2, "Ses02F_impro02").parent.glob("*.txt"):
+        path.unlink()
+    with pytest.warns(LabelWarning) as caught:
+        df = quiet_notes(labels.load_iemocap, release)
+    assert len(caught) == 1  # one summary for both kinds
+    assert df.attrs["warnings"] == {"missing_label_file": 1, "no_label_files": 1}
+    assert "Session2/dialog/EmoEvaluation: no EmoEvaluation <dialog>.txt file" in str(caught[0].message)
+
+
+def test_iemocap_nothing_readable_is_an_error(release):
+    for session, dialog in (1, "Ses01F_impro01"), (1, "Ses01M_script01_1"), (2, "Ses02F_impro02"):
+        emo_file(release, session, dialog).write_text("")
+    with pytest.raises(LabelError, match=r"no IEMOCAP utterance could be read \(\{'empty_label_file': 3\}\)"):
+        quiet(labels.load_iemocap, release)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_iemocap_byte_order_mark_drops_nothing(release, encoding):
+    clean = quiet(labels.load_iemocap, release)
+    for session, dialog in (1, "Ses01F_impro01"), (2, "Ses02F_impro02"):
+        path = emo_file(release, session, dialog)  # the file starts with its first block, right after the mark
+        path.write_bytes(path.read_text().split("\n\n", 1)[1].encode(encoding))
+        tpath = transcript_file(release, session, dialog)
+        tpath.write_bytes(tpath.read_text().encode(encoding))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LabelWarning)
+        df = quiet_notes(labels.load_iemocap, release)
+    pd.testing.assert_frame_equal(df, clean)
+    assert row(df, "Ses01F_impro01_F000")["transcript"] == "Excuse me."
 
 
 def test_iemocap_parsers_on_single_lines(tmp_path):

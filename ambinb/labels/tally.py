@@ -114,7 +114,7 @@ def kind_line(kind: str, count: int, examples: list[list[str]]) -> str:
     (where, message), rest = examples[0], examples[1:]
     also = [_place(w, where) for w, _ in rest]
     more = count - len(examples)
-    tail = "; ".join(also + ([f"+{more} more"] if more > 0 else []))
+    tail = "; ".join(([", ".join(also)] if also else []) + ([f"+{more} more"] if more > 0 else []))
     return f"{count} x {kind}: {where}: {message}" + (f" (also {tail})" if tail else "")
 
 
