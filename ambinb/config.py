@@ -23,6 +23,8 @@ divide the width) are checked once every layer is applied, in :func:`check_relat
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import math
 import os
@@ -185,9 +187,13 @@ booleans and free paths). Edit this table, not the code that reads the key."""
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping, with an error naming the file when it is not one."""
+    """Read one YAML mapping, with an error naming the file when it is not one.
+
+    The file is read every time; its parsed form is kept per text (a sweep resolves the same few
+    files hundreds of times), and the caller gets its own copy.
+    """
     try:
-        data = yaml.safe_load(path.read_text())
+        data = copy.deepcopy(_parse_yaml(path.read_text()))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if data is None:
@@ -195,6 +201,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
     return data
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when built with it
 
 
 def defaults() -> dict[str, Any]:
@@ -265,6 +276,15 @@ def _apply(cfg: dict[str, Any], layer: dict[str, Any], source: str, declared: di
         check_value(key, value, source)
         cfg[key] = float(value) if isinstance(declared[key], float) and isinstance(value, int) else value
         sources[key] = source
+
+
+def check_layer(layer: dict[str, Any], source: str) -> None:
+    """Check ``key: value`` pairs as a layer's are checked (declared key, type, rule), naming ``source``.
+
+    For overrides read from elsewhere (a sweep file) before they reach :func:`resolve`.
+    """
+    declared = defaults()
+    _apply(dict(declared), dict(layer), source, declared, {})
 
 
 def check_value(key: str, value: Any, source: str) -> None:

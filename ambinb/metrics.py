@@ -1,4 +1,4 @@
-"""Distribution metrics, exactly as PAPER.md fixes them, over arrays of shape (N, C).
+"""Distribution metrics over arrays of shape (N, C): JS, BC, R2 and Brier as the paper scores them.
 
 Per-utterance functions return shape (N,); :func:`score` returns their means and the
 ambiguity diagnostics the paper lacks. Every log is taken after adding ``EPS`` and
@@ -57,7 +57,7 @@ def _pair(p_gt: np.ndarray, p_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def smooth(p: np.ndarray, eps: float = EPS) -> np.ndarray:
-    """Add ``eps`` to every entry and renormalise each row (PAPER.md, "smoothing")."""
+    """Add ``eps`` to every entry and renormalise each row (the smoothing before every log)."""
     p = np.asarray(p, dtype=np.float64) + eps
     return p / p.sum(axis=-1, keepdims=True)
 
@@ -107,7 +107,10 @@ def brier(p_gt: np.ndarray, p_hat: np.ndarray) -> np.ndarray:
 
 def r2_cod(p_gt: np.ndarray, p_hat: np.ndarray) -> float:
     """Coefficient of determination over all probabilities, p_gt as truth (sklearn's r2_score)."""
-    p, q = _pair(p_gt, p_hat)
+    return _r2_cod(*_pair(p_gt, p_hat))
+
+
+def _r2_cod(p: np.ndarray, q: np.ndarray) -> float:
     y, f = p.ravel(), q.ravel()
     ss_tot = np.sum((y - y.mean()) ** 2)
     return float(1.0 - np.sum((y - f) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
@@ -123,7 +126,10 @@ def entropy_corr(p_gt: np.ndarray, p_hat: np.ndarray) -> float:
     """Pearson correlation between the entropies of p_gt and of p_hat across utterances
     (does the model hedge where annotators disagree?). NaN when either is constant."""
     p, q = _pair(p_gt, p_hat)
-    h_p, h_q = entropy(p), entropy(q)
+    return _corr(entropy(p), entropy(q))
+
+
+def _corr(h_p: np.ndarray, h_q: np.ndarray) -> float:
     if h_p.std() < 1e-12 or h_q.std() < 1e-12:
         return float("nan")
     return float(np.corrcoef(h_p, h_q)[0, 1])
@@ -135,10 +141,20 @@ def collapse_rate(p_gt: np.ndarray, p_hat: np.ndarray, ambiguous_max_p: float = 
     ``collapse_max_p``: how often the model is confidently single-label where people were not.
     NaN when no utterance is ambiguous."""
     p, q = _pair(p_gt, p_hat)
+    return float(_collapse_rates(p, q, np.arange(p.shape[0])[None, :], ambiguous_max_p, collapse_max_p)[0])
+
+
+def _collapse_rates(p: np.ndarray, q: np.ndarray, idx: np.ndarray, ambiguous_max_p: float = AMBIGUOUS_MAX_P,
+                    collapse_max_p: float = COLLAPSE_MAX_P) -> np.ndarray:
+    """:func:`collapse_rate` of each row of ``idx`` (B, N), a resample of the utterances, at once.
+
+    Counts of booleans are exact, so each value equals the rate computed on ``p[idx[b]]`` alone.
+    """
     ambiguous = p.max(axis=1) < ambiguous_max_p
-    if not ambiguous.any():
-        return float("nan")
-    return float(np.mean(q[ambiguous].max(axis=1) > collapse_max_p))
+    collapsed = ambiguous & (q.max(axis=1) > collapse_max_p)
+    n_ambiguous = ambiguous[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_ambiguous > 0, collapsed[idx].sum(axis=1) / np.maximum(n_ambiguous, 1), np.nan)
 
 
 def _summary(p: np.ndarray, q: np.ndarray) -> dict[str, float]:
@@ -161,14 +177,20 @@ def score(p_gt: np.ndarray, p_hat: np.ndarray) -> dict[str, float]:
 def bootstrap_ci(p_gt: np.ndarray, p_hat: np.ndarray, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence intervals of every metric in :func:`score`, resampling
-    utterances with replacement (deterministic for a seed)."""
+    utterances with replacement (deterministic for a seed).
+
+    The inputs are checked once; per-utterance quantities (the five metrics, the entropies) are
+    computed once and resampled, so each resample's value equals :func:`score` on that resample.
+    """
     p, q = _pair(p_gt, p_hat)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, p.shape[0], size=(n_boot, p.shape[0]))
     per = {name: globals()[name](p, q) for name in PER_UTTERANCE}
     samples: dict[str, np.ndarray] = {name: per[name][idx].mean(axis=1) for name in PER_UTTERANCE}
-    for name, fn in (("r2_cod", r2_cod), ("entropy_corr", entropy_corr), ("collapse_rate", collapse_rate)):
-        samples[name] = np.array([fn(p[i], q[i]) for i in idx])
+    h_p, h_q = entropy(p), entropy(q)
+    samples["r2_cod"] = np.array([_r2_cod(p[i], q[i]) for i in idx])
+    samples["entropy_corr"] = np.array([_corr(h_p[i], h_q[i]) for i in idx])
+    samples["collapse_rate"] = _collapse_rates(p, q, idx)
     alpha = (1.0 - level) / 2
     out = {}
     for name, s in samples.items():

@@ -42,6 +42,7 @@ SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_
               "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
 # recorded parameters that say where or how a run was launched, not what it computed
 LAUNCH_KEYS = {"run_root", "layers", "description", "runner", "device"}  # device: each process records its own
+EXECUTORS = ("local", "slurm", "submitit-local")
 
 
 @dataclass
@@ -62,13 +63,23 @@ class Run:
     def folder(self) -> Path:
         return run_folder(self.config())
 
+    @property
+    def label(self) -> str:
+        """``dataset/strategy/fold<k>`` (``/<variant>`` when there is one), as the terminal shows a run."""
+        return f"{self.dataset}/{self.strategy}/fold{self.fold}" + (f"/{self.variant}" if self.variant else "")
+
     def config(self) -> dict[str, Any]:
         return config.resolve(dataset=self.dataset, strategy=self.strategy, fold=self.fold,
                               run_root=self.run_root, overrides=self.overrides)
 
 
 def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a sweep file; errors name the file and the key."""
+    """Read and check a sweep file; errors name the file and the key.
+
+    Checked before anything resolves: known keys only, the type of each (``folds`` a list of
+    non-negative integers, ``workers`` a positive integer, ...), and every override (``overrides``,
+    ``strategy_overrides``, ``variants``) as a params layer is checked (:func:`ambinb.config.check_layer`).
+    """
     path = Path(path)
     spec = config.load_yaml(path)
     unknown = set(spec) - SWEEP_KEYS
@@ -77,19 +88,58 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("datasets", "strategies", "folds"):
         if not isinstance(spec.get(key), list) or not spec[key]:
             raise config.ConfigError(f"{path}: '{key}' must be a non-empty list")
-    per_strategy = spec.get("strategy_overrides") or {}
-    if not isinstance(per_strategy, dict) or not all(isinstance(v, dict) for v in per_strategy.values()):
-        raise config.ConfigError(f"{path}: 'strategy_overrides' must map a strategy to its key: value pairs")
+    for key in ("datasets", "strategies"):
+        bad = [v for v in spec[key] if not isinstance(v, str) or not is_path_name(v)]
+        if bad:
+            raise config.ConfigError(f"{path}: '{key}' must list lower-case snake_case names, got {bad}")
+    _check_counts(spec, path)
+    for key in ("run_root", "description"):
+        if key in spec and not isinstance(spec[key], str):
+            raise config.ConfigError(f"{path}: '{key}' must be a string, got {spec[key]!r}")
+    if spec.get("executor", "local") not in EXECUTORS:
+        raise config.ConfigError(f"{path}: 'executor' must be one of {list(EXECUTORS)}, got {spec['executor']!r}")
+    _check_overrides(spec, path)
+    return spec
+
+
+def _check_counts(spec: dict[str, Any], path: Path) -> None:
+    """``folds``: integers >= 0; ``workers`` and ``threads_per_run``: integers >= 1 (or absent)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    bad = [f for f in spec["folds"] if not is_int(f) or f < 0]
+    if bad:
+        raise config.ConfigError(f"{path}: 'folds' must list non-negative integers, got {bad}")
+    for key in ("workers", "threads_per_run"):
+        if spec.get(key) is not None and (not is_int(spec[key]) or spec[key] < 1):
+            raise config.ConfigError(f"{path}: '{key}' must be an integer >= 1, got {spec[key]!r}")
+
+
+def _check_overrides(spec: dict[str, Any], path: Path) -> None:
+    """The three kinds of overrides: their shape, their names, and each pair as a params layer."""
+    def mapping_of_mappings(key: str, what: str) -> dict[str, Any]:
+        value = spec.get(key) or {}
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise config.ConfigError(f"{path}: '{key}' must map {what} to its key: value pairs")
+        return value
+
+    overrides = spec.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise config.ConfigError(f"{path}: 'overrides' must be a mapping of key: value pairs")
+    if "slurm" in spec and not isinstance(spec["slurm"], dict):
+        raise config.ConfigError(f"{path}: 'slurm' must be a mapping of submitit parameters")
+    per_strategy = mapping_of_mappings("strategy_overrides", "a strategy")
     extra = sorted(set(per_strategy) - set(spec["strategies"]))
     if extra:
         raise config.ConfigError(f"{path}: strategy_overrides names {extra}, which the sweep does not run")
-    variants = spec.get("variants") or {}
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-        raise config.ConfigError(f"{path}: 'variants' must map a variant name to its key: value pairs")
+    variants = mapping_of_mappings("variants", "a variant name")
     for name in variants:
         if not is_path_name(name):
             raise config.ConfigError(f"{path}: variant {name!r}: names become folders, use lower-case snake_case")
-    return spec
+    config.check_layer(overrides, f"{path}: overrides")
+    for kind, table in (("strategy_overrides", per_strategy), ("variants", variants)):
+        for name, layer in table.items():
+            config.check_layer(layer, f"{path}: {kind}.{name}")
 
 
 def run_overrides(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
@@ -108,14 +158,22 @@ def stale_keys(run: Run) -> list[str]:
 
 
 def expand(spec: dict[str, Any], run_root: str | None = None) -> list[Run]:
-    """Every run of a sweep, checked: each config resolves and each runner exists, before anything runs."""
+    """Every run of a sweep, checked before anything runs: each config resolves (its fold exists for its
+    dataset, its values fit their rules) and each runner exists.
+
+    Raises:
+        ConfigError: naming the run (``toy/sft/fold7``) and the key.
+    """
     root = run_root or spec.get("run_root") or config.resolve()["run_root"]
     variants = spec.get("variants") or {"": {}}
     runs = [Run(d, s, int(f), str(Path(root) / v) if v else str(root), {**run_overrides(spec, s), **extra}, v)
             for v, extra in variants.items()
             for d in spec["datasets"] for s in spec["strategies"] for f in spec["folds"]]
     for run in runs:
-        runner = run.config()["runner"]
+        try:
+            runner = run.config()["runner"]
+        except config.ConfigError as err:
+            raise config.ConfigError(f"{run.label}: {err}") from None
         if not runner:
             raise config.ConfigError(f"strategy {run.strategy!r} declares no runner")
         if ":" not in runner:
@@ -147,12 +205,22 @@ def execute_run(run: Run, threads: int | None = None) -> Run:
         if run.status == "failed":
             run.error = "finished without writing metrics.json"
     except Exception as err:  # a failing run is reported; the sweep goes on
-        run.status, run.error = "failed", f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        run.status, run.error = "failed", first_line(err)
         log = run.folder / "error.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc())
     run.seconds = time.time() - start
     return run
+
+
+def first_line(err: BaseException) -> str:
+    """The error as the status table shows it: its type and the first non-empty line of its message.
+
+    Example: ``first_line(NotebookError("\\n03_sft.ipynb failed at In [4]: ValueError: x\\n..."))``
+    -> ``"NotebookError: 03_sft.ipynb failed at In [4]: ValueError: x"``.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def status_table(runs: list[Run]) -> str:
@@ -234,6 +302,7 @@ def _run_submitit(runs: list[Run], todo: list[Run], executor: str, slurm: dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ambinb-sweep`` command: 0 when every run finished, 1 when one failed, 2 for a bad sweep file."""
     parser = argparse.ArgumentParser(prog="ambinb-sweep", description="Run a sweep of notebooks into run folders.")
     parser.add_argument("sweep", help="a sweep file, e.g. params/sweeps/toy.yaml")
     parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
@@ -241,15 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-root", default=None, help="where run folders go (default: the sweep's or params')")
     parser.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default=None)
     args = parser.parse_args(argv)
-    spec = load_sweep(resolve_path(args.sweep) if not Path(args.sweep).exists() else args.sweep)
-    runs = expand(spec, args.run_root)
+    path = resolve_path(args.sweep) if not Path(args.sweep).exists() else Path(args.sweep)
+    try:
+        spec = load_sweep(path)
+        runs = expand(spec, args.run_root)
+    except (config.ConfigError, FileNotFoundError) as err:  # a bad sweep file or run: one line, no traceback
+        print(f"ambinb-sweep: {err}" if str(err).startswith(str(path)) else f"ambinb-sweep: {path}: {err}",
+              file=sys.stderr)
+        return 2
     if args.dry_run:
         for run in runs:
             stale = stale_keys(run) if results.is_finished(run.folder) else []
             state = ("would run" if not results.is_finished(run.folder) else
                      f"finished with other {', '.join(stale[:6])}, kept" if stale else "finished, skip")
-            print(f"{run.dataset}/{run.strategy}/fold{run.fold}{'/' + run.variant if run.variant else ''}: {state}  "
-                  f"({run.config()['runner']}) -> {run.folder}")
+            print(f"{run.label}: {state}  ({run.config()['runner']}) -> {run.folder}")
         return 0
     run_sweep(runs, workers=args.workers or int(spec.get("workers", 1)),
               executor=args.executor or spec.get("executor", "local"), slurm=spec.get("slurm"),
