@@ -9,8 +9,16 @@ The shared path (:func:`generate_group`), per batch of B utterances:
    so the prompt (audio positions included) is never recomputed per sample;
 3. decoding: B*K rows step by step with the three audio special tokens masked out of the logits
    (a sampled ``<|AUDIO|>`` would break the next forward), temperature / top-p sampling from one
-   seeded ``torch.Generator`` (or greedy), rows leaving the batch as they finish: at the answer
-   close tag, at ``<|im_end|>``/``<|endoftext|>``, or at ``max_new_tokens``;
+   seeded ``torch.Generator`` (or greedy), until the answer close tag, ``<|im_end|>``/``<|endoftext|>``
+   or ``max_new_tokens``. The close tag is found on token ids (:mod:`ambinb.stopping`: one table
+   lookup per row and step, on the device), the generated ids stay on the device, and each step
+   makes one host sync (which rows finished). Two loops (``rollout_decode``): ``dynamic`` drops
+   finished rows from the batch and the KV cache; ``static`` keeps every row in a preallocated
+   ``StaticCache`` (finished rows are fed along, never sampled), which ``compiled`` runs through
+   ``torch.compile`` (CUDA graphs on a GPU). All give the same tokens on the CPU (tests). LoRA
+   adapters are merged into the weights while sampling (``rollout_merge_lora``;
+   :func:`ambinb.merge.merged_lora` restores the exact base weights after). ``timings`` reports
+   seconds per phase of the loop (:class:`PhaseClock`), for profiling;
 4. readout (:func:`rollout`): p_hat for every trajectory in one batched forward, at the slot right
    after the answer tag *the model generated*; a trajectory without one gets the tag appended to
    its text (``answer_prefix(think)``) and is read out there, with ``answer_found = False``.
@@ -35,7 +43,8 @@ from typing import Any
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import cot, prompt, readout, vllm_rollout
+from ambinb import cot, prompt, readout, stopping, vllm_rollout
+from ambinb.merge import merged_lora
 
 
 @dataclass
@@ -97,21 +106,68 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Te
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
-def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k: int, max_new_tokens: int,
-                   greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                   generator: torch.Generator | None = None, fmt: cot.OutputFormat = cot.AMBINB
-                   ) -> list[list[tuple[list[int], str]]]:
-    """Sample ``k`` completions per utterance with one shared prefill (see the module docstring).
+DECODES = ("dynamic", "static", "compiled")
 
-    Returns:
-        ``[utterance][k] -> (generated ids, stop reason)``.
+
+class PhaseClock:
+    """Seconds per phase of a decode loop, for profiling: a no-op unless given a dict to fill.
+
+    With a dict, every :meth:`lap` first waits for the device (so a GPU's seconds land in the phase
+    that queued the work) and adds the time since the previous lap to ``out[phase]``. Example:
+    ``timings = {}; generate_group(..., timings=timings)`` -> ``{"prefill": 0.2, "sample": 0.05, ...}``.
     """
+
+    def __init__(self, out: dict[str, float] | None, device: Any):
+        self.out = out
+        self.cuda = out is not None and torch.device(device).type == "cuda"
+        self.t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.out is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.out[phase] = self.out.get(phase, 0.0) + now - self.t
+        self.t = now
+
+
+@dataclass
+class _Rows:
+    """The decode loop's bookkeeping: generated ids on the device, per-row state, who is still going."""
+
+    tokens: torch.Tensor            # (R, max_new) generated ids
+    state: torch.Tensor             # (R,) close-tag automaton state
+    active: torch.Tensor            # (A,) rows still decoding, on the device
+    active_rows: list[int]          # the same on the host
+    lengths: list[int]
+    stop: list[str]
+
+    def record(self, step: int, nxt: torch.Tensor, automaton: stopping.TagAutomaton, eos: torch.Tensor) -> list[int]:
+        """Store the step's ids (A,), advance the stop state, and return the rows that go on (one host sync)."""
+        self.tokens[self.active, step] = nxt
+        state = automaton.step(self.state[self.active], nxt)
+        self.state[self.active] = state
+        code = torch.where(torch.isin(nxt, eos), 1, torch.where(state >= automaton.length, 2, 0))
+        keep = []
+        for j, c in enumerate(code.tolist()):  # the one host sync of the step
+            row = self.active_rows[j]
+            self.lengths[row] = step + 1
+            if c:
+                self.stop[row] = ("eos", "answer_close")[c - 1]
+            else:
+                keep.append(j)
+        return keep
+
+    def results(self) -> list[tuple[list[int], str]]:
+        ids = self.tokens.tolist()
+        return [(ids[r][: self.lengths[r]], self.stop[r]) for r in range(len(ids))]
+
+
+def _prefill(model: Any, encoded: list[prompt.Encoded], k: int, pad_id: int
+             ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """The shared prefill: last logits, cache, mask and last positions, each repeated K times per utterance."""
     device = audio_mod.device_of(model)
-    pad_id = int(tokenizer.pad_token_id)
-    eos = set(prompt.eos_ids(tokenizer))
-    close = fmt.answer_close
-    window = len(prompt.segment_ids(tokenizer, close)) + 2
     ids, mask = _left_pad([e.prompt_ids for e in encoded], pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     hidden, cache = audio_mod.lm_hidden(model, ids, mask, [e.audio for e in encoded], pos, use_cache=True)
@@ -121,35 +177,141 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
         logits = logits.repeat_interleave(k, dim=0)
         mask = mask.repeat_interleave(k, dim=0)
         pos = pos.repeat_interleave(k, dim=0)
-    n_rows = len(encoded) * k
-    suppress = torch.tensor(suppressed_ids(tokenizer), device=device)
-    out: list[list[int]] = [[] for _ in range(n_rows)]
-    stop = ["budget"] * n_rows
-    active = torch.arange(n_rows, device=device)
-    last_pos = pos[:, -1]
-    for step in range(max_new_tokens):
-        logits[:, suppress] = float("-inf")
-        nxt = sample_next(logits, greedy, temperature, top_p, generator)
-        keep = []
-        for j, (row, tok) in enumerate(zip(active.tolist(), nxt.tolist())):
-            out[row].append(tok)
-            if tok in eos:
-                stop[row] = "eos"
-            elif close in tokenizer.decode(out[row][-window:], skip_special_tokens=True):
-                stop[row] = "answer_close"
-            else:
-                keep.append(j)
-        if not keep or step == max_new_tokens - 1:
+    return logits, cache, mask, pos[:, -1]
+
+
+def decode_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
+    """One decoding forward (R, 1) -> next-token logits (R, V).
+
+    Sampled ids never hold ``<|AUDIO|>`` (it is masked out of the logits), so the embeddings are the
+    token embeddings as :func:`ambinb.audio.merge_audio` would return them, without its per-row count
+    (a host sync). Under SDPA attention the key mask goes in as the 4D boolean mask transformers
+    would build from ``mask`` (R, keys), for one query per row; built there, its check for "no
+    padding at all" would read a value back to the host at every step.
+    """
+    embeds = audio_mod.base_model(model).get_input_embeddings()(ids)
+    if audio_mod.base_model(model).config._attn_implementation == "sdpa":
+        mask = mask[:, None, None, :].bool()
+    out = audio_mod.core(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache,
+                                use_cache=True)
+    return audio_mod.head_logits(model, out.last_hidden_state[:, -1])
+
+
+def _decode_dynamic(model: Any, first: torch.Tensor, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor,
+                    rows: _Rows, pick: Any, stop: Any, clock: PhaseClock) -> None:
+    """Rows leave the batch (and the KV cache) as they finish."""
+    logits, device = first, first.device
+    for step in range(rows.tokens.shape[1]):
+        nxt = pick(logits)
+        clock.lap("sample")
+        keep = stop(step, nxt)
+        clock.lap("stop")
+        if not keep or step == rows.tokens.shape[1] - 1:
             break
-        if len(keep) < len(active):
+        if len(keep) < len(rows.active_rows):
             sel = torch.tensor(keep, device=device)
             cache.batch_select_indices(sel)
-            active, nxt, mask, last_pos = active[sel], nxt[sel], mask[sel], last_pos[sel]
+            rows.active, rows.active_rows = rows.active[sel], [rows.active_rows[j] for j in keep]
+            nxt, mask, last_pos = nxt[sel], mask[sel], last_pos[sel]
         mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
-        hidden, cache = audio_mod.lm_hidden(model, nxt[:, None], mask, None, last_pos[:, None], cache, use_cache=True)
-        logits = audio_mod.head_logits(model, hidden[:, -1])
-    return [[(out[b * k + j], stop[b * k + j]) for j in range(k)] for b in range(len(encoded))]
+        logits = decode_step(model, nxt[:, None], mask, last_pos[:, None], cache)
+        clock.lap("forward")
+
+
+def static_cache(model: Any, dynamic: Any, max_len: int) -> Any:
+    """A ``StaticCache`` of ``max_len`` positions holding what the prefill's dynamic cache holds."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=audio_mod.base_model(model).config.get_text_config(decoder=True), max_cache_len=max_len)
+    for src, dst in zip(dynamic.layers, static.layers):
+        dst.lazy_initialization(src.keys, src.values)
+        n = src.keys.shape[2]
+        dst.keys[:, :, :n] = src.keys
+        dst.values[:, :, :n] = src.values
+        dst.cumulative_length.fill_(n)
+    return static
+
+
+def _decode_static(model: Any, first: torch.Tensor, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor,
+                   rows: _Rows, pick: Any, stop: Any, clock: PhaseClock, step_fn: Any) -> None:
+    """Every row stays in a preallocated cache; finished rows are fed along, their tokens never sampled."""
+    logits, device = first, first.device
+    max_new, width = rows.tokens.shape[1], mask.shape[1]
+    cache = static_cache(model, cache, width + max_new)
+    full = torch.cat([mask, torch.zeros((mask.shape[0], max_new), dtype=mask.dtype, device=device)], dim=1)
+    feed = torch.zeros(mask.shape[0], dtype=torch.long, device=device)
+    for step in range(max_new):
+        some = len(rows.active_rows) < mask.shape[0]
+        nxt = pick(logits[rows.active] if some else logits)
+        clock.lap("sample")
+        keep = stop(step, nxt)
+        clock.lap("stop")
+        if not keep or step == max_new - 1:
+            break
+        if len(keep) < len(rows.active_rows):
+            sel = torch.tensor(keep, device=device)
+            rows.active, rows.active_rows, nxt = rows.active[sel], [rows.active_rows[j] for j in keep], nxt[sel]
+        feed[rows.active] = nxt
+        full[:, width + step] = 1
+        last_pos = last_pos + 1
+        logits = step_fn(model, feed[:, None], full, last_pos[:, None], cache)
+        clock.lap("forward")
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def compiled_step() -> Any:
+    """:func:`decode_step` through ``torch.compile`` (CUDA graphs on a GPU), compiled once per process."""
+    if "step" not in _COMPILED:
+        mode = "reduce-overhead" if torch.cuda.is_available() else "default"
+        _COMPILED["step"] = torch.compile(decode_step, mode=mode, dynamic=False)
+    return _COMPILED["step"]
+
+
+@torch.no_grad()
+def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k: int, max_new_tokens: int,
+                   greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                   generator: torch.Generator | None = None, fmt: cot.OutputFormat = cot.AMBINB,
+                   decode: str = "dynamic", timings: dict[str, float] | None = None
+                   ) -> list[list[tuple[list[int], str]]]:
+    """Sample ``k`` completions per utterance with one shared prefill (see the module docstring).
+
+    ``decode`` picks the loop (:data:`DECODES`); ``timings``, when given, receives seconds per phase
+    (``prefill``, ``sample``, ``stop``, ``forward``), the device synchronised at each phase's end.
+
+    Returns:
+        ``[utterance][k] -> (generated ids, stop reason)``.
+    """
+    if decode not in DECODES:
+        raise ValueError(f"rollout_decode={decode!r}: expected one of {DECODES}")
+    device = audio_mod.device_of(model)
+    clock = PhaseClock(timings, device)
+    logits, cache, mask, last_pos = _prefill(model, encoded, k, int(tokenizer.pad_token_id))
+    clock.lap("prefill")
+    n_rows = len(encoded) * k
+    automaton = stopping.tag_automaton(tokenizer, fmt.answer_close).to(device, logits.shape[-1])
+    eos = torch.tensor(prompt.eos_ids(tokenizer), device=device)
+    suppress = torch.tensor(suppressed_ids(tokenizer), device=device)
+    rows = _Rows(torch.zeros((n_rows, max_new_tokens), dtype=torch.long, device=device),
+                 torch.zeros(n_rows, dtype=torch.long, device=device), torch.arange(n_rows, device=device),
+                 list(range(n_rows)), [0] * n_rows, ["budget"] * n_rows)
+
+    def pick(step_logits: torch.Tensor) -> torch.Tensor:
+        step_logits[:, suppress] = float("-inf")
+        return sample_next(step_logits, greedy, temperature, top_p, generator)
+
+    def stop(step: int, nxt: torch.Tensor) -> list[int]:
+        return rows.record(step, nxt, automaton, eos)
+
+    if decode == "dynamic":
+        _decode_dynamic(model, logits, cache, mask, last_pos, rows, pick, stop, clock)
+    else:
+        _decode_static(model, logits, cache, mask, last_pos, rows, pick, stop, clock,
+                       compiled_step() if decode == "compiled" else decode_step)
+    out = rows.results()
+    return [[out[b * k + j] for j in range(k)] for b in range(len(encoded))]
 
 
 def find_answer_slot(tokenizer: Any, ids: list[int], tag: str) -> int | None:
@@ -186,28 +348,34 @@ def make_trajectory(tokenizer: Any, utt_id: str, ids: list[int], stop: str, clas
 
 
 def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str], cfg: dict[str, Any],
-            k: int | None = None, greedy: bool = False, generator: torch.Generator | None = None) -> GroupRollout:
+            k: int | None = None, greedy: bool = False, generator: torch.Generator | None = None,
+            timings: dict[str, float] | None = None) -> GroupRollout:
     """K trajectories per utterance and p_hat (B, K, C) over ``classes`` for each.
 
     Params used: ``rollout_k`` (when ``k`` is None), ``max_new_tokens``, ``temperature``, ``top_p``,
-    ``prompt_preset``, ``readout_batch_size``, ``seed`` (when no ``generator`` is given), and
-    ``rollout_backend``: ``vllm`` samples with vLLM (:mod:`ambinb.vllm_rollout`) unless ``greedy``;
-    the trajectories and the readout are the same either way.
+    ``prompt_preset``, ``readout_batch_size``, ``seed`` (when no ``generator`` is given),
+    ``rollout_decode`` (:func:`generate_group`'s loop), ``rollout_merge_lora`` (LoRA merged into the
+    weights while sampling: :func:`ambinb.merge.merged_lora`), and ``rollout_backend``: ``vllm``
+    samples with vLLM (:mod:`ambinb.vllm_rollout`) unless ``greedy``; the trajectories and the
+    readout are the same either way. ``timings`` receives the decode loop's phases (see
+    :func:`generate_group`).
     """
     tok = processor.tokenizer
-    fmt = cot.get_format(cfg.get("prompt_preset", "ambinb"))
-    k = int(cfg.get("rollout_k", 8) if k is None else k)
+    fmt = cot.get_format(cfg["prompt_preset"])
+    k = int(cfg["rollout_k"] if k is None else k)
     if generator is None:
         generator = torch.Generator(device=audio_mod.device_of(model))
-        generator.manual_seed(int(cfg.get("seed", 0)))
+        generator.manual_seed(int(cfg["seed"]))
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    if vllm_rollout.check_backend(str(cfg.get("rollout_backend", "hf"))) == "vllm" and not greedy:
+    if vllm_rollout.check_backend(str(cfg["rollout_backend"])) == "vllm" and not greedy:
         groups = vllm_rollout.generate_group(model, tok, encoded, k, cfg, fmt)  # greedy stays on the HF path
     else:
-        groups = generate_group(model, tok, encoded, k, int(cfg.get("max_new_tokens", 256)), greedy,
-                                float(cfg.get("temperature", 1.0)), float(cfg.get("top_p", 1.0)), generator, fmt)
+        with merged_lora(model, bool(cfg["rollout_merge_lora"])):
+            groups = generate_group(model, tok, encoded, k, int(cfg["max_new_tokens"]), greedy,
+                                    float(cfg["temperature"]), float(cfg["top_p"]), generator, fmt,
+                                    str(cfg["rollout_decode"]), timings)
     t1 = time.perf_counter()
     trajectories = [[make_trajectory(tok, e.utt_id, ids, stop, classes, fmt) for ids, stop in group]
                     for e, group in zip(encoded, groups)]
@@ -215,7 +383,7 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     feats = [e.audio for e in encoded for _ in range(k)]
     with torch.no_grad():
         p = readout.read_out(model, prefixes, feats, prompt.class_ids(tok, classes), int(tok.pad_token_id),
-                             int(cfg.get("readout_batch_size", 0)))
+                             int(cfg["readout_batch_size"]))
     t2 = time.perf_counter()
     if was_training:
         model.train()

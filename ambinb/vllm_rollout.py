@@ -162,7 +162,7 @@ def dataset_waves(cfg: dict[str, Any]) -> Callable[[str], np.ndarray]:
 
     def wave_of(utt_id: str) -> np.ndarray:
         if utt_id not in rows:
-            raise KeyError(f"{utt_id}: not in the dataset table of {cfg.get('dataset')!r}, so vLLM gets no audio")
+            raise KeyError(f"{utt_id}: not in the dataset table of {cfg['dataset']!r}, so vLLM gets no audio")
         return audio_mod.load_row_audio(rows[utt_id], cfg)
 
     return wave_of
@@ -223,18 +223,18 @@ def sampler_for(cfg: dict[str, Any], wave_of: Callable[[str], np.ndarray] | None
     """
     from ambinb import standin
 
-    path = str(cfg.get("model_name_or_path") or "") or str(standin.ensure_tiny(cfg))
-    key = (path, str(cfg.get("dtype", "auto")))
+    path = str(cfg["model_name_or_path"] or "") or str(standin.ensure_tiny(cfg))
+    key = (path, str(cfg["dtype"]))
     if key not in _SAMPLERS:
         vllm = import_vllm()
-        dtype = str(cfg.get("dtype", "auto"))
-        kwargs: dict[str, Any] = {"model": path, "limit_mm_per_prompt": {"audio": 1}, "seed": int(cfg.get("seed", 0)),
+        dtype = str(cfg["dtype"])
+        kwargs: dict[str, Any] = {"model": path, "limit_mm_per_prompt": {"audio": 1}, "seed": int(cfg["seed"]),
                                   "dtype": "auto" if dtype == "auto" else dtype,
-                                  "gpu_memory_utilization": float(cfg.get("vllm_gpu_memory_utilization", 0.3))}
-        if int(cfg.get("vllm_max_model_len", 0)) > 0:
+                                  "gpu_memory_utilization": float(cfg["vllm_gpu_memory_utilization"])}
+        if int(cfg["vllm_max_model_len"]) > 0:
             kwargs["max_model_len"] = int(cfg["vllm_max_model_len"])
         _SAMPLERS[key] = VLLMSampler(vllm.LLM(**kwargs), vllm.SamplingParams, wave_of or dataset_waves(cfg),
-                                     sync=bool(cfg.get("vllm_sync", True)))
+                                     sync=bool(cfg["vllm_sync"]))
     return _SAMPLERS[key]
 
 
@@ -246,6 +246,6 @@ def reset() -> None:
 def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k: int, cfg: dict[str, Any],
                    fmt: cot.OutputFormat = cot.AMBINB) -> list[list[tuple[list[int], str]]]:
     """:func:`ambinb.rollout.generate_group`'s result, sampled by vLLM (see the module docstring)."""
-    return sampler_for(cfg).generate(model, tokenizer, encoded, k, int(cfg.get("max_new_tokens", 256)),
-                                     float(cfg.get("temperature", 1.0)), float(cfg.get("top_p", 1.0)),
-                                     int(cfg.get("seed", 0)), fmt)
+    return sampler_for(cfg).generate(model, tokenizer, encoded, k, int(cfg["max_new_tokens"]),
+                                     float(cfg["temperature"]), float(cfg["top_p"]),
+                                     int(cfg["seed"]), fmt)

@@ -1,18 +1,23 @@
 """Group rollouts: the encoder runs once per utterance, audio reaches every forward, no audio token
-is ever sampled, shared prefill equals transformers' own generation, readout slots are placed right."""
+is ever sampled, shared prefill equals transformers' own generation, readout slots are placed right;
+every decode loop gives the tokens of the earlier loop (``rollout_reference``), one host sync per
+step, LoRA merged while sampling and the exact weights back after."""
 
 from __future__ import annotations
 
+import pytest
+import rollout_reference
 import torch
 from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
 
 from ambinb import audio as A
-from ambinb import cot, prompt, rollout
+from ambinb import config, cot, merge, prompt, rollout
+from ambinb import model as model_mod
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
 
-CFG = {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0, "prompt_preset": "ambinb",
-       "readout_batch_size": 0}
+CFG = {**config.resolve(), "max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0,
+       "prompt_preset": "ambinb", "readout_batch_size": 0}
 TRANSCRIPTS = ["No way, not again.", "The train leaves at seven.", "I miss her so much."]
 
 
@@ -163,3 +168,92 @@ def test_sample_next_top_p_and_greedy():
     assert draws == {0, 1}  # 0.5 < 0.7 <= 0.5 + 0.3: the nucleus is tokens 0 and 1
     assert {int(rollout.sample_next(logits, False, 1.0, 1.0, gen)) for _ in range(500)} == {0, 1, 2, 3}
     assert int(rollout.sample_next(logits, True)) == 0
+
+
+def _ids(groups):
+    return [row for group in groups for row in group]
+
+
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_decode_loops_give_the_reference_loops_tokens(tiny, decode):
+    """Greedy and seeded sampling, 3 utterances x K = 4, rows finishing at different steps (the close
+    tag, an end token or the budget): the same ids and stop reasons as the earlier text-matching loop."""
+    model, processor = tiny
+    tok = processor.tokenizer
+    enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
+    for greedy, budget in ((True, 60), (False, 120)):
+        ref = rollout_reference.generate_group(model, tok, enc, 4, budget, greedy, 1.0, 1.0,
+                                               torch.Generator().manual_seed(5))
+        got = rollout.generate_group(model, tok, enc, 4, budget, greedy, 1.0, 1.0, torch.Generator().manual_seed(5),
+                                     decode=decode)
+        assert _ids(got) == _ids(ref)
+    assert {stop for _, stop in _ids(ref)} >= {"answer_close", "budget"}  # rows left the batch at different steps
+
+
+def test_one_host_sync_per_decode_step(tiny, monkeypatch):
+    """Values read back to the host (tolist, item, bool, int) during decoding: one per step."""
+    model, processor = tiny
+    enc = encode_waves(model, processor, _waves()[:2], TRANSCRIPTS[:2])
+    reads = []
+    for name in ("tolist", "item", "__bool__", "__int__", "__index__"):
+        plain = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _p=plain, _n=name: reads.append(_n) or _p(t, *a))
+    steps = []
+    prefill = rollout._prefill
+    monkeypatch.setattr(rollout, "_prefill", lambda *a: (reads.clear(), prefill(*a))[1])
+    record = rollout._Rows.record
+    monkeypatch.setattr(rollout._Rows, "record", lambda self, *a: (steps.append(len(reads)), record(self, *a))[1])
+    rollout.generate_group(model, processor.tokenizer, enc, 2, 12, generator=torch.Generator().manual_seed(0))
+    assert len(steps) >= 5
+    assert [b - a for a, b in zip(steps, steps[1:])] == [1] * (len(steps) - 1)
+
+
+def test_timings_name_the_phases(tiny):
+    model, processor = tiny
+    enc = encode_waves(model, processor, _waves()[:1], TRANSCRIPTS[:1])
+    timings = {}
+    rollout.rollout(model, processor, enc, CLASSES, {**CFG, "max_new_tokens": 6}, k=2, timings=timings)
+    assert set(timings) == {"prefill", "sample", "stop", "forward"} and all(v > 0 for v in timings.values())
+
+
+def _lora_model(model):
+    lora = model_mod.apply_lora(model, config.resolve())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero, which would make merging a no-op
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return lora
+
+
+def test_merged_lora_restores_the_exact_base_weights(tiny):
+    model, processor = tiny
+    lora = _lora_model(model)
+    before = {n: p.detach().clone() for n, p in lora.named_parameters()}
+    layers = merge.lora_layers(lora)
+    enc = encode_waves(model, processor, _waves()[:2], TRANSCRIPTS[:2])
+    plain = rollout.generate_group(lora, processor.tokenizer, enc, 2, 24, greedy=True)
+    with merge.merged_lora(lora) as n:
+        assert n == len(layers) > 0 and all(layer.merged for layer in layers)
+        changed = [nm for nm, p in lora.named_parameters() if not torch.equal(p, before[nm])]
+        assert changed and all("base_layer.weight" in nm for nm in changed)
+        merged = rollout.generate_group(lora, processor.tokenizer, enc, 2, 24, greedy=True)
+    assert merged == plain  # the same greedy tokens through the merged weights
+    assert not any(layer.merged for layer in layers)
+    assert all(torch.equal(p, before[nm]) for nm, p in lora.named_parameters())  # bit for bit
+    with pytest.raises(RuntimeError, match="inside"), merge.merged_lora(lora):
+        raise RuntimeError("inside")
+    assert all(torch.equal(p, before[nm]) for nm, p in lora.named_parameters())
+
+
+def test_rollout_merges_lora_only_while_sampling(tiny, monkeypatch):
+    model, processor = tiny
+    lora = _lora_model(model)
+    enc = encode_waves(model, processor, _waves()[:1], TRANSCRIPTS[:1])
+    seen = []
+    step = rollout.decode_step
+    monkeypatch.setattr(rollout, "decode_step", lambda m, *a: (seen.append(merge.lora_layers(m) == []), step(m, *a))[1])
+    rollout.rollout(lora, processor, enc, CLASSES, {**CFG, "max_new_tokens": 4}, k=2)
+    rollout.rollout(lora, processor, enc, CLASSES, {**CFG, "max_new_tokens": 4, "rollout_merge_lora": False}, k=2)
+    assert seen[:3] == [True] * 3 and seen[-3:] == [False] * 3
+    assert merge.lora_layers(lora)  # unmerged again after the rollout
