@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import sys
@@ -419,6 +420,40 @@ def test_load_and_report_writes_the_summary_where_the_user_looks(tmp_path, monke
     assert len(df) == 5
     with pytest.raises(LabelError, match=r"clip 6: .* has no voice-only row .*missing_votes; strict=True"):
         labels.load_and_report({**cfg, "strict": True}, stream=stream)
+
+
+def test_write_report_in_a_kernel_reaches_the_notebook_and_the_launcher(monkeypatch, tmp_path):
+    from ambinb.labels.tally import write_report
+
+    read_fd, write_fd = os.pipe()  # stands for the terminal (or log) the kernel was started from
+
+    class KernelStderr(io.StringIO):  # ipykernel's stream: the notebook's output; fileno() is the launcher's copy
+        def fileno(self):
+            return write_fd
+
+    notebook_out = KernelStderr()
+    monkeypatch.setattr(sys, "stderr", notebook_out)
+    write_report("2 x zero_votes: ...", log_path=tmp_path / "run.log")
+    os.close(write_fd)
+    with os.fdopen(read_fd) as launcher:
+        assert launcher.read() == "2 x zero_votes: ...\n"
+    assert notebook_out.getvalue() == "2 x zero_votes: ...\n" == (tmp_path / "run.log").read_text()
+    write_report("", log_path=tmp_path / "run.log")  # nothing to say: nothing written
+    assert (tmp_path / "run.log").read_text() == "2 x zero_votes: ...\n"
+
+
+def test_labels_notebook_takes_overrides_like_the_others():
+    import ast
+
+    from ambinb import notebook
+
+    path = notebook.notebook_path("01_labels")
+    assert notebook.parameters(path)["overrides"] == {}
+    calls = [node for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code"
+             for node in ast.walk(ast.parse("".join(cell["source"]))) if isinstance(node, ast.Call)
+             and ast.unparse(node.func) == "config.resolve"]
+    passed = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}
+    assert len(calls) == 1 and passed["overrides"] == "overrides"
 
 
 def test_problem_summary_by_hand():

@@ -135,17 +135,37 @@ def problem_summary(attrs: dict[str, Any]) -> str:
 
 
 def write_report(text: str, stream: TextIO | None = None, log_path: str | os.PathLike | None = None) -> None:
-    """Write ``text`` (and a newline) to ``stream`` and, when given, append it to the log file ``log_path``.
+    """Write ``text`` (and a newline) where a user looks, and append it to the log file ``log_path`` when given.
 
-    ``stream`` None is the process's own stderr (``sys.__stderr__``): in a Jupyter kernel that
-    reaches both the notebook's output and the terminal or log of whoever started the kernel
-    (papermill, ``make report``).
+    ``stream`` None: ``sys.stderr``, which in a Jupyter kernel is the notebook's output (in order
+    with the cell's other output); in a kernel the text also goes to the stderr the kernel was
+    started with, i.e. the terminal or log of whoever runs it (papermill, ``make report``).
     """
     if not text:
         return
-    out = stream or sys.__stderr__ or sys.stderr
-    out.write(text + "\n")
+    text += "\n"
+    out = stream or sys.stderr
+    out.write(text)
     out.flush()
+    if stream is None and sys.stderr is not sys.__stderr__:
+        _write_to_launcher(text)
     if log_path:
         with open(log_path, "a", encoding="utf-8") as log:
-            log.write(text + "\n")
+            log.write(text)
+
+
+def _write_to_launcher(text: str) -> None:
+    """Write to the stderr this process was started with, from inside a Jupyter kernel.
+
+    ipykernel's ``sys.stderr.fileno()`` is a copy of that original stream (its fd 2 is a pipe
+    into the notebook); without one, ``sys.__stderr__`` is that stream itself.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both OSError and ValueError
+        fd = None
+    if fd is not None:
+        os.write(fd, text.encode("utf-8", errors="replace"))
+    elif sys.__stderr__ is not None:
+        sys.__stderr__.write(text)
+        sys.__stderr__.flush()
