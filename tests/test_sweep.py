@@ -49,7 +49,7 @@ def test_a_failing_run_does_not_stop_the_others(project):
     spec = sweep.load_sweep(sweep_file)
     runs = sweep.run_sweep(sweep.expand(spec), workers=2, progress=False)
     assert [r.status for r in runs] == ["failed"] * 3
-    assert "planned failure" in runs[0].error
+    assert runs[0].error == "RuntimeError: planned failure"  # the first line that says something
     assert (root / "runs/toy/fake/fold0/error.log").exists()
     assert sweep.main([str(sweep_file)]) == 1
 
@@ -66,8 +66,9 @@ def test_bad_sweep_files_fail_before_running(project):
 
 def test_submitit_local_executor(project):
     root, sweep_file = project
-    runs = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file)), executor="submitit-local", progress=False)
-    assert [r.status for r in runs] == ["done"] * 3
+    runs = sweep.expand(sweep.load_sweep(sweep_file))[:1]
+    assert [r.status for r in sweep.run_sweep(runs, executor="submitit-local", progress=False)] == ["done"]
+    assert results.is_finished(root / "runs" / "toy" / "fake" / "fold0")
 
 
 def test_killing_a_sweep_and_rerunning_finishes_the_rest_and_loses_nothing(project):
@@ -126,3 +127,34 @@ def test_variants_run_apart_and_validation_runs_stay_out_of_the_tables(project, 
     sweep_file.write_text(sweep_file.read_text() + "variants: {Seed-C: {seed: 3}}\n")
     with pytest.raises(ValueError, match="variant 'Seed-C'"):
         sweep.load_sweep(sweep_file)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("folds: [0.5, 1.9]", r"sweep.yaml: 'folds' must list non-negative integers, got \[0.5, 1.9\]"),
+    ("folds: [0, true]", "'folds' must list non-negative integers"),
+    ("folds: [-1]", "'folds' must list non-negative integers"),
+    ("folds: [0]\nworkers: 0", "'workers' must be an integer >= 1"),
+    ("folds: [0]\nthreads_per_run: 1.5", "'threads_per_run' must be an integer >= 1"),
+    ("folds: [0]\nexecutor: slurmm", "'executor' must be one of"),
+    ("folds: [0]\noverrides: {batch_size: 0}", r"sweep.yaml: overrides: key 'batch_size' = 0: must be >= 1"),
+    ("folds: [0]\noverrides: {lerning_rate: 0.1}", r"sweep.yaml: overrides: unknown key 'lerning_rate'"),
+    ("folds: [0]\nstrategy_overrides: {fake: {lr: -1.0}}", r"sweep.yaml: strategy_overrides.fake: key 'lr'"),
+    ("folds: [0]\nvariants: {a: {seed: two}}", r"sweep.yaml: variants.a: key 'seed' must be int"),
+    ("folds: [0]\nrun_root: 3", "'run_root' must be a string"),
+])
+def test_sweep_files_get_the_checks_of_params(project, text, match):
+    root, sweep_file = project
+    sweep_file.write_text(f"datasets: [toy]\nstrategies: [fake]\n{text}\n")
+    with pytest.raises(ValueError, match=match):
+        sweep.load_sweep(sweep_file)
+    assert sweep.main([str(sweep_file), "--dry-run"]) == 2
+
+
+def test_a_fold_the_dataset_lacks_is_refused_by_the_dry_run_and_the_run(project, capsys):
+    root, sweep_file = project
+    sweep_file.write_text(sweep_file.read_text().replace("folds: [0, 1, 2]", "folds: [0, 7]"))
+    for args in ([str(sweep_file), "--dry-run"], [str(sweep_file)]):
+        assert sweep.main(args) == 2
+        err = capsys.readouterr().err
+        assert "sweep.yaml: toy/fake/fold7: key 'fold' = 7" in err and "has 5 fold(s)" in err
+    assert not (root / "runs" / "toy" / "fake" / "fold0").exists()  # refused before anything ran
