@@ -3,6 +3,7 @@ OpenAI-compatible server driven through the real ``openai`` client, key hygiene,
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -275,11 +276,19 @@ def test_curate_template_train_only_resumes_and_feeds_training(tmp_path):
     assert len(lines(path)) == 2 * len(train_ids)
 
 
-def test_curate_template_on_real_speech_cites_measured_prosody(tmp_path):
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A small toy corpus with real speech (``root/toy``) and a prosody cache (``root/cache``) that the
+    tests needing audio share."""
     from ambinb.toy import ensure_toy
 
-    df = ensure_toy(tmp_path / "toy", n=30, seed=5, sessions=3)
-    cfg = make_cfg(tmp_path, prosody_workers=1)
+    root = tmp_path_factory.mktemp("speech")
+    return root, ensure_toy(root / "toy", n=18, seed=5, sessions=3)
+
+
+def test_curate_template_on_real_speech_cites_measured_prosody(tmp_path, speech):
+    root, df = speech
+    cfg = make_cfg(tmp_path, prosody_workers=1, prosody_cache=str(root / "cache"))
     summary = curation.curate(cfg, df, progress=False)
     records = lines(curation.store_path(cfg))
     assert len(records) == summary["utterances"] == int((df["fold"] != 0).sum())
@@ -341,8 +350,6 @@ def test_openai_sends_audio_only_when_asked(tmp_path, server, key_env):
     curation.OpenAIBackend(openai_cfg(tmp_path, server, send_audio=True)).generate(it, 1)
     curation.OpenAIBackend(openai_cfg(tmp_path, server, send_audio=False)).generate(it, 1)
     sent = [audio_parts(c["body"]) for c in server.calls]
-    import base64
-
     assert sent[0] == [{"data": base64.b64encode(wav.read_bytes()).decode(), "format": "wav"}]
     assert sent[1] == []
 
@@ -560,6 +567,26 @@ def test_the_key_is_never_written(tmp_path, server, key_env, caplog):
         assert FAKE_KEY.encode() not in p.read_bytes(), p
     assert FAKE_KEY not in caplog.text
     assert "api_key" not in json.dumps({k: v for k, v in cfg.items() if k != "api_key_env"})
+
+
+def test_notebook_02_takes_overrides_and_sends_audio_to_the_server(tmp_path, key_env, speech):
+    from ambinb import notebook
+
+    root, _ = speech
+    overrides = {"send_audio": True, "api_key_env": KEY_ENV, "toy_n": 18, "toy_seed": 5, "toy_sessions": 3,
+                 "prosody_workers": 1, "prosody_cache": str(root / "cache"), "backoff_base": 0.001, "backoff_max": 0.01}
+    with FakeOpenAI() as srv:
+        notebook.execute("02_curate_cot", tmp_path / "02.ipynb", {
+            "backend": "openai", "model": "fake-audio-model", "base_url": srv.base_url,
+            "data_root": str(root / "toy"), "run_root": str(tmp_path / "runs"), "overrides": overrides})
+        writes = [c for c in srv.calls if c["kind"] == "write"]
+    table = pd.read_csv(root / "toy" / "labels.csv")
+    assert len(writes) == int((table["fold"] != 0).sum()) and all(c["body"]["model"] == "fake-audio-model"
+                                                                  for c in writes)
+    for call in writes:  # every writer request carried its own utterance's wav
+        (sent,) = audio_parts(call["body"])
+        wavs = table.loc[table["transcript"] == call["transcript"], "audio_path"]
+        assert sent["format"] == "wav" and base64.b64decode(sent["data"]) in {Path(p).read_bytes() for p in wavs}
 
 
 # --- kill and resume ---------------------------------------------------------------------------------
