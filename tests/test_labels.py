@@ -801,6 +801,26 @@ def test_save_and_read_round_trip(release, tmp_path):
     assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
 
 
+def test_read_labels_empty_file_or_broken_attrs_names_the_file(release, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"")
+    with pytest.raises(LabelError, match=re.escape(str(path)) + ": cannot read as a label table"):
+        labels.read_labels(path)
+    labels.save_labels(quiet(labels.load_iemocap, release), path)
+    attrs = tmp_path / f"labels.csv{labels.ATTRS_SUFFIX}"
+    attrs.write_text('{"skipped": {')  # cut off
+    with pytest.raises(LabelError, match=re.escape(str(attrs)) + ": not the JSON that save_labels writes"):
+        labels.read_labels(path)
+
+
+def test_roots_that_are_files_are_named(tmp_path):
+    (tmp_path / "corpus").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"IEMOCAP root .*corpus is not a folder"):
+        labels.load_iemocap(tmp_path / "corpus")
+    with pytest.raises(FileNotFoundError, match=r"CREMA-D root .*corpus is not a folder"):
+        labels.load_crema_d(tmp_path / "corpus")
+
+
 def test_read_labels_missing_column_names_the_file(release, tmp_path):
     df = quiet(labels.load_iemocap, release).drop(columns=["speaker"])
     path = tmp_path / "labels.csv"

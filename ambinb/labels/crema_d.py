@@ -147,7 +147,7 @@ def load_crema_d(root: str | os.PathLike, strict: bool = False, require_audio: b
         raise ValueError(f"fold_scheme={fold_scheme!r}: choose one of {list(CREMA_D_FOLD_SCHEMES)}")
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"CREMA-D root {root} does not exist")
+        raise FileNotFoundError(f"CREMA-D root {root} {'is not a folder' if root.exists() else 'does not exist'}")
     tally = Tally(strict)
     votes_path = root / "processedResults" / "tabulatedVotes.csv"
     names_path = root / "SentenceFilenames.csv"

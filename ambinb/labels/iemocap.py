@@ -39,7 +39,8 @@ _SESSION_DIR_RE = re.compile(r"^Session(\d+)$")
 def _release_root(root: str | os.PathLike) -> Path:
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
-        raise FileNotFoundError(f"IEMOCAP root {path} does not exist (expected an IEMOCAP_full_release folder)")
+        state = "is not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"IEMOCAP root {path} {state} (expected an IEMOCAP_full_release folder)")
     if not any(_SESSION_DIR_RE.match(p.name) for p in path.iterdir()) and (path / "IEMOCAP_full_release").is_dir():
         path = path / "IEMOCAP_full_release"
     return path

@@ -216,5 +216,8 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     validate_table(df, where=str(path))
     attrs = _attrs_path(path)
     if attrs.is_file():
-        df.attrs.update(json.loads(attrs.read_text()))
+        try:
+            df.attrs.update(json.loads(attrs.read_text()))
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise LabelError(f"{attrs}: not the JSON that save_labels writes: {err}") from err
     return df
