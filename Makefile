@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 SWEEP  ?= params/sweeps/toy.yaml
+KERNEL := ambinb
 
 .DEFAULT_GOAL := help
 .PHONY: help install test report lab book clean-runs lint
@@ -17,9 +18,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))"
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install ambinb with its pinned dependencies
+install: $(STAMP)  ## create .venv, install ambinb with its pinned dependencies and register its Jupyter kernel
 
 test: $(STAMP)  ## run the unit tests and the notebook tests (nbval)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
@@ -30,8 +32,8 @@ report: $(STAMP)  ## run the default job (toy corpus, tiny model; SWEEP=... for 
 book: $(STAMP)  ## build the book from what the runs already hold (no training)
 	$(BIN)/jupyter-book build book
 
-lab: $(STAMP)  ## open JupyterLab on the notebooks with the project's environment
-	$(BIN)/jupyter lab notebooks
+lab: $(STAMP)  ## open JupyterLab on the notebooks with the project's kernel (progress bars show as widgets)
+	$(BIN)/jupyter lab --MappingKernelManager.default_kernel_name=$(KERNEL) notebooks
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check ambinb tests bench

@@ -1,32 +1,34 @@
 """The book, built from a small fake sweep: 06_ablations executed on run folders written by
-``ambinb.results.write_evaluation``, then ``ambinb.book.assemble`` and ``ambinb.book.build`` into a copy
-of ``book/`` in a temporary folder (the user's built book is never touched). Checks the pages and
-figures exist, the numbers on the results page against a direct computation, and that headless
-Chromium renders the results page into a picture that is not blank.
+``ambinb.results.write_evaluation``, an executed 03_sft carrying the noise a papermill run printed
+(progress bars, machine paths, repeated stderr), then ``ambinb.book.assemble`` and ``ambinb.book.build``
+into a copy of ``book/`` in a temporary folder (the user's built book is never touched). Checks the
+pages and figures exist, the numbers on the results page against a direct computation, that no page
+shows a progress-bar refresh or an absolute path, that headless Chromium renders the results page
+into a picture that is not blank, and that Table 2 and the Software table fit a 1,400-pixel window.
 
-Chromium: Debian's ``chromium``. The session fixture installs it with ``apt-get install -y chromium``
-when it is missing and apt-get is there and we are root; otherwise the screenshot test is skipped
-with the reason. The module takes about 30 s (06_ablations ~10 s, the book build ~10 s, the
-screenshot ~5 s) plus, once per machine, the Chromium install (~1-2 min); they run in ``make test``.
-"""
+Chromium comes from the ``chromium`` fixture of ``tests/browser.py`` (installed with apt-get when
+missing, else the browser tests are skipped). The module takes about 30 s on a quiet machine
+(06_ablations ~10 s, the book build ~10 s, each Chromium run ~3 s) plus, once per machine, the
+Chromium install (~1-2 min); they run in ``make test``."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
+import re
 import time
 from pathlib import Path
 
+import browser
 import numpy as np
 import pytest
+from browser import chromium
 from bs4 import BeautifulSoup
 from PIL import Image
 
 from ambinb import aggregate, book, metrics, notebook, results
 from ambinb.paths import run_dir
 
+FIXTURES = (chromium,)  # a pytest fixture from browser, used by name below
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
 FOLDS = [0, 1]
 N_UTT = 12
@@ -69,6 +71,44 @@ def write_fake_sweep(root: Path) -> list[Path]:
     return folders
 
 
+def _stream(name: str, text: str) -> dict:
+    return {"output_type": "stream", "name": name, "text": text}
+
+
+def write_noisy_chapter(root: Path) -> Path:
+    """An executed 03_sft as a papermill run printed it before the book cleaned its outputs: tqdm
+    refreshes (one output each, and ``\\r``-redrawn), tqdm's IProgress warning with the venv's path, a
+    widget, absolute run paths, and one stderr line repeated three times."""
+    folder = run_dir("toy", "sft", 0, root)
+    venv = "/home/someone/ambinb/.venv/lib/python3.11/site-packages"
+    bars = [_stream("stderr", f"encode: {p:3d}%|{'#' * (p // 10):10s}| {p // 5}/20 [00:01<00:05,  3.20batch/s]")
+            for p in (0, 15, 50, 100)]
+    outputs = [_stream("stderr", f"{venv}/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter "
+                                 "and ipywidgets.\n  from .autonotebook import tqdm as notebook_tqdm\n"),
+               *bars, _stream("stdout", "train:   0%|    | 0/40 [00:00<?, ?step/s]\rtrain: 40/40 step in 00:12\n"),
+               {"output_type": "display_data", "metadata": {},
+                "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2,
+                                                                      "version_minor": 0},
+                         "text/plain": "evaluate: 100%|##########| 6/6 [00:02<00:00, 2.9utt/s]"}},
+               _stream("stderr", "audio cut from 9.00 s to 8 s (truncate_audio)\n" * 3),
+               _stream("stdout", f"sft: lr=0.0001 -> {folder}\nsaved {folder / 'training_curves.png'}\n")]
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# 03 · Supervised fine-tuning"},
+             {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": 1, "outputs": [],
+              "source": 'run_root = ""'},
+             {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "execution_count": 2,
+              "outputs": [], "source": f'run_root = "{root}"'},
+             {"cell_type": "code", "metadata": {}, "execution_count": 3, "outputs": outputs,
+              "source": "result = sft.run(cfg)"}]
+    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                      "language": "python"},
+                                       "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {}}}},
+          "nbformat": 4, "nbformat_minor": 5}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "03_sft.ipynb"
+    path.write_text(json.dumps(nb))
+    return path
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """``(html folder, run root, run folders, seconds per stage)`` of a book built from the fake sweep."""
@@ -77,6 +117,7 @@ def built(tmp_path_factory):
     seconds = {}
     start = time.perf_counter()
     folders = write_fake_sweep(root)
+    write_noisy_chapter(root)
     seconds["write runs"] = time.perf_counter() - start
     start = time.perf_counter()
     with pytest.MonkeyPatch.context() as mp:  # the kernel inherits the environment: figures inline, as in a
@@ -91,28 +132,6 @@ def built(tmp_path_factory):
     seconds["book build"] = time.perf_counter() - start
     print("timings:", {k: round(v, 1) for k, v in seconds.items()})
     return index.parent, root, folders, seconds
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (root and apt-get needed), else skip."""
-    exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if exe:
-        return exe
-    if shutil.which("apt-get") is None:
-        pytest.skip("no chromium, and no apt-get to install Debian's chromium")
-    if os.geteuid() != 0:
-        pytest.skip("no chromium, and installing it with apt-get needs root (run: sudo apt-get install -y chromium)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "chromium"]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode:  # package lists may be missing or stale in a fresh container
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=300)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    exe = shutil.which("chromium")
-    if done.returncode or not exe:
-        pytest.skip(f"`apt-get install -y chromium` failed (exit {done.returncode}): {done.stderr[-500:]}")
-    return exe
 
 
 def _page(html_dir: Path, name: str) -> BeautifulSoup:
@@ -166,10 +185,10 @@ def test_every_page_is_built(built):
         assert (html / f"{page}.html").exists(), page
     for name in [*book.CHAPTERS, "reproducibility"]:
         assert (html / "generated" / f"{name}.html").exists(), name
-    # no run made chapters 01-05 here: their pages say how to make them
-    page = _page(html, "03_sft")
-    title = book.chapter_title("03_sft")
-    assert title.startswith("03 · ") and page.find("h1").get_text(strip=True).startswith(title)
+    # no run made chapters 01, 02, 04 and 05 here: their pages say how to make them
+    page = _page(html, "04_dpo")
+    title = book.chapter_title("04_dpo")
+    assert title.startswith("04 · ") and page.find("h1").get_text(strip=True).startswith(title)
     text = page.get_text(" ", strip=True)
     assert "does not exist yet" in text and "make report" in text
 
@@ -227,20 +246,99 @@ def test_reproducibility_page_lists_every_run_folder(built):
 
 def test_results_page_renders_in_headless_chromium(built, chromium, tmp_path):
     html, _, _, _ = built
-    shot = tmp_path / "results.png"
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", f"--window-size={SCREEN[0]},{SCREEN[1]}",
-           (html / "generated" / "06_ablations.html").as_uri()]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    not_white, colours = browser.screenshot(chromium, (html / "generated" / "06_ablations.html").as_uri(),
+                                            tmp_path / "results.png", SCREEN)
     print(f"screenshot in {time.perf_counter() - start:.1f} s")
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
-    with Image.open(shot) as img:
-        assert img.size == SCREEN
-        rgb = np.asarray(img.convert("RGB"))
-    not_white = (rgb < 235).any(axis=2).mean()
-    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    colours = len(np.unique(packed))
     assert not_white > 0.03, f"only {not_white:.1%} of the screenshot is not white: blank page?"
     assert colours > 500, f"only {colours} distinct colours: nothing rendered?"
+
+
+@pytest.mark.parametrize(("page", "section"), [("06_ablations", "Table 2"), ("reproducibility", "Software")])
+def test_wide_tables_fit_a_1400_pixel_window(built, chromium, tmp_path, page, section):
+    """Laid out at 1,400 px, the table is whole on the page: no sideways scrolling of it or of the page."""
+    html, _, _, _ = built
+    found = browser.measure_tables(chromium, html / "generated" / f"{page}.html", tmp_path / "profile", (1400, 1000))
+    tables = [t for t in found["tables"] if t["section"].startswith(section)]
+    assert tables, f"no table under {section!r}: {[t['section'] for t in found['tables']]}"
+    assert found["page_width"] <= found["viewport"], found
+    for table in tables:
+        assert table["right"] <= found["viewport"], f"{section} runs off the page: {table}"
+        assert table["scroll_width"] <= table["client_width"] + 1, f"{section} needs sideways scrolling: {table}"
+
+
+# a progress-bar refresh (tqdm: "15%|##  | 3/20 [00:01<...", "5it [00:01, 3.2it/s]") and a machine path
+BAR = re.compile(r"\d+%\||\d+(?:\.\d+)?\s?\w*/s\]|\[\d+:\d\d<")
+MACHINE_PATH = re.compile(r"/(?:work|home|tmp|root|Users)/|site-packages")
+
+
+def _page_problems(path: Path) -> list[str]:
+    """Progress-bar refreshes and absolute paths in the text and links of a built page."""
+    soup = BeautifulSoup(path.read_text(), "html.parser")
+    for tag in soup(["script", "style"]):
+        tag.decompose()
+    text = soup.get_text("\n")
+    links = " ".join(str(tag.get(attr, "")) for tag in soup.find_all(True) for attr in ("href", "src"))
+    return ([f"{path.name}: bar {m.group(0)!r}" for m in BAR.finditer(text)]
+            + [f"{path.name}: path {m.group(0)!r}" for m in MACHINE_PATH.finditer(text + " " + links)])
+
+
+def test_chapters_show_no_progress_bars_no_machine_paths_and_stderr_once(built):
+    html, root, _, _ = built
+    problems = [p for page in sorted(html.rglob("*.html")) for p in _page_problems(page)]
+    assert not problems, problems[:10]
+    text = _page(html, "03_sft").get_text(" ", strip=True)
+    assert "train: 40/40 step in 00:12" in text                  # the one line a logged bar leaves
+    assert "runs/toy/sft/fold0" in text and "tqdm/auto.py" not in text
+    assert text.count("audio cut from 9.00 s to 8 s") == 1 and "(x3)" in text
+
+
+def test_the_checkouts_built_book_is_clean():
+    """The book ``make report`` built in this checkout (skipped when there is none)."""
+    pages = sorted((book.book_dir() / "_build" / "html" / "generated").glob("*.html"))
+    if not pages:
+        pytest.skip("no built book in this checkout (make report builds it)")
+    problems = [p for page in pages for p in _page_problems(page)]
+    assert not problems, f"{problems[:10]}: rebuild the book with `make report`"
+
+
+def test_clean_stream_keeps_the_last_state_and_drops_bars():
+    from ambinb.outputs import clean_stream
+
+    assert clean_stream("a:  10%|#    | 1/10 [00:01<00:09, 9.0it/s]\rdone\nnext\n") == "done\nnext\n"
+    assert clean_stream("x: 5it [00:01, 3.2it/s]\n") == ""
+    err = ("/v/site-packages/m.py:3: UserWarning: careful\n  warnings.warn(\n" + "cut\n" * 3
+           + "".join(f"w{i}\n" for i in range(9)))
+    assert clean_stream(err, stderr=True).splitlines() == [
+        "/v/site-packages/m.py:3: UserWarning: careful", "cut (x3)", *[f"w{i}" for i in range(6)],
+        "... and 3 more line(s); the run's log file has them all"]
+
+
+def test_relative_text_and_display_path(monkeypatch, tmp_path):
+    from ambinb.outputs import relative_text
+    from ambinb.paths import display_path, project_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run_root = tmp_path / "x" / "runs"
+    text = (f"{run_root}/toy/sft/fold0 | {project_root()}/params/a.yaml | at {project_root()} | "
+            f"{tmp_path}/home/data/c.csv | /opt/venv/lib/python3.11/site-packages/tqdm/auto.py:21 | "
+            "/scratch/u/deep/er/file.txt | https://example.org/work/x")
+    assert relative_text(text, run_root) == ("runs/toy/sft/fold0 | params/a.yaml | at . | ~/data/c.csv | "
+                                             "tqdm/auto.py:21 | .../er/file.txt | https://example.org/work/x")
+    assert display_path(run_root / "toy" / "labels", run_root) == "runs/toy/labels"
+    assert display_path(project_root() / "runs" / "toy") == "runs/toy"
+    assert display_path(tmp_path / "home" / "d") == "~/d" and display_path("/data/x") == "/data/x"
+
+
+def test_results_cells_stack_the_ci_under_the_mean():
+    import pandas as pd
+
+    from ambinb.outputs import results_markdown, stacked_cell
+
+    assert stacked_cell("**0.120 ± 0.010 [0.100, 0.140]**") == "**0.120 ± 0.010**<br><small>[0.100, 0.140]</small>"
+    assert stacked_cell("0.1 ± 0.0 [0.1, 0.2] (1/2 folds)") == "0.1 ± 0.0<br><small>[0.1, 0.2] (1/2 folds)</small>"
+    assert [stacked_cell(c) for c in ("missing", "0.38", 3.0)] == ["missing", "0.38", 3.0]
+    index = pd.MultiIndex.from_tuples([("toy", "sft")], names=["dataset", "strategy"])
+    table = pd.DataFrame({"js": ["0.1 ± 0.0 [0.1, 0.2]"]}, index=index)
+    assert results_markdown(table).splitlines()[-1].split("|")[1:-1] == [
+        " toy       ", " sft        ", " 0.1 ± 0.0<br><small>[0.1, 0.2]</small> "]
