@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from fake_openai import FakeOpenAI, audio_parts
 
-from ambinb import config, cot, curation, metrics
+from ambinb import config, cot, cues, curation, metrics
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
 TRANSCRIPTS = ["Stop lying to me!", "I'm so happy for you.", "I miss her so much.", "The train leaves at seven.",
@@ -69,20 +69,20 @@ def lines(path: Path) -> list[dict]:
 # --- evidence, hedges, template writer and reader ---------------------------------------------------
 
 def test_text_cues_find_words_on_word_bounds():
-    assert curation.text_cues("Stop lying to me!", CLASSES) == {"anger": ["stop", "lying"]}
-    assert curation.text_cues("The bus stopped.", CLASSES) == {}  # "stop" is not "stopped"
+    assert cues.text_cues("Stop lying to me!", CLASSES) == {"anger": ["stop", "lying"]}
+    assert cues.text_cues("The bus stopped.", CLASSES) == {}  # "stop" is not "stopped"
     # "enough" (anger) inside "not good enough" (sadness) is not a cue of its own
-    assert curation.text_cues("Maybe I'm just not good enough.", CLASSES) == {"sadness": ["not good enough"]}
-    assert curation.text_cues("I can't wait, I love it but I miss him", CLASSES) == {
+    assert cues.text_cues("Maybe I'm just not good enough.", CLASSES) == {"sadness": ["not good enough"]}
+    assert cues.text_cues("I can't wait, I love it but I miss him", CLASSES) == {
         "happiness": ["love", "can't wait"], "sadness": ["miss"]}
 
 
 def test_supported_classes_follow_the_prototypes():
-    assert curation.supported_classes("loudness", 1.2, CLASSES) == ["anger", "happiness"]
-    assert curation.supported_classes("loudness", -0.6, CLASSES) == ["sadness"]
-    assert curation.supported_classes("loudness", 0.2, CLASSES) == ["neutral"]
-    assert curation.supported_classes("pitch", 0.2, CLASSES) == []  # neutral makes no claim on pitch level
-    assert curation.supported_classes("rate", float("nan"), CLASSES) == []
+    assert cues.supported_classes("loudness", 1.2, CLASSES) == ["anger", "happiness"]
+    assert cues.supported_classes("loudness", -0.6, CLASSES) == ["sadness"]
+    assert cues.supported_classes("loudness", 0.2, CLASSES) == ["neutral"]
+    assert cues.supported_classes("pitch", 0.2, CLASSES) == []  # neutral makes no claim on pitch level
+    assert cues.supported_classes("rate", float("nan"), CLASSES) == []
 
 
 def test_hedges_cover_the_bands():

@@ -227,7 +227,7 @@ def test_warm_up_prosody_words_match_the_measured_audio():
 def test_warm_up_keywords_quote_the_emotion_words_of_the_transcript():
     """Cued transcripts carry lexicon words often; every quoted keyword occurs in the transcript and the
     template's keyword line quotes the transcript's cue words."""
-    from ambinb import curation
+    from ambinb.cues import text_cues
 
     rng = __import__("random").Random(0)
     vocabulary = words.transcript_vocabulary()
@@ -235,7 +235,7 @@ def test_warm_up_keywords_quote_the_emotion_words_of_the_transcript():
     for _ in range(200):
         classes = words.synthetic_class_list(rng)
         transcript = S.cued_transcript(rng, classes, vocabulary)
-        cues = [w for ws in curation.text_cues(transcript, classes).values() for w in ws]
+        cues = [w for ws in text_cues(transcript, classes).values() for w in ws]
         cued += bool(cues)
         think, answer = S.synthetic_completion(rng, transcript, classes, speech.draw_prosody(np.random.default_rng(0)))
         assert answer in classes
@@ -263,14 +263,14 @@ def test_quote_weights_mark_the_quoted_tokens():
 
 
 def test_copy_drill_quotes_the_lexicon_words_in_order_or_says_plain():
-    from ambinb import curation
+    from ambinb.cues import text_cues
 
     rng = __import__("random").Random(0)
     plain = 0
     for _ in range(100):
         context, target = drills.copy_drill_text(rng, words.transcript_vocabulary())
         transcript = context.split('"', 1)[1].rsplit('"', 1)[0]
-        cues = [w for ws in curation.text_cues(transcript, words.ALL_CLASSES).values() for w in ws]
+        cues = [w for ws in text_cues(transcript, words.ALL_CLASSES).values() for w in ws]
         if target == " plain wording":
             plain += 1
             assert not cues

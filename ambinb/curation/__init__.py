@@ -33,18 +33,10 @@ The package, one noun per module:
 - :mod:`~ambinb.curation.store`: the resumable JSONL store and what training reads from it;
 - :mod:`~ambinb.curation.run`: :func:`curate`, the run over a fold's utterances, and its summary.
 
-Its figure is :func:`ambinb.plots.acceptance`.
+The cue vocabulary the template writer uses is :mod:`ambinb.cues`; the curation figure is
+:func:`ambinb.plots.acceptance`.
 """
 
-from ambinb.cues import (
-    ASPECT_DIMENSIONS,
-    LEXICON,
-    PROTOTYPES,
-    SHORT_WORDS,
-    describe_prosody,
-    supported_classes,
-    text_cues,
-)
 from ambinb.curation.attempts import add_tokens, curate_one
 from ambinb.curation.chat import (
     READER_INSTRUCTIONS,
@@ -86,13 +78,13 @@ from ambinb.curation.template import (
 from ambinb.curation.transport import Outage, backoff_delay, call_with_retries
 
 __all__ = [
-    "ASPECT_DIMENSIONS", "BACKENDS", "HEDGES", "LEXICON", "MIN_SHARE", "PROTOTYPES", "READER_CUE_PRIOR",
-    "READER_INSTRUCTIONS", "READER_RESOLVED_WEIGHT", "READER_SYNTHESIS_WEIGHT", "RESOLVED_SENTENCE", "SHORT_WORDS",
+    "BACKENDS", "HEDGES", "MIN_SHARE", "READER_CUE_PRIOR",
+    "READER_INSTRUCTIONS", "READER_RESOLVED_WEIGHT", "READER_SYNTHESIS_WEIGHT", "RESOLVED_SENTENCE",
     "STORE_FILE", "SUBSETS", "SUMMARY_FILE", "WRITER_INSTRUCTIONS", "AttemptError", "CotStore", "CurationError",
     "Item", "OpenAIBackend", "Outage", "Reply", "RunLock", "TemplateBackend", "accepted_cots", "add_tokens",
     "api_key", "backoff_delay", "call_with_retries", "cited_cues", "class_names", "clear_and_ambiguous",
-    "closing_line", "cost_usd", "curate", "curate_one", "describe_prosody", "generation_messages", "hedge",
+    "closing_line", "cost_usd", "curate", "curate_one", "generation_messages", "hedge",
     "load_curated", "make_backend", "make_items", "parse_generation", "parse_validation", "read_hedges",
-    "read_template_cot", "select_utterances", "store_path", "summarize", "supported_classes", "synthesis_sentence",
-    "template_cot", "template_parts", "text_cues", "to_curate", "validation_messages",
+    "read_template_cot", "select_utterances", "store_path", "summarize", "synthesis_sentence",
+    "template_cot", "template_parts", "to_curate", "validation_messages",
 ]
