@@ -192,9 +192,9 @@ def _check_coverage(emo_file: Path, records: list[dict[str, Any]], texts: dict[s
     blocks = {r["utt_id"] for r in records}
     missing = [utt for utt in _labelled_turns(texts) if utt not in blocks]
     if not records:
+        lost = f"; its {len(missing)} transcribed utterance(s) have no labels: {_ids(missing)}" if missing else ""
         tally.problem("empty_label_file", str(emo_file), f"no utterance block (a '[start - end] <utt_id> <code> "
-                      f"[V, A, D]' header) in this EmoEvaluation file; its {len(missing)} transcribed utterance(s) "
-                      f"have no labels: {_ids(missing)}", skipped="file:no_utterance_block")
+                      f"[V, A, D]' header) in this EmoEvaluation file{lost}", skipped="file:no_utterance_block")
     elif missing:
         tally.problem("missing_labels", str(emo_file), f"{len(missing)} transcribed utterance(s) of "
                       f"{emo_file.stem} have no block in this EmoEvaluation file: {_ids(missing)}")
