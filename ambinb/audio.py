@@ -4,8 +4,8 @@ The Qwen2-Audio encoder always sees 3,000 mel frames (30 s, zero-padded) and its
 masked, so an utterance's tower output depends on that utterance alone. With the tower frozen (the
 paper's setting: LoRA on the language model only) the output never changes, so
 :class:`AudioFeatureCache` computes it once per utterance and every later forward (epochs, K
-rollouts, policy / old-policy / reference passes, readouts) reuses it. ``../shared/TOY-NOTES.md``
-measured ~30x per training step on the tiny model from this alone.
+rollouts, policy / old-policy / reference passes, readouts) reuses it: about 30x per training step
+on the tiny model from this alone.
 
 Design:
 
@@ -14,7 +14,11 @@ Design:
   (full fine-tune) while the tower stays frozen.
 * Keys are ``(utt_id, sha1 of the 16 kHz waveform, hash of the tower weights)``: a regenerated
   corpus or a changed tower never hits a stale entry. On disk (``feature_cache_dir``) the entries
-  live under ``<dir>/<tower hash>/``.
+  live under ``<dir>/<tower hash>/``, one file per utterance holding that utterance's bytes only
+  (a copy, not a view of the padded batch, which ``torch.save`` would write whole).
+* Audio that is not finite (a NaN or inf sample) is refused where it comes in, naming the file and
+  the utterance (:func:`check_finite`), and again by the cache for waveforms from elsewhere: one
+  NaN sample makes every feature of the utterance NaN, and then every weight after one step.
 * When the tower is trainable the cache keeps only the mel features (compacted: the padded tail of
   a Whisper log-mel is one repeated column) and the tower runs with gradients on every call.
 * :func:`merge_audio` is the **one place where audio enters the language model**: it embeds the
@@ -87,6 +91,22 @@ def to_mono_16k(wave: np.ndarray, sample_rate: int, utt_id: str = "") -> np.ndar
     return wave
 
 
+def check_finite(wave: np.ndarray, utt_id: str, path: str | os.PathLike | None = None) -> np.ndarray:
+    """Return ``wave`` when every sample is finite; otherwise raise naming the utterance and the file.
+
+    Example: a clip whose 3 silent samples became NaN when normalised by its own peak ->
+    ``AudioError("u1: data/u1.wav: 3 of 16000 samples are NaN or inf (first at sample 0, 0.000 s) ...")``.
+    """
+    bad = ~np.isfinite(wave)
+    if bad.any():
+        first = int(np.flatnonzero(bad.ravel())[0])
+        where = f"{path}: " if path else ""
+        raise AudioError(f"{utt_id}: {where}{int(bad.sum())} of {bad.size} samples are NaN or inf (first at sample "
+                         f"{first}, {first / SAMPLE_RATE:.3f} s); fix or replace the file (a silent clip "
+                         "normalised by its own peak does this)")
+    return wave
+
+
 def check_duration(wave: np.ndarray, utt_id: str, max_seconds: float = 30.0, truncate: bool = False) -> np.ndarray:
     """Refuse, or cut when ``truncate`` is set, audio longer than the encoder's window.
 
@@ -114,16 +134,18 @@ def load_wav(path: str | os.PathLike, utt_id: str = "", max_seconds: float = 30.
     """Read a sound file as a float32 16 kHz mono waveform of at most ``max_seconds``.
 
     Raises:
-        AudioError: an unreadable or missing file, naming the utterance and the path; or too long.
+        AudioError: an unreadable or missing file, a NaN or inf sample (:func:`check_finite`), or
+            too long; naming the utterance and the path.
     """
     import soundfile as sf
 
+    utt_id = utt_id or Path(path).stem
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=False)
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError or OSError
-        raise AudioError(f"{utt_id or Path(path).stem}: cannot read audio file {path}: {err}") from err
-    wave = to_mono_16k(data, rate, utt_id)
-    return check_duration(wave, utt_id or Path(path).stem, max_seconds, truncate)
+        raise AudioError(f"{utt_id}: cannot read audio file {path}: {err}") from err
+    wave = to_mono_16k(check_finite(data, utt_id, path), rate, utt_id)
+    return check_duration(wave, utt_id, max_seconds, truncate)
 
 
 def load_row_audio(row: Any, cfg: dict[str, Any]) -> np.ndarray:
@@ -131,8 +153,7 @@ def load_row_audio(row: Any, cfg: dict[str, Any]) -> np.ndarray:
     path = str(row["audio_path"] or "")
     if not path:
         raise AudioError(f"{row['utt_id']}: the table has no audio_path for this utterance")
-    return load_wav(path, row["utt_id"], float(cfg.get("max_audio_seconds", 30.0)),
-                    bool(cfg.get("truncate_audio", False)))
+    return load_wav(path, row["utt_id"], float(cfg["max_audio_seconds"]), bool(cfg["truncate_audio"]))
 
 
 def wave_hash(wave: np.ndarray) -> str:
@@ -387,6 +408,8 @@ class AudioFeatureCache:
         """The tower output (n_i, d_audio) of each utterance; frozen tower: computed at most once each."""
         if len(utt_ids) != len(waves):
             raise ValueError(f"{len(utt_ids)} utterance ids for {len(waves)} waveforms")
+        for utt_id, wave in zip(utt_ids, waves):
+            check_finite(wave, utt_id)
         if not tower_is_frozen(self.model):
             feats, masks = self.mels(utt_ids, waves)
             self.tower_calls += len(utt_ids)
@@ -414,7 +437,7 @@ class AudioFeatureCache:
                 results = run_tower(self.model, feats, masks)
             self.tower_calls += len(chunk)
             for key, res in zip(chunk, results):
-                res = res.detach().to("cpu").contiguous()
+                res = res.detach().to("cpu", copy=True)  # its own storage: a view would keep (and save) the batch
                 self._tower[key] = res
                 path = self._disk_path(*key)
                 if path is not None:

@@ -1,7 +1,7 @@
 """The ``classical`` reference: soft-label softmax regression on speaker-normalised eGeMAPS and a bag of words.
 
-No language model: it tells a reader how far plain features get on a corpus (``TOY-NOTES.md``
-measured it strong on the toy corpus), so it is a row of every results table, evaluated and
+No language model: it tells a reader how far plain features get on a corpus (on the toy corpus,
+whose cues are plain, they get far), so it is a row of every results table, evaluated and
 written exactly like the others (:func:`ambinb.results.write_evaluation`).
 
 Model. For features ``x_n`` and soft labels ``p_n`` the softmax regression ``q(x) =
@@ -79,16 +79,16 @@ def design_matrices(train: pd.DataFrame, test: pd.DataFrame, audio: pd.DataFrame
                     cfg: dict[str, Any]) -> tuple[sparse.csr_matrix, sparse.csr_matrix, list[str]]:
     """(X_train, X_test, feature names) from the enabled feature groups."""
     blocks_train, blocks_test, names = [], [], []
-    if cfg.get("classical_audio", True):
+    if cfg["classical_audio"]:
         if audio is None:
             log.warning("classical: the table has no audio; using text features only")
         else:
             blocks_train.append(sparse.csr_matrix(audio.loc[train["utt_id"].astype(str)].to_numpy()))
             blocks_test.append(sparse.csr_matrix(audio.loc[test["utt_id"].astype(str)].to_numpy()))
             names += [f"egemaps:{c}" for c in audio.columns]
-    if cfg.get("classical_text", True):
+    if cfg["classical_text"]:
         x_tr, x_te, vocab = bag_of_words(train["transcript"].astype(str).tolist(),
-                                         test["transcript"].astype(str).tolist(), int(cfg.get("classical_min_df", 2)))
+                                         test["transcript"].astype(str).tolist(), int(cfg["classical_min_df"]))
         blocks_train.append(x_tr)
         blocks_test.append(x_te)
         names += [f"word:{w}" for w in vocab]
@@ -154,10 +154,10 @@ def run_classical(cfg: dict[str, Any], df: pd.DataFrame | None = None) -> dict[s
     df = labels.load_dataset(cfg) if df is None else df
     classes = labels.class_names(df)
     train, test = labels.split_for_run(df, cfg)
-    audio = audio_features(df, cfg) if cfg.get("classical_audio", True) else None
+    audio = audio_features(df, cfg) if cfg["classical_audio"] else None
     x_train, x_test, names = design_matrices(train, test, audio, cfg)
     p_train, p_test = labels.p_matrix(train), labels.p_matrix(test)
-    model = fit_soft(x_train, p_train, float(cfg.get("classical_c", 1.0)))
+    model = fit_soft(x_train, p_train, float(cfg["classical_c"]))
     p_hat = predict_soft(model, x_test)
     out = run_folder(cfg, "classical")
     extra = {"n_train": len(train), "n_test": len(test), "n_features": len(names),

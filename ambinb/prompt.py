@@ -155,7 +155,7 @@ def encode_rows(rows: Any, classes: list[str], processor: Any, cache: audio_mod.
     waves = [audio_mod.load_row_audio(r, cfg) for r in records]
     utt_ids = [str(r["utt_id"]) for r in records]
     feats = cache.features(utt_ids, waves)
-    preset = cfg.get("prompt_preset", "ambinb")
+    preset = cfg["prompt_preset"]
     out = []
     for r, f in zip(records, feats):
         text = prompt_text(processor, r["transcript"], classes, preset, str(r["utt_id"]))

@@ -102,7 +102,8 @@ def measure(path: str | os.PathLike) -> np.ndarray:
     """The 88 eGeMAPS functionals of one wav, float64 (no cache).
 
     Raises:
-        ValueError: naming the file when openSMILE cannot read or process it.
+        ValueError: naming the file when it cannot be read, is empty, holds NaN or inf samples, or
+            openSMILE cannot process it.
     """
     import soundfile
 
@@ -112,6 +113,9 @@ def measure(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: not a readable audio file: {err}") from err
     if len(samples) == 0:
         raise ValueError(f"{path}: the audio file is empty")
+    bad = int((~np.isfinite(samples)).sum())
+    if bad:  # openSMILE would turn them into NaN functionals, silently
+        raise ValueError(f"{path}: {bad} samples are NaN or inf; fix or replace the file")
     try:
         # process_signal on samples read here is about twice as fast as process_file
         frame = _smile().process_signal(samples.mean(axis=1), rate)
@@ -249,8 +253,8 @@ def utterance_features(df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame:
     has_audio = df["audio_path"].fillna("").astype(str) != ""
     out = pd.DataFrame(np.nan, index=pd.Index(df["utt_id"].astype(str), name="utt_id"), columns=feature_names())
     if has_audio.any():
-        measured = egemaps(df.loc[has_audio, "audio_path"], cfg.get("prosody_cache", ".cache/prosody"),
-                           workers=int(cfg.get("prosody_workers", 1)), progress=True)
+        measured = egemaps(df.loc[has_audio, "audio_path"], cfg["prosody_cache"],
+                           workers=int(cfg["prosody_workers"]), progress=True)
         out.loc[df.loc[has_audio, "utt_id"].astype(str).to_numpy()] = measured.to_numpy()
     return out
 

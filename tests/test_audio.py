@@ -189,3 +189,53 @@ def test_audio_positions_of_the_language_model_input_carry_the_projected_feature
         placeholder = model.get_input_embeddings().weight[audio_id]
         assert not torch.allclose(embeds[row][at][0], placeholder)
     assert not torch.allclose(embeds[0][ids[0] == audio_id], embeds[1][ids[1] == audio_id])
+
+
+# --- audio that is not finite, and what the cache stores -----------------------------------------
+
+
+def test_nan_or_inf_samples_are_refused_naming_the_file(tmp_path):
+    wave = tone(1.0, 220)
+    wave[100:103] = np.nan  # a silent stretch normalised by its own peak
+    sf.write(tmp_path / "nan.wav", wave, A.SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(A.AudioError, match=r"utt_nan: .*nan\.wav: 3 of 16000 samples are NaN or inf \(first at "
+                                           r"sample 100"):
+        A.load_wav(tmp_path / "nan.wav", "utt_nan")
+    wave[100:103] = [np.inf, 0.0, 0.0]
+    sf.write(tmp_path / "inf.wav", np.stack([wave, wave], axis=1), 8_000, subtype="FLOAT")  # before resampling
+    with pytest.raises(A.AudioError, match=r"utt_inf: .*inf\.wav: 2 of 32000 samples"):
+        A.load_wav(tmp_path / "inf.wav", "utt_inf")
+
+
+def test_nan_audio_stops_encoding_before_the_cache_and_training(tiny, tmp_path):
+    from ambinb import config, prompt
+
+    model, processor = tiny
+    counter = _TowerCounter(model)
+    good, bad = tone(1.0, 220), tone(1.0, 330)
+    bad[5] = np.nan
+    sf.write(tmp_path / "good.wav", good, A.SAMPLE_RATE, subtype="FLOAT")
+    sf.write(tmp_path / "bad.wav", bad, A.SAMPLE_RATE, subtype="FLOAT")
+    rows = [{"utt_id": "u_good", "transcript": "fine", "audio_path": str(tmp_path / "good.wav")},
+            {"utt_id": "u_bad", "transcript": "broken", "audio_path": str(tmp_path / "bad.wav")}]
+    cache = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path / "cache")
+    with pytest.raises(A.AudioError, match=r"u_bad: .*bad\.wav: 1 of 16000 samples are NaN"):
+        prompt.encode_rows(rows, ["anger", "sadness"], processor, cache, config.resolve())
+    with pytest.raises(A.AudioError, match="u_mem: 1 of 16000 samples"):  # waveforms that come from elsewhere
+        cache.features(["u_ok", "u_mem"], [good, bad])
+    assert counter.rows == 0 and not (tmp_path / "cache").exists()
+    counter.handle.remove()
+
+
+def test_a_cache_file_holds_its_own_utterance_only(tiny, tmp_path):
+    model, processor = tiny
+    waves = [tone(0.5, 220), tone(3.0, 440), tone(1.5, 330)]  # one batch, padded to the longest
+    cache = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path, batch_size=8)
+    feats = cache.features(["a", "b", "c"], waves)
+    for utt_id, f in zip(["a", "b", "c"], feats):
+        stored = next(cache.dir.glob(f"{utt_id}.*.pt"))
+        nbytes = f.numel() * f.element_size()
+        assert stored.stat().st_size <= 2 * nbytes, (utt_id, stored.stat().st_size, nbytes)
+        assert torch.equal(torch.load(stored), f)
+    fresh = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
+    assert all(torch.equal(x, y) for x, y in zip(fresh.features(["a", "b", "c"], waves), feats))
