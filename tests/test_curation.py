@@ -421,7 +421,7 @@ def test_failed_records_are_redone_on_rerun(tmp_path, server, key_env):
 
 def test_redo_failed_retries_only_this_runs_utterances_and_says_how_many(tmp_path, server, key_env, capsys):
     df = make_table(12, n_folds=3)
-    cfg = openai_cfg(tmp_path, server, curation_attempts=1)
+    cfg = openai_cfg(tmp_path, server, curation_attempts=1, curation_give_up_after=20)
     server.push("write", *["wrong_schema"] * 8)
     assert curation.curate(cfg, df, progress=False)["failed"] == 8  # fold 0's training rows (folds 1, 2) all fail
     calls = len(server.calls)
@@ -537,6 +537,16 @@ def test_a_lasting_outage_stops_the_run_and_a_brief_one_is_waited_out(tmp_path, 
         assert message.startswith(f"{srv.base_url} failed") and "in a row the same way (InternalServerError" in message
     records = lines(curation.store_path(cfg))
     assert records[0]["status"] == "accepted" and len(records) < len(df)
+
+
+def test_a_server_whose_answers_are_never_usable_stops_the_run(tmp_path, key_env):
+    with FakeOpenAI(always="wrong_schema") as srv:
+        cfg = openai_cfg(tmp_path, srv, curation_give_up_after=4)
+        with pytest.raises(curation.CurationError, match=re.escape("gave 4 unusable answers in a row (writer: schema: "
+                                                                   "keywords must be")):
+            curation.curate(cfg, make_table(8), subset="all", progress=False)
+        assert srv.count("write") == 4  # three attempts for the first utterance, one for the second
+    assert [r["status"] for r in lines(curation.store_path(cfg))] == ["failed"]
 
 
 def test_rate_limits_never_stop_the_run(tmp_path, server, key_env):

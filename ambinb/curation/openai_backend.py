@@ -4,9 +4,9 @@ GPT-4o by default, or a local server (vLLM, say) through ``base_url``. The write
 the think block's fields (:func:`ambinb.curation.chat.parse_generation` checks the schema); audio
 goes as ``input_audio`` when ``send_audio``; the reader returns ``{"distribution": {...}}``
 (:func:`ambinb.curation.chat.parse_validation`). Rate limits, server errors and timeouts are
-retried with seeded exponential back-off; a server that refuses the key or cannot be reached
-stops the run (:class:`ambinb.curation.transport.Outage`); malformed answers use up an attempt
-and are recorded with the reason.
+retried with seeded exponential back-off; malformed answers use up an attempt and are recorded
+with the reason. A server that refuses the key, cannot be reached or never gives a usable answer
+stops the run (:class:`ambinb.curation.transport.Outage`).
 """
 
 from __future__ import annotations
@@ -84,8 +84,15 @@ class OpenAIBackend:
                   "completion": int(getattr(usage, "completion_tokens", 0) or 0)}
         choices = getattr(response, "choices", None) or []
         if not choices:
+            self.outage.failure("unusable answer", "the answer has no choices")
             raise AttemptError("the answer has no choices", tokens)
         return choices[0].message.content, tokens
+
+    def _unusable(self, err: AttemptError, role: str, tokens: dict[str, int]) -> AttemptError:
+        """Report an answer that failed its schema to the outage watch (which may stop the run); the
+        attempt's error."""
+        self.outage.failure("unusable answer", f"{role}: {err}")
+        return AttemptError(f"{role}: {err}", tokens)
 
     def _rng(self, item: Item, attempt: int, stage: str) -> random.Random:
         return random.Random(f"{self.cfg['seed']}:{item.utt_id}:{attempt}:{stage}")
@@ -101,7 +108,8 @@ class OpenAIBackend:
         try:
             parts = parse_generation(content)
         except AttemptError as err:
-            raise AttemptError(f"writer: {err}", tokens) from err
+            raise self._unusable(err, "writer", tokens) from err
+        self.outage.success()
         return Reply(cot=cot.render_think(parts["keywords"], parts["text"], parts["audio"], parts["synthesis"]),
                      tokens=tokens)
 
@@ -111,5 +119,6 @@ class OpenAIBackend:
         try:
             q = parse_validation(content, list(item.classes))
         except AttemptError as err:
-            raise AttemptError(f"reader: {err}", tokens) from err
+            raise self._unusable(err, "reader", tokens) from err
+        self.outage.success()
         return Reply(distribution=q, tokens=tokens)

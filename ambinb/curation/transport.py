@@ -47,7 +47,8 @@ class Outage:
     - the server refuses the credentials, the permission or the model (401, 403, 404) or reports an
       exhausted quota: at once (:meth:`refuse`);
     - ``give_up_after`` tries in a row fail the same way (refused connection, timeout, one status
-      code) before any try succeeded: the server is not there or never answers;
+      code, an answer that cannot be used) before any answer was usable: the server is not there,
+      or not one that can do the job;
     - the same after a success, once that streak has also lasted ``outage_s`` seconds: a brief
       outage (a restarting server) is waited out, a lasting one is not.
 
@@ -83,7 +84,7 @@ class Outage:
         self.check()
 
     def success(self) -> None:
-        """A try got an answer: the streak of failures ends."""
+        """A try got a usable answer: the streak of failures ends."""
         with self.lock:
             self.succeeded, self.kind, self.count = True, None, 0
 
@@ -96,8 +97,8 @@ class Outage:
         self.check()
 
     def failure(self, kind: str, reason: str) -> None:
-        """Count a failed try of ``kind`` (``connection``, ``timeout`` or ``status <code>``); stop the
-        run when the streak says the server cannot answer."""
+        """Count a failed try of ``kind`` (``connection``, ``timeout``, ``status <code>`` or ``unusable
+        answer``); stop the run when the streak says the server cannot answer."""
         with self.lock:
             now = self.clock()
             if kind != self.kind:
@@ -114,6 +115,9 @@ class Outage:
             return f"cannot reach {self.url} after {self.count} attempts ({reason})"
         if kind == "timeout":
             return f"{self.url} did not answer {self.count} requests in a row within curation_timeout ({reason})"
+        if kind == "unusable answer":
+            return (f"{self.url} gave {self.count} unusable answers in a row ({reason}); check curation_model, "
+                    "json_mode and base_url")
         return f"{self.url} failed {self.count} requests in a row the same way ({reason})"
 
 
@@ -145,7 +149,8 @@ def call_with_retries(fn: Callable[[], Any], retries: int, base: float, cap: flo
                       sleep: Callable[[float], None] = time.sleep, outage: Outage | None = None) -> Any:
     """Call ``fn``; on a rate limit (429), a server error (5xx), a timeout or a lost connection, wait
     :func:`backoff_delay` (at least the server's ``Retry-After``, at most ``cap``) and try again, up
-    to ``retries`` more times. Every try is reported to ``outage``, which may stop the run.
+    to ``retries`` more times. Every failed try is reported to ``outage``, which may stop the run;
+    the caller reports an answer it could use (:meth:`Outage.success`) or not (:meth:`Outage.failure`).
 
     Raises:
         AttemptError: the transport still failed after the retries, or the request was refused (4xx).
@@ -175,7 +180,6 @@ def call_with_retries(fn: Callable[[], Any], retries: int, base: float, cap: flo
             outage.failure(_kind(err), reason)
             _wait_or_give_up(err, reason, k, retries, base, cap, rng, sleep)
         else:
-            outage.success()
             return response
     raise AssertionError("unreachable")
 
