@@ -611,7 +611,7 @@ curation.curate(cfg, pd.read_json(sys.argv[2], orient="records"), subset="all", 
 
 
 def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path, key_env):
-    df = make_table(40)
+    df = make_table(24)
     df["transcript"] = [f"Plain sentence number {i}." for i in range(len(df))]  # one transcript per utterance
     with FakeOpenAI(delay=0.04) as srv:
         cfg = openai_cfg(tmp_path, srv, curation_concurrency=2)
