@@ -619,7 +619,7 @@ def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path, key_env)
         df.to_json(tmp_path / "table.json", orient="records")
         (tmp_path / "runner.py").write_text(RUNNER)
         path = curation.store_path(cfg)
-        env = {**os.environ, "PYTHONPATH": str(Path(curation.__file__).parent.parent)}
+        env = {**os.environ, "PYTHONPATH": str(Path(curation.__file__).parents[2])}  # the project root
         proc = subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "cfg.json"),
                                  str(tmp_path / "table.json")], env=env)
         deadline = time.time() + 60
