@@ -419,6 +419,13 @@ def test_failed_records_are_redone_on_rerun(tmp_path, server, key_env):
     assert len(curation.load_curated(curation.store_path(cfg))) == 4
 
 
+def test_to_curate_by_hand():
+    done = {("a", "v1"): {"status": "accepted"}, ("b", "v1"): {"status": "failed"}, ("x", "v1"): {"status": "failed"},
+            ("c", "v0"): {"status": "accepted"}}
+    assert curation.to_curate(["a", "b", "c"], done, "v1", redo_failed=True) == (["b", "c"], 1)
+    assert curation.to_curate(["a", "b", "c"], done, "v1", redo_failed=False) == (["c"], 0)
+
+
 def test_redo_failed_retries_only_this_runs_utterances_and_says_how_many(tmp_path, server, key_env, capsys):
     df = make_table(12, n_folds=3)
     cfg = openai_cfg(tmp_path, server, curation_attempts=1, curation_give_up_after=20)
