@@ -43,7 +43,7 @@ _MODALITY = {1: "voice", 2: "face", 3: "audio_visual"}
 def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     """Read a CSV as strings; raise naming the file when it is missing, empty, unreadable or lacks a column."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; expected {_LAYOUT}")
+        raise FileNotFoundError(f"{path}: {'not a file' if path.exists() else 'missing'}; expected {_LAYOUT}")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as err:
