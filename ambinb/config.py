@@ -136,7 +136,7 @@ RULES: dict[str, Rule] = {
     # data
     "classes": _CLASS, "n_folds": _at_least(1),
     "fold_scheme": _one_of("speaker", "emobox"), "ambiguous_max_p": Rule(low=0, high=1, low_open=True),
-    "toy_n": _at_least(1), "toy_seed": _at_least(0), "toy_sessions": _at_least(2),
+    "toy_n": _at_least(1), "toy_seed": _at_least(0), "toy_sessions": _at_least(3),
     # model
     "dtype": _one_of("auto", "float32", "bfloat16", "float16"),
     "device": _text(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:<index>"),

@@ -8,8 +8,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest_model import toy_corpus
 
 from ambinb import classical, config, metrics, results
+
+FIXTURES = (toy_corpus,)  # the session's 40-utterance toy corpus (conftest_model), used by name below
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
 
@@ -113,13 +116,9 @@ def test_no_features_is_an_error(tmp_path):
         classical.run_classical(cfg, soft_table())
 
 
-def test_run_classical_on_a_small_toy_corpus_uses_eGeMAPS(tmp_path):
-    import torch
-
-    torch.set_num_threads(1)
-    from ambinb.toy import ensure_toy
-
-    df = ensure_toy(tmp_path / "toy", n=36, seed=3, sessions=3)
+def test_run_classical_on_a_small_toy_corpus_uses_eGeMAPS(toy_corpus, tmp_path):
+    df = toy_corpus[1]
+    df = df[df["fold"] < 3].reset_index(drop=True)  # three sessions: six speakers, 24 wavs to measure
     cfg = config.resolve(dataset="toy", strategy="classical", fold=0, run_root=str(tmp_path / "runs"),
                          prosody_cache=str(tmp_path / "cache"), prosody_workers=1, bootstrap=20)
     result = classical.run_classical(cfg, df)

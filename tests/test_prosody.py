@@ -57,6 +57,11 @@ def test_bad_audio_is_named(tmp_path):
         prosody.measure(bad)
     with pytest.raises(FileNotFoundError, match="missing.wav"):
         prosody.egemaps([tmp_path / "missing.wav"], tmp_path / "cache")
+    wave = voice(220, 0.3)
+    wave[:4] = np.nan
+    sf.write(tmp_path / "nan.wav", wave, SR, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"nan\.wav: 4 samples are NaN or inf"):
+        prosody.measure(tmp_path / "nan.wav")
 
 
 def test_cache_measures_once_and_again_after_a_change(wavs, tmp_path, monkeypatch):
