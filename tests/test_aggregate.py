@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 
-from ambinb import aggregate, metrics, paper, results
+from ambinb import aggregate, config, metrics, paper, results
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
+
+
+def run_cfg(strategy: str, fold: int, **keys) -> dict:
+    """The resolved toy config of a run folder written by hand, with ``keys`` changed."""
+    return {**config.resolve(dataset="toy", strategy=strategy, fold=fold), **keys}
 
 
 @pytest.fixture
@@ -17,7 +22,7 @@ def run_root(tmp_path):
             p = truth[k]
             q = (1 - noise) * p + noise * rng.dirichlet(np.ones(4), size=10)
             results.write_evaluation(tmp_path / "toy" / strategy / f"fold{k}", [f"f{k}u{i}" for i in range(10)],
-                                     CLASSES, p, q, np.full(4, 0.25), {"seed": 0, "bootstrap": 20, "fold": k})
+                                     CLASSES, p, q, np.full(4, 0.25), run_cfg(strategy, k, bootstrap=20))
     return tmp_path
 
 
@@ -66,8 +71,8 @@ def test_budgets_show_what_each_strategy_trained(tmp_path):
     for fold, steps in ((0, 12), (1, 14)):
         for strategy, train, budget in (("sft", {"steps": steps, "seconds": 3.0}, {"epochs": 1.0, "max_steps": 0}),
                                         ("base", None, {"epochs": 1.0, "max_steps": 0})):
-            cfg = {"classes": ["a", "b", "c", "d"], "bootstrap": 10, "eps": 1e-10, "batch_size": 8,
-                   "lr": 1e-4, "lr_scale": 10.0, **budget, "max_steps": 5 if fold else 0}
+            cfg = run_cfg(strategy, fold, classes=["a", "b", "c", "d"], bootstrap=10, batch_size=8, lr=1e-4,
+                          lr_scale=10.0, **{**budget, "max_steps": 5 if fold else 0})
             extra = {"train": train} if train else None
             results.write_evaluation(tmp_path / "toy" / strategy / f"fold{fold}", [f"u{i}" for i in range(5)],
                                      cfg["classes"], p, p, p.mean(0), cfg, extra=extra)
@@ -90,11 +95,10 @@ def test_reasoning_reads_the_think_blocks_back(tmp_path):
     completions = [thinks[0] + "\n<answer>anger</answer>", thinks[1] + "\n<answer>neutral</answer>",
                    "<think>\nnonsense\n</think>\n<answer>anger</answer>"]
     p_hat = np.stack([q[0], q[1], p_gt[2]])                 # the read-out follows the first two blocks exactly
-    cfg = {"bootstrap": 10, "eps": 1e-10}
     results.write_evaluation(tmp_path / "toy" / "sft" / "fold0", ["u0", "u1", "u2"], classes, p_gt, p_hat,
-                             p_gt.mean(0), cfg, completions=completions)
+                             p_gt.mean(0), run_cfg("sft", 0, bootstrap=10), completions=completions)
     results.write_evaluation(tmp_path / "toy" / "sft_nocot" / "fold0", ["u0", "u1", "u2"], classes, p_gt, p_gt,
-                             p_gt.mean(0), cfg, completions=["anger"] * 3)
+                             p_gt.mean(0), run_cfg("sft_nocot", 0, bootstrap=10), completions=["anger"] * 3)
     table = aggregate.reasoning(str(tmp_path), "toy", ["sft", "sft_nocot"], [0])
     assert list(table.index) == ["sft"]                      # no think blocks, no row
     row = table.loc["sft"]
