@@ -93,7 +93,9 @@ def check_injected_parameters(history: list[str] | None = None) -> None:
         declared = literal_assignments(history[at - 1], "the notebook's parameters cell")
     except (SyntaxError, ValueError):
         return  # the cell before is not a parameters cell: papermill put its cell first (no parameters cell)
-    unknown = sorted(set(literal_assignments(history[at], "the injected parameters")) - set(declared))
+    injected_names = {t.id for node in ast.parse(history[at]).body if isinstance(node, ast.Assign)
+                      for t in node.targets if isinstance(t, ast.Name)}
+    unknown = sorted(injected_names - set(declared))
     if unknown:
         raise ValueError(f"this notebook has no parameter {unknown} (its parameters cell declares "
                          f"{sorted(declared)}); extra keys go in as -y \"overrides: {{key: value}}\"")
