@@ -120,39 +120,109 @@ def grpo_step_table(data: dict[str, Any]) -> str:
         f"\nStrategy `{data.get('strategy', '?')}`, {data.get('max_new_tokens', '?')}-token budget.\n")
 
 
-def full_size_table(data: dict[str, Any]) -> str:
+def _full_size_card(data: dict[str, Any]) -> list[str]:
     out = []
     if "matmul" in data:
         m = data["matmul"]
         out.append(f"Measured matmul rate ({m['dtype']}, {m['n']} x {m['n']}): **{fmt(m['tflops'], 1)} TFLOP/s** "
                    "(the MFU denominator).\n")
-    if "sft" in data:
-        st = data.get("settings", {})
-        out.append(f"SFT step on sequences of {data.get('sequence_tokens', '?')} tokens ({fmt(st.get('audio_seconds'), 1)} s "
-                   f"of audio = {data.get('audio_tokens', '?')} audio tokens, {st.get('prompt_tokens', '?')} prompt and "
-                   f"{st.get('completion_tokens', '?')} completion tokens), tower output cached; AdamW on the LoRA "
-                   f"parameters ({fmt(data.get('parameters', {}).get('trainable', 0) / 1e6, 1)} M).\n")
-        out.append(table(["activation checkpointing", "batch", "s / step", "tokens/s", "MFU", "peak GiB"],
-                         [["on" if r["activation_checkpointing"] else "off", str(r["batch"]),
-                           fmt(r["seconds_per_step"], 3), fmt(r["tokens_per_s"], 0), fmt(r["mfu"], 3),
-                           fmt(r["peak_memory_gib"], 1)] for r in data["sft"]]))
+    if "bandwidth" in data:
+        tbps = fmt(data["bandwidth"]["bytes_per_s"] / 1e12, 2)
+        out.append(f"Measured copy bandwidth: **{tbps} TB/s** (read + write).\n")
+    return out
+
+
+def _full_size_decode(data: dict[str, Any]) -> list[str]:
+    if "decode" not in data:
+        return []
+    rows = [[r["decode"], str(r["rows"]), str(r["steps"]), fmt(r["ms_per_step"]),
+             ", ".join(f"{k} {fmt(v)}" for k, v in r["phases_ms_per_step"].items()), fmt(r.get("peak_gib"), 1)]
+            if "error" not in r else [r["decode"], str(r["rows"]), "", "", f"failed: `{r['error'][:120]}`", ""]
+            for r in data["decode"]]
+    out = [table(["loop", "rows", "steps", "ms / step", "phases (ms / step)", "peak GiB"], rows)]
+    floor = data.get("decode_floor")
+    if floor:
+        out.append(f"Memory floor of a step: {fmt(floor['bytes_per_step'] / 1e9, 2)} GB read (weights and the KV cache "
+                   f"at a mean context of {fmt(floor['mean_context'], 0)}) at the measured bandwidth: "
+                   f"**{fmt(floor['ms'], 2)} ms**.\n")
+    return out
+
+
+def _full_size_sft(data: dict[str, Any]) -> list[str]:
+    if "sft" not in data:
+        return []
+    st = data.get("settings", {})
+    prompt_tokens = data.get("prompt_tokens", st.get("prompt_tokens", "?"))
+    completion_tokens = data.get("completion_tokens", st.get("completion_tokens", "?"))
+    trainable = fmt(data.get("parameters", {}).get("trainable", 0) / 1e6, 1)
+    return [f"SFT step on sequences of {data.get('sequence_tokens', '?')} tokens ({fmt(st.get('audio_seconds'), 1)} s "
+            f"of audio = {data.get('audio_tokens', '?')} audio tokens, {prompt_tokens} prompt and {completion_tokens} "
+            f"completion tokens), tower output cached; AdamW on the LoRA parameters ({trainable} M).\n",
+            table(["activation checkpointing", "batch", "s / step", "tokens/s", "MFU", "peak GiB"],
+                  [["on" if r["activation_checkpointing"] else "off", str(r["batch"]), fmt(r["seconds_per_step"], 3),
+                    fmt(r["tokens_per_s"], 0), fmt(r["mfu"], 3), fmt(r["peak_memory_gib"], 1)] for r in data["sft"]])]
+
+
+def _full_size_grpo(data: dict[str, Any]) -> list[str]:
+    out = []
     if "grpo" in data:
         g = data["grpo"]
         parts = ", ".join(f"{k} {fmt(v)} s" for k, v in g["seconds"].items())
-        out.append(f"GRPO step, K = {g['k']}, {g['utterances']} utterances, {g['max_new_tokens']}-token budget: "
+        loop = f", decode loop `{g['decode']}`" if g.get("decode") else ""
+        out.append(f"GRPO step, K = {g['k']}, {g['utterances']} utterances, {g['max_new_tokens']}-token budget{loop}: "
                    f"{fmt(g['step_seconds'])} s ({parts}); rollout {fmt(g['rollout_tokens_per_s'], 0)} tokens/s; "
                    f"encoder share {fmt(100 * g['encoder_share'], 1)} %; peak {fmt(g.get('peak_memory_gib'), 1)} GiB"
                    + (", activation checkpointing on" if g.get("activation_checkpointing") else "") + ".\n")
-    if "grpo_error" in data:
-        out.append(f"GRPO step failed: `{data['grpo_error'][:160]}`\n")
+    out += [f"{name} failed: `{data[f'{name}_error'][:160]}`\n" for name in ("decode", "sft", "grpo", "max_batch")
+            if f"{name}_error" in data]
+    return out
+
+
+def full_size_table(data: dict[str, Any]) -> str:
+    """One full-size result: the card's rates, the decode loops and their floor, SFT, GRPO, the largest batch."""
+    out = _full_size_card(data) + _full_size_decode(data) + _full_size_sft(data) + _full_size_grpo(data)
     if "max_batch" in data:
         out.append(table(["activation checkpointing", "largest SFT batch"],
                          [["on" if r["activation_checkpointing"] else "off",
                            f"{r['largest']}{' (search capped: at least)' if r['capped'] else ''}"]
                           for r in data["max_batch"]]))
     if "total_seconds" in data:
-        out.append(f"Whole run: {fmt(data['total_seconds'], 0)} s (model build {fmt(data.get('build_seconds'), 1)} s).\n")
+        build = fmt(data.get("build_seconds"), 1)
+        out.append(f"Whole run: {fmt(data['total_seconds'], 0)} s (model build {build} s).\n")
     return "\n".join(out)
+
+
+# the numbers compared turn over turn (issue 17): key -> (label, digits)
+KEYS = {"decode_ms_per_step": ("decode step, ms (16 rows)", 1), "decode_floor_ms": ("its memory floor, ms", 1),
+        "rollout_tokens_per_s": ("rollout tokens/s", 0), "grpo_step_s": ("GRPO step, s (K = 8, 2 utterances)", 1),
+        "sft_tokens_per_s": ("SFT tokens/s", 0), "sft_mfu": ("SFT MFU", 2)}
+
+
+def full_size_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`KEYS` of a full-size result and ``peak_gib`` per section; from the sections of a file
+    written before the keys existed (None where it did not measure one: the decode step and its floor).
+
+    Example: a file with ``grpo.step_seconds`` 38.3 and no ``grpo_step_s`` -> ``{"grpo_step_s": 38.3, ...}``.
+    """
+    if "grpo_step_s" in data or "decode_ms_per_step" in data:
+        return {**{k: data.get(k) for k in KEYS}, "peak_gib": data.get("peak_gib") or {}}
+    g, sft = data.get("grpo") or {}, data.get("sft") or []
+    fast = max(sft, key=lambda r: r["tokens_per_s"]) if sft else {}
+    return {"decode_ms_per_step": None, "decode_floor_ms": None,
+            "rollout_tokens_per_s": g.get("rollout_tokens_per_s"), "grpo_step_s": g.get("step_seconds"),
+            "sft_tokens_per_s": fast.get("tokens_per_s"), "sft_mfu": fast.get("mfu"),
+            "peak_gib": {"grpo": g.get("peak_memory_gib"), "sft": fast.get("peak_memory_gib")}}
+
+
+def full_size_comparison(found: list[tuple[Path, dict[str, Any]]]) -> str:
+    """One table of the :data:`KEYS` (and peak memory) with a column per full-size results file, oldest first."""
+    runs = sorted((result_date(p, d), d.get("device_name") or d.get("device"), full_size_keys(d)) for p, d in found)
+    header = ["", *[f"{card}, {date[:10]}" for date, card, _ in runs]]
+    rows = [[label, *[fmt(keys[k], digits) for _, _, keys in runs]] for k, (label, digits) in KEYS.items()]
+    for part in ("decode", "grpo", "sft"):
+        rows.append([f"peak GiB ({part})", *[fmt(keys["peak_gib"].get(part), 1) for _, _, keys in runs]])
+    return "### Turn over turn\n\n" + table(header, rows) + (
+        "\nA blank cell: not measured by that run (the decode step and its floor were added later).\n")
 
 
 def report_timing_table(data: dict[str, Any]) -> str:
@@ -197,6 +267,8 @@ def bench_tables(folder: str | os.PathLike | None = None) -> str:
         section = f"## {TITLES.get(name, name)}\n\nRun: `{COMMANDS.get(name, f'bench/{name}.py')}`\n"
         if not mine:
             section += "\nNo results yet.\n"
+        if name == "full_size" and mine:
+            section += "\n" + full_size_comparison(mine)
         for path, data in mine:
             card = data.get("device_name") or data.get("device") or "unknown device"
             section += f"\n### {card}, {result_date(path, data)}\n\nFrom `bench/results/{path.name}`.\n\n"

@@ -49,12 +49,9 @@ fine-tune engine / trl 1.19x (1.13-1.24), engine / trl_native 12x (8.9-16); LoRA
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -65,27 +62,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, engine, prompt, results, rollout, standin  # noqa: E402
-from ambinb import model as M  # noqa: E402
+from ambinb import config, engine, prompt, rollout, standin  # noqa: E402
 from ambinb.run import Example  # noqa: E402
 from ambinb.strategies import dpo  # noqa: E402
-from bench.sft_vs_trl import (  # noqa: E402
-    CLASSES,
-    FixedOrder,
-    add_run_arguments,
-    batch_order,
-    collate_indices,
-    fresh_model,
-    make_examples,
-    paired_ratio,
-    quiet_libraries,
-    run_engine,
-    step_clock,
-    summarize,
-    window_rate,
-)
+from bench import trainers  # noqa: E402
+from bench.trainers import CLASSES  # noqa: E402
 
 PATHS = ("engine", "trl", "trl_native")
+SMOKE = {"steps": 1, "warmup": 1, "batch_size": 2, "examples": 4, "repeats": 1}
 
 
 # --- the pairs ------------------------------------------------------------------------------
@@ -181,44 +165,33 @@ def trl_trainer_class(native: bool) -> type:
             return out
 
         def _get_train_sampler(self, train_dataset=None):
-            return FixedOrder(self.order)
+            return trainers.FixedOrder(self.order)
 
     return AudioDPOTrainer
 
 
 def run_trl(model: Any, processor: Any, strategy: OfflinePairsDPO, tc: engine.TrainConfig, device: str, warmup: int,
             native: bool, collator: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    from datasets import Dataset
     from transformers import PrinterCallback
     from trl import DPOConfig
 
-    total = tc.max_steps
-    clock = step_clock(device)
+    clock = trainers.step_clock(device)
     losses: list[float] = []
     inner = strategy.strategy
     ref_model = None if inner.reference.uses_adapter else inner.reference.copy
     with tempfile.TemporaryDirectory(prefix="bench_trl_dpo_") as out:
-        args = DPOConfig(
-            output_dir=out, max_steps=total, per_device_train_batch_size=tc.batch_size, gradient_accumulation_steps=1,
-            learning_rate=tc.lr, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_ratio,
-            lr_scheduler_type="cosine", optim="adamw_torch", max_grad_norm=tc.max_grad_norm, seed=tc.seed,
-            gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=not device.startswith("cuda"),
-            save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-            dataloader_num_workers=0, dataloader_pin_memory=False, remove_unused_columns=False,
-            disable_dropout=False, beta=float(cfg["beta"]), loss_type=["sigmoid", "sft"],
-            loss_weights=[1.0, float(cfg["dpo_ce_weight"])], max_length=None, precompute_ref_log_probs=False)
-        dataset = Dataset.from_dict({"index": list(range(strategy.num_examples()))})
-        order = batch_order(total, strategy.num_examples(), tc.batch_size, tc.seed)
+        args = DPOConfig(**trainers.trl_args(out, tc, device), gradient_checkpointing=False, disable_dropout=False,
+                         beta=float(cfg["beta"]), loss_type=["sigmoid", "sft"],
+                         loss_weights=[1.0, float(cfg["dpo_ce_weight"])], max_length=None,
+                         precompute_ref_log_probs=False)
+        dataset, order = trainers.index_dataset(strategy.num_examples(), tc)
         trainer = trl_trainer_class(native)(
             model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=processor,
-            data_collator=collator if native else collate_indices, callbacks=[clock], strategy=strategy,
+            data_collator=collator if native else trainers.collate_indices, callbacks=[clock], strategy=strategy,
             order=order, losses=losses)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-    if len(clock.times) != total:
-        raise RuntimeError(f"TRL took {len(clock.times)} optimizer steps, expected {total}")
-    rate, seconds = window_rate(clock.times, warmup)
-    return {"steps_per_s": rate, "seconds": seconds, "loss_first": losses[0], "loss_last": losses[-1]}
+    return trainers.trl_rate(clock, tc.max_steps, warmup, losses)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -235,84 +208,29 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before the timed ones")
-    parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (2x rows per forward)")
-    parser.add_argument("--examples", type=int, default=32, help="synthetic training utterances")
-    add_run_arguments(parser)
-    parser.add_argument("--smoke", action="store_true", help="1 timed step after 1 warm-up, batch 2, 4 utterances")
-    parser.add_argument("--out", default="", help="JSON path (default bench/results/dpo_vs_trl_<device>.json)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.steps, args.warmup, args.batch_size, args.examples, args.repeats = 1, 1, 2, 4, 1
-    quiet_libraries(args.threads)
-    import transformers
+    args = trainers.parse(trainers.parser(__doc__, 4, SMOKE), argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
-
     cfg = config.resolve(strategy="dpo", overrides={"tau": -1.0, "dpo_rollouts": 1})
-    tiny_dir = standin.ensure_tiny(cfg)
-    base, processor = M.load_checkpoint(tiny_dir, dtype="float32", device=args.device)
-    examples, waves = make_examples(base, processor, args.examples, cfg["seed"], cfg)
+    tiny_dir, base, processor, examples, waves, tc = trainers.setup(args, cfg)
     rejected = rejected_completions(processor, examples, int(cfg["seed"]), cfg["prompt_preset"])
     mels, mel_masks = A.AudioFeatureCache(base, processor.feature_extractor).mels([e.utt_id for e in examples], waves)
     collator = native_collator(examples, rejected, mels, mel_masks, int(processor.tokenizer.pad_token_id))
-    total = args.warmup + args.steps
-    tc = engine.TrainConfig(lr=float(cfg["lr"]) * float(cfg["lr_scale"]), weight_decay=float(cfg["weight_decay"]),
-                            warmup_ratio=float(cfg["warmup_ratio"]), max_steps=total, batch_size=args.batch_size,
-                            max_grad_norm=float(cfg["max_grad_norm"]), checkpoint_every=10**9, seed=int(cfg["seed"]))
-    load_before = os.getloadavg()
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {p: [] for p in PATHS} for m in args.modes}
-    for rep in range(args.repeats):
-        order = PATHS if rep % 2 == 0 else PATHS[::-1]
-        for mode in args.modes:
-            for path in order:
-                model = fresh_model(tiny_dir, mode, cfg, args.device, int(cfg["seed"]))
-                strategy = OfflinePairsDPO(dpo.DPOStrategy(model, processor, examples, CLASSES, cfg), rejected)
-                if path == "engine":
-                    res = run_engine(model, strategy, tc, args.device, args.warmup)
-                else:
-                    res = run_trl(model, processor, strategy, tc, args.device, args.warmup, path == "trl_native",
-                                  collator, cfg)
-                runs[mode][path].append({"repeat": rep, **res})
-                print(f"  rep {rep} {mode:>4} {path:<10} {res['steps_per_s']:7.2f} steps/s", flush=True)
-    rows = []
-    for mode in args.modes:
-        row: dict[str, Any] = {"mode": mode, **{p: summarize(runs[mode][p]) for p in PATHS}}
-        row["engine_over_trl"] = paired_ratio(runs[mode]["engine"], runs[mode]["trl"])
-        row["engine_over_trl_native"] = paired_ratio(runs[mode]["engine"], runs[mode]["trl_native"])
-        rows.append(row)
-    name, slug = results.bench_device(args.device)
-    print(f"\nDPO steps/s, tiny model, {args.batch_size} pairs per step, {args.steps} timed steps after {args.warmup}, "
-          f"median of {args.repeats} ({name}, {torch.get_num_threads()} thread(s))")
-    print(format_table(rows))
-    import accelerate
-    import peft
-    import trl
 
-    result = {
-        "bench": "dpo_vs_trl", "device": args.device, "device_name": name, "smoke": args.smoke,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                     "peft": peft.__version__, "accelerate": accelerate.__version__},
-        "env": results.env_info(args.device),
-        "settings": {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
-                     "examples": args.examples, "repeats": args.repeats, "modes": args.modes, "dtype": "float32",
-                     "lr": tc.lr, "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm,
-                     "beta": float(cfg["beta"]), "dpo_kl_weight": float(cfg["dpo_kl_weight"]),
-                     "dpo_ce_weight": float(cfg["dpo_ce_weight"]), "answer_ce": cfg["answer_ce"],
-                     "lora_r": cfg["lora_r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
-                     "mean_prompt_tokens": float(np.mean([len(e.encoded.prompt_ids) for e in examples])),
-                     "mean_chosen_tokens": float(np.mean([len(e.completion.ids) for e in examples])),
-                     "mean_rejected_tokens": float(np.mean([len(t.token_ids) for t in rejected.values()])),
-                     "tiny_spec": standin.tiny_spec(cfg)},
-        "rows": rows,
-    }
-    results.write_bench("dpo_vs_trl", slug, result, args.out)
-    return result
+    def run_one(mode: str, path: str) -> dict[str, Any]:
+        model = trainers.fresh_model(tiny_dir, mode, cfg, args.device, int(cfg["seed"]))
+        strategy = OfflinePairsDPO(dpo.DPOStrategy(model, processor, examples, CLASSES, cfg), rejected)
+        if path == "engine":
+            return trainers.run_engine(model, strategy, tc, args.device, args.warmup)
+        return run_trl(model, processor, strategy, tc, args.device, args.warmup, path == "trl_native", collator, cfg)
 
+    rows = trainers.rows_of(trainers.repeat_runs(args, list(PATHS), run_one), list(PATHS))
+    sizes = {"beta": float(cfg["beta"]), "dpo_kl_weight": float(cfg["dpo_kl_weight"]),
+             "dpo_ce_weight": float(cfg["dpo_ce_weight"]), "answer_ce": cfg["answer_ce"],
+             "mean_prompt_tokens": float(np.mean([len(e.encoded.prompt_ids) for e in examples])),
+             "mean_chosen_tokens": float(np.mean([len(e.completion.ids) for e in examples])),
+             "mean_rejected_tokens": float(np.mean([len(t.token_ids) for t in rejected.values()]))}
+    return trainers.finish("dpo_vs_trl", "DPO", args, rows, format_table(rows),
+                           trainers.settings(args, tc, cfg, **sizes))
 
 
 if __name__ == "__main__":

@@ -1,51 +1,56 @@
-"""Full-size check: the real Qwen2-Audio-7B-Instruct architecture, randomly initialised, on one GPU.
+"""Full-size check: Qwen2-Audio-7B-Instruct's architecture and vocabulary, randomly initialised, on one GPU.
 
     .venv/bin/python bench/full_size.py                       # on a GPU: every section, < 8 min on one H100
-    .venv/bin/python bench/full_size.py --sections sft grpo   # a subset
-    .venv/bin/python bench/full_size.py --smoke --out /tmp/full_size.json   # tiny config on the CPU, seconds
+    .venv/bin/python bench/full_size.py --sections decode grpo   # a subset
+    .venv/bin/python bench/full_size.py --smoke --out /tmp/full_size.json   # tiny sizes on the CPU
 
 No weights are needed: the model is ``Qwen2AudioForConditionalGeneration`` built from the published
 ``config.json`` values of ``Qwen/Qwen2-Audio-7B-Instruct`` (:data:`FULL`), allocated directly on the
 device in bfloat16 and randomly initialised; LoRA as in the paper (r 8, alpha 16, dropout 0.05 on
-the language model's q, k, v, o, gate, up, down; :func:`ambinb.model.apply_lora`). Random weights
-run at the speed of trained ones (same shapes, same kernels); only sampled lengths differ, so the
-rollout runs its whole token budget every time.
+the language model's q, k, v, o, gate, up, down; :func:`ambinb.model.apply_lora`). The tokenizer is
+the real one (:func:`ambinb.vocab.qwen2_audio_tokenizer`: Qwen2's BPE and Qwen2-Audio's special
+tokens), so prompts (the chat template, the transcript, the class list, the audio positions) and
+completions (a think block in the curator's wording, the answer) have their real token counts.
+Random weights run at the speed of trained ones (same shapes, same kernels); only sampled lengths
+differ: a random model never writes the close tag, so rollouts run their whole token budget.
 
 Sections, each under its own time cap (``--caps``), in this order:
 
-* ``matmul``: the card's bf16 matmul rate, measured (``torch.matmul`` of two N x N bf16 matrices,
-  N = 8192 on a GPU), the denominator of the MFU below;
+* ``matmul``: the card's bf16 matmul rate (N x N, N = 8192 on a GPU), the denominator of the MFU;
+* ``bandwidth``: the card's copy bandwidth (a 2 GiB device-to-device copy: read + write bytes/s);
+* ``decode``: a decode step of ``--decode-rows`` rows (16) after one utterance's shared prefill,
+  through each loop of ``--decodes`` (:func:`ambinb.rollout.generate_group`, LoRA merged as the
+  rollouts do), its per-phase milliseconds from the loop's own timings; and the floor a step cannot
+  beat: the bytes a step must read (the language model's weights and the KV cache at the mean
+  context) over the measured bandwidth;
 * ``sft``: one SFT optimizer step (:meth:`ambinb.strategies.sft.SFTStrategy.loss`, Eq. 3, on synthetic
   utterances of ``--audio-seconds`` with the tower output cached, as training does; backward; AdamW
   on the LoRA parameters), without and with activation checkpointing: tokens/s, MFU, peak memory;
-* ``grpo``: a GRPO step at K = 8 (up to 3 steps within the cap; the last one is reported, the
-  first one's seconds beside it): the audio encoder on the B utterances, the shared-prefill group
-  rollout (:func:`ambinb.rollout.generate_group`, B*K rows), the readout at the answer slots, the
-  policy and reference log-prob forwards (:func:`ambinb.policy.completion_logprobs`, the reference =
-  the LoRA adapter disabled), Eq. 7 (:func:`ambinb.losses.grpo_loss`) with group advantages of random
-  rewards (rewards are text functions; random weights write no text worth scoring), backward, AdamW:
-  each part's seconds, rollout tokens/s and the encoder's share of the step;
-* ``max_batch``: the largest SFT micro-batch that fits the card, with and without checkpointing
-  (doubling until out of memory, then bisection; a capped search reports the largest batch that ran).
+* ``grpo``: a GRPO step at K = 8 for 2 utterances (up to 3 steps within the cap; the last one is
+  reported, the first one's seconds beside it): the audio encoder, the shared-prefill group rollout
+  through ``--grpo-decode``, the readout, the policy and reference log-prob forwards
+  (:func:`ambinb.policy.completion_logprobs`), Eq. 7 with group advantages of random rewards,
+  backward, AdamW: each part's seconds and rollout tokens/s;
+* ``max_batch``: the largest SFT micro-batch that fits the card, with and without checkpointing.
+
+The JSON's top level also holds the numbers compared turn over turn (issue 17): ``decode_ms_per_step``,
+``decode_floor_ms``, ``rollout_tokens_per_s``, ``grpo_step_s``, ``sft_tokens_per_s``, ``sft_mfu`` and
+``peak_gib`` per section (:func:`summary`).
 
 MFU counts model FLOPs (no recomputation): per token of the language model, 2 x its non-embedding
 parameters forward, the same again for the activation gradients, and (full fine-tune only) once more
 for the weight gradients; the LM head only where the loss reads logits (the completion and the
 slot); attention scores 4 x layers x hidden x T^2 per sequence forward, x 3 with backward. The audio
-tower is not counted (its output is cached). Token ids come from a stand-in tokenizer
-(:class:`IdTokenizer`): the real one is not needed to time a random model.
+tower is not counted (its output is cached).
 
 Results go to ``bench/results/full_size_<card>.json``. ``--smoke`` runs every section on the CPU with
-:data:`TINY` (same code, tiny sizes, float32) for the tests.
+:data:`TINY` (same code and vocabulary, tiny widths, float32) for the tests.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-import warnings
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +60,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, losses, policy, prompt, readout, results, rollout  # noqa: E402
+from ambinb import config, losses, policy, prompt, readout, rollout, vocab  # noqa: E402
 from ambinb import model as M  # noqa: E402
+from ambinb.merge import merged_lora  # noqa: E402
 from ambinb.run import Example  # noqa: E402
 from ambinb.strategies import sft  # noqa: E402
+from bench import common  # noqa: E402
 
 # Qwen/Qwen2-Audio-7B-Instruct config.json (the text model is Qwen2-7B's shape: the published file
 # leaves hidden size, layers and heads at Qwen2Config's defaults, written out here)
@@ -71,21 +78,28 @@ FULL = {
              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "sliding_window": 32768, "tie_word_embeddings": False},
     "audio_token_index": 151646, "bos_token_id": 151643, "eos_token_id": 151645, "pad_token_id": 151643,
 }
-# the same code at tiny sizes, for --smoke
+# the same code and vocabulary at tiny widths, for --smoke
 TINY = {
     "audio": {**FULL["audio"], "d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
               "encoder_ffn_dim": 64},
-    "text": {**FULL["text"], "vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "text": {**FULL["text"], "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "intermediate_size": 64},
-    "audio_token_index": 500, "bos_token_id": 501, "eos_token_id": 502, "pad_token_id": 501,
+    **{k: FULL[k] for k in ("audio_token_index", "bos_token_id", "eos_token_id", "pad_token_id")},
 }
-SPECIAL = ("<|endoftext|>", "<|im_end|>", A.AUDIO_TOKEN, A.AUDIO_BOS, A.AUDIO_EOS, "<answer>", "</answer>")
-CLASSES = ["anger", "happiness", "sadness", "neutral"]
-SECTIONS = ("matmul", "sft", "grpo", "max_batch")
-CAPS = {"matmul": 10.0, "sft": 90.0, "grpo": 60.0, "max_batch": 120.0}  # seconds per section (GPU run)
+CLASSES = common.CLASSES
+SECTIONS = ("matmul", "bandwidth", "decode", "sft", "grpo", "max_batch")
+CAPS = {"matmul": 10.0, "bandwidth": 10.0, "decode": 150.0, "sft": 90.0, "grpo": 90.0, "max_batch": 120.0}
+SMOKE = {"batch": 2, "steps": 1, "completion_tokens": 12, "audio_seconds": 1.0, "grpo_utterances": 1, "k": 2,
+         "max_new_tokens": 4, "max_batch_limit": 2, "decode_rows": 4, "decode_steps": 4,
+         "decodes": ["dynamic", "static"],
+         "caps": {"matmul": 1.0, "bandwidth": 1.0, "decode": 30.0, "sft": 4.0, "grpo": 4.0, "max_batch": 30.0}}
+THINK = ("<think>\nKeywords: raised voice, fast pace\nStep 1 (text): The words \"{t}\" sound tense.\n"
+         "Step 2 (audio): Volume: loud. Speed: fast. Pitch: high. Tone: harsh.\n{more}"
+         "Step 3 (synthesis): Mostly {a}, with some {b}.\n</think>")
+MORE = "The voice rises towards the end of the sentence and the stress falls on the last word.\n"
 
 
-# --- the model ------------------------------------------------------------------------------
+# --- the model and the data ------------------------------------------------------------------
 
 def qwen2_audio_config(spec: dict[str, Any]) -> Any:
     """A ``Qwen2AudioConfig`` from a spec like :data:`FULL`."""
@@ -109,116 +123,40 @@ def build_model(spec: dict[str, Any], device: str, dtype: torch.dtype, cfg: dict
     return M.apply_lora(model.train(), cfg)
 
 
-class IdTokenizer:
-    """The few tokenizer calls ambinb makes, for a model without a trained tokenizer: special tokens map
-    to the spec's ids (the tags to free ids below them), a word to a fixed id by crc32, and decoding
-    gives the ids as text (so a random model never writes ``</answer>`` and runs its whole budget).
-
-    Example: ``IdTokenizer(TINY)("anger", add_special_tokens=False)["input_ids"]`` -> one id, the same every call.
-    """
-
-    def __init__(self, spec: dict[str, Any]):
-        self.special = {"<|endoftext|>": spec["bos_token_id"], "<|im_end|>": spec["eos_token_id"],
-                        A.AUDIO_TOKEN: spec["audio_token_index"]}
-        free = min(self.special.values())
-        for tok in SPECIAL:
-            if tok not in self.special:
-                free -= 1
-                self.special[tok] = free
-        self.words = free - 1  # plain words take ids [0, words)
-        self.pad_token_id = spec["pad_token_id"]
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        ids = [self.special[w] if w in self.special else zlib.crc32(w.encode()) % self.words for w in text.split()]
-        return {"input_ids": ids}
-
-    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
-        return self.special[tokens] if isinstance(tokens, str) else [self.special[t] for t in tokens]
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return " ".join(str(int(i)) for i in ids)
+def completion(tok: Any, transcript: str, answer: str, n_tokens: int) -> prompt.CompletionIds:
+    """A think block in the curator's wording, lengthened to at least ``n_tokens``, and the answer."""
+    more = ""
+    while True:
+        other = CLASSES[(CLASSES.index(answer) + 1) % len(CLASSES)]
+        ids = prompt.completion_ids(tok, THINK.format(t=transcript, more=more, a=answer, b=other), answer)
+        if len(ids.ids) >= n_tokens:
+            return ids
+        more += MORE
 
 
-def synthetic_examples(model: Any, tok: IdTokenizer, n: int, audio_seconds: float, prompt_tokens: int,
-                       completion_tokens: int, seed: int) -> tuple[list[Example], float]:
+def synthetic_examples(model: Any, processor: Any, n: int, audio_seconds: float, completion_tokens: int,
+                       seed: int) -> tuple[list[Example], float]:
     """``n`` utterances and the tower's seconds: random mel features of ``audio_seconds`` through the tower
-    (timed), prompt ids with the audio positions expanded, a completion ending in
-    ``<answer> class </answer> <|im_end|>``."""
+    (timed), the real prompt (chat template, transcript, classes, the audio positions expanded), a
+    completion of about ``completion_tokens`` real tokens."""
     gen = torch.Generator().manual_seed(seed)
-    frames = int(audio_seconds * 100)  # 10 ms hop
-    feats = torch.randn((n, A.N_MELS, A.N_FRAMES), generator=gen)
     masks = torch.zeros((n, A.N_FRAMES), dtype=torch.long)
-    masks[:, :frames] = 1
+    masks[:, : int(audio_seconds * 100)] = 1  # 10 ms hop
     tower = A.core(model).audio_tower
+    feats = torch.randn((n, A.N_MELS, A.N_FRAMES), generator=gen)
     feats = feats.to(tower.conv1.weight.device, tower.conv1.weight.dtype)
-    sync()
-    t0 = time.perf_counter()
     with torch.no_grad():
-        audio = A.run_tower(model, feats, masks)
-    sync()
-    tower_s = time.perf_counter() - t0
+        tower_s, audio = common.timed(lambda: A.run_tower(model, feats, masks), tower.conv1.weight.device)
     rng = np.random.default_rng(seed)
-    words = tok.words
+    tok = processor.tokenizer
     out = []
     for i in range(n):
-        head = rng.integers(0, words, prompt_tokens // 2).tolist()
-        tail = rng.integers(0, words, prompt_tokens - len(head)).tolist()
-        prompt_ids = head + [tok.special[A.AUDIO_BOS]] + [tok.special[A.AUDIO_TOKEN]] * audio[i].shape[0] \
-            + [tok.special[A.AUDIO_EOS]] + tail
-        think = rng.integers(0, words, max(1, completion_tokens - 4)).tolist()
-        answer = tok(CLASSES[i % len(CLASSES)])["input_ids"]
-        ids = think + [tok.special["<answer>"]] + answer + [tok.special["</answer>"], tok.special["<|im_end|>"]]
-        completion = prompt.CompletionIds(ids, len(think) + 1, len(answer))
-        p_gt = rng.dirichlet(np.ones(len(CLASSES)))
-        out.append(Example(f"s{i}", prompt.Encoded(f"s{i}", prompt_ids, audio[i]), completion, p_gt))
+        transcript = common.TRANSCRIPTS[i % len(common.TRANSCRIPTS)]
+        text = prompt.prompt_text(processor, transcript, CLASSES, utt_id=f"s{i}")
+        encoded = prompt.Encoded(f"s{i}", prompt.prompt_ids(tok, text, audio[i].shape[0]), audio[i])
+        answer = completion(tok, transcript, CLASSES[i % len(CLASSES)], completion_tokens)
+        out.append(Example(f"s{i}", encoded, answer, rng.dirichlet(np.ones(len(CLASSES)))))
     return out, tower_s
-
-
-# --- measuring ------------------------------------------------------------------------------
-
-def on_gpu() -> bool:
-    return torch.cuda.is_available()
-
-
-def sync() -> None:
-    if on_gpu():
-        torch.cuda.synchronize()
-
-
-def reset_peak() -> None:
-    if on_gpu():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if on_gpu() else None
-
-
-def is_oom(err: BaseException) -> bool:
-    """True for a CUDA out-of-memory error (``torch.OutOfMemoryError`` or its message)."""
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def matmul_tflops(n: int, device: str, dtype: torch.dtype, cap_s: float) -> dict[str, Any]:
-    """Measured dense matmul rate: 2 n^3 FLOPs per ``torch.matmul`` of two n x n matrices, median of runs.
-
-    Example: n = 8192 takes 2 * 8192^3 = 1.1e12 FLOPs; done in 1.4 ms that is 785 TFLOP/s.
-    """
-    a = torch.randn((n, n), device=device, dtype=dtype)
-    b = torch.randn((n, n), device=device, dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b)
-    sync()
-    times, start = [], time.perf_counter()
-    while len(times) < 50 and time.perf_counter() - start < cap_s:
-        t0 = time.perf_counter()
-        for _ in range(10):
-            torch.matmul(a, b)
-        sync()
-        times.append((time.perf_counter() - t0) / 10)
-    sec = float(np.median(times))
-    return {"n": n, "dtype": str(dtype), "seconds_per_matmul": sec, "tflops": 2 * n**3 / sec / 1e12, "runs": len(times)}
 
 
 def lm_param_counts(model: Any) -> dict[str, int]:
@@ -231,6 +169,49 @@ def lm_param_counts(model: Any) -> dict[str, int]:
     tower = sum(p.numel() for p in core.audio_tower.parameters())
     return {"body": body, "embed": embed, "head": head, "tower": tower}
 
+
+# --- decoding ----------------------------------------------------------------------------------
+
+def decode_bytes(counts: dict[str, int], text: dict[str, Any], rows: int, context: float, elt: int) -> float:
+    """Bytes one decode step must read: the language model's body and head, and the KV cache of ``rows``.
+
+    Example (7B, bf16, 16 rows at a mean context of 400): (6.5e9 + 6.4e8) x 2 + 32 layers x 2 (K, V)
+    x 4096 x 400 x 16 rows x 2 = 1.43e10 + 3.4e9 bytes.
+    """
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    kv = text["num_hidden_layers"] * 2 * text["num_key_value_heads"] * head_dim * context * rows * elt
+    return (counts["body"] + counts["head"]) * elt + kv
+
+
+def run_decode(model: Any, tok: Any, example: Example, rows: int, steps: int, decodes: list[str]) -> list[dict]:
+    """Milliseconds per decode step of ``rows`` rows through each loop, phases from the loop's timings."""
+    model.eval()
+    out = []
+    for loop in decodes:
+        gen = torch.Generator(device=A.device_of(model))
+        try:
+            with merged_lora(model):
+                for n in (3, steps):  # the first call warms up (and compiles) the loop
+                    timings: dict[str, float] = {}
+                    common.reset_peak()
+                    groups = rollout.generate_group(model, tok, [example.encoded], rows, n, decode=loop,
+                                                    generator=gen.manual_seed(0), timings=timings)
+        except Exception as err:  # one loop failing (a compiler error) leaves the others measured
+            out.append({"decode": loop, "rows": rows, "error": f"{type(err).__name__}: {err}"[:500]})
+            print(f"  decode {loop} failed: {out[-1]['error']}", flush=True)
+            continue
+        done = max(len(ids) for ids, _ in groups[0])
+        per_step = {k: 1000 * v / max(done - 1, 1) for k, v in timings.items() if k != "prefill"}
+        out.append({"decode": loop, "rows": rows, "steps": done, "ms_per_step": sum(per_step.values()),
+                    "phases_ms_per_step": per_step, "prefill_ms": 1000 * timings["prefill"],
+                    "peak_gib": common.peak_gib()})
+        print(f"  decode {loop:<9} {rows} rows: {out[-1]['ms_per_step']:8.2f} ms/step "
+              f"({', '.join(f'{k} {v:.2f}' for k, v in per_step.items())})", flush=True)
+    model.train()
+    return out
+
+
+# --- SFT -----------------------------------------------------------------------------------------
 
 def sft_step_flops(counts: dict[str, int], examples: list[Example], layers: int, hidden: int,
                    full_finetune: bool = False) -> float:
@@ -254,93 +235,33 @@ def set_checkpointing(model: Any, on: bool) -> None:
 
 def sft_step(model: Any, strategy: sft.SFTStrategy, optimizer: torch.optim.Optimizer, indices: list[int]) -> float:
     """One optimizer step of Eq. 3 on ``indices``; returns its seconds."""
-    sync()
-    t0 = time.perf_counter()
-    loss, _ = strategy.loss(model, indices, 0)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    sync()
-    return time.perf_counter() - t0
+    return common.train_step(strategy, model, optimizer, indices, 0, A.device_of(model))[0]
 
 
-def run_sft(model, strategy, optimizer, examples, batch, steps, counts, layers, hidden, peak_tflops, cap_s):
+def run_sft(model, strategy, optimizer, examples, batch, steps, counts, text, peak_tflops, cap_s) -> list[dict]:
+    """Seconds, tokens/s, MFU and peak memory of SFT steps at ``batch``, without and with checkpointing."""
     rows = []
     for ckpt in (False, True):
         set_checkpointing(model, ckpt)
         indices = list(range(batch))
         sft_step(model, strategy, optimizer, indices)  # warm-up
-        reset_peak()
+        common.reset_peak()
         times, start = [], time.perf_counter()
         while len(times) < steps and time.perf_counter() - start < cap_s / 2:
             times.append(sft_step(model, strategy, optimizer, indices))
         sec = float(np.median(times))
         chosen = [examples[i] for i in indices]
         tokens = sum(len(e.encoded.prompt_ids) + len(e.completion.ids) for e in chosen)
-        flops = sft_step_flops(counts, chosen, layers, hidden)
+        flops = sft_step_flops(counts, chosen, text["num_hidden_layers"], text["hidden_size"])
         rows.append({"activation_checkpointing": ckpt, "batch": batch, "steps_timed": len(times),
                      "seconds_per_step": sec, "tokens_per_step": tokens, "tokens_per_s": tokens / sec,
                      "model_tflops_per_step": flops / 1e12, "achieved_tflops": flops / sec / 1e12,
-                     "mfu": flops / sec / 1e12 / peak_tflops if peak_tflops else None, "peak_memory_gib": peak_gib()})
+                     "mfu": flops / sec / 1e12 / peak_tflops if peak_tflops else None,
+                     "peak_memory_gib": common.peak_gib()})
         print(f"  SFT batch {batch} ckpt={ckpt!s:<5} {sec:7.3f} s/step  {tokens / sec:9.0f} tok/s  "
-              f"MFU {rows[-1]['mfu'] or float('nan'):.3f}  peak {rows[-1]['peak_memory_gib'] or float('nan'):.1f} GiB",
-              flush=True)
+              f"MFU {rows[-1]['mfu'] or float('nan'):.3f}", flush=True)
     set_checkpointing(model, False)
     return rows
-
-
-def run_grpo(model, tok, examples, k, max_new, optimizer, reference, cfg) -> dict[str, Any]:
-    """One GRPO step (module docstring), each part timed; the encoder re-run on the batch's utterances."""
-    n = len(examples)
-    device = A.device_of(model)
-    parts: dict[str, float] = {}
-    reset_peak()
-    sync()
-    t_start = time.perf_counter()
-    frames = int(round(float(cfg["audio_seconds"]) * 100))
-    feats = torch.randn((n, A.N_MELS, A.N_FRAMES), device=device, dtype=A.core(model).audio_tower.conv1.weight.dtype)
-    masks = torch.zeros((n, A.N_FRAMES), dtype=torch.long)
-    masks[:, :frames] = 1
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        A.run_tower(model, feats, masks)
-    sync()
-    parts["encoder"] = time.perf_counter() - t0
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(0)
-    t0 = time.perf_counter()
-    groups = rollout.generate_group(model, tok, [e.encoded for e in examples], k, max_new, generator=gen)
-    sync()
-    parts["rollout"] = time.perf_counter() - t0
-    completions = [ids for group in groups for ids, _ in group]
-    prompts = [e.encoded.prompt_ids for e in examples for _ in range(k)]
-    audio = [e.encoded.audio for e in examples for _ in range(k)]
-    answer_open = [tok.special["<answer>"]]
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        readout.read_out(model, [p + c + answer_open for p, c in zip(prompts, completions)], audio,
-                         prompt.class_ids(tok, CLASSES), tok.pad_token_id)
-    sync()
-    parts["readout"] = time.perf_counter() - t0
-    model.train()
-    rewards = torch.rand((n, k), generator=torch.Generator().manual_seed(1))
-    advantages = losses.group_advantages(rewards, k).reshape(-1).to(device)
-    t0 = time.perf_counter()
-    logps, mask, _ = policy.completion_logprobs(model, prompts, completions, audio, tok.pad_token_id)
-    with torch.no_grad(), reference(model) as ref_model:
-        ref_logps, _, _ = policy.completion_logprobs(ref_model, prompts, completions, audio, tok.pad_token_id)
-    loss, _ = losses.grpo_loss(logps, None, ref_logps, advantages, mask, float(cfg["clip_eps"]),
-                               float(cfg["grpo_kl_coef"]))  # Eq. 7
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    sync()
-    parts["update"] = time.perf_counter() - t0
-    total = time.perf_counter() - t_start
-    new_tokens = sum(len(c) for c in completions)
-    return {"k": k, "utterances": n, "max_new_tokens": max_new, "seconds": parts, "step_seconds": total,
-            "rollout_tokens": new_tokens, "rollout_tokens_per_s": new_tokens / parts["rollout"],
-            "encoder_share": parts["encoder"] / total, "peak_memory_gib": peak_gib()}
 
 
 def fits(model, strategy, optimizer, batch: int) -> bool:
@@ -349,166 +270,221 @@ def fits(model, strategy, optimizer, batch: int) -> bool:
         sft_step(model, strategy, optimizer, list(range(batch)))
         return True
     except (torch.OutOfMemoryError, RuntimeError) as err:
-        if not is_oom(err):
+        if not common.is_oom(err):
             raise
         optimizer.zero_grad(set_to_none=True)
         return False
     finally:
-        if on_gpu():
-            torch.cuda.empty_cache()
+        common.reset_peak()
 
 
-def largest_batch(try_batch, start: int, limit: int, cap_s: float) -> dict[str, Any]:
-    """The largest batch in [start, limit] for which ``try_batch(b)`` is True: doubling, then bisection.
+def run_max_batch(model, examples, tok, cfg, optimizer, limit: int, cap_s: float) -> list[dict]:
+    """The largest SFT micro-batch that fits, without and with activation checkpointing."""
+    rows = []
+    big = sft.SFTStrategy([examples[i % len(examples)] for i in range(limit)], CLASSES, tok, cfg)
+    for ckpt in (False, True):
+        set_checkpointing(model, ckpt)
+        found = common.largest_batch(lambda b: fits(model, big, optimizer, b), 1, limit, cap_s / 2)
+        rows.append({"activation_checkpointing": ckpt, **found})
+        capped = " (capped)" if found["capped"] else ""
+        print(f"  largest SFT batch ckpt={ckpt}: {found['largest']}{capped}", flush=True)
+    set_checkpointing(model, False)
+    return rows
 
-    Stops when ``cap_s`` seconds have passed; ``capped`` then says the answer is a lower bound.
-    Example: with fits(b) = b <= 20, start 1, limit 64: tries 1, 2, 4, 8, 16, 32, 24, 20, 22, 21 -> 20.
-    """
-    t0 = time.perf_counter()
-    tried: dict[int, bool] = {}
-    good, bad = 0, limit + 1
-    b = start
-    while b <= limit:
-        if time.perf_counter() - t0 > cap_s:
-            return {"largest": good, "capped": True, "tried": tried}
-        tried[b] = try_batch(b)
-        if not tried[b]:
-            bad = b
-            break
-        good, b = b, b * 2
-    while bad - good > 1:
-        if time.perf_counter() - t0 > cap_s:
-            return {"largest": good, "capped": True, "tried": tried}
-        mid = (good + bad) // 2
-        tried[mid] = try_batch(mid)
-        good, bad = (mid, bad) if tried[mid] else (good, mid)
-    return {"largest": good, "capped": False, "tried": tried}
+
+# --- GRPO ----------------------------------------------------------------------------------------
+
+def grpo_rollout(model, tok, examples, k: int, max_new: int, decode: str, parts: dict[str, float]) -> list:
+    """The step's encoder run and group rollout (LoRA merged), their seconds into ``parts``."""
+    device, n = A.device_of(model), len(examples)
+    masks = torch.zeros((n, A.N_FRAMES), dtype=torch.long)
+    masks[:, : examples[0].encoded.audio.shape[0] * 4] = 1  # the frames behind the utterance's audio tokens
+    feats = torch.randn((n, A.N_MELS, A.N_FRAMES), device=device, dtype=A.core(model).audio_tower.conv1.weight.dtype)
+    with torch.no_grad():
+        parts["encoder"], _ = common.timed(lambda: A.run_tower(model, feats, masks), device)
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    with merged_lora(model):
+        parts["rollout"], groups = common.timed(lambda: rollout.generate_group(
+            model, tok, [e.encoded for e in examples], k, max_new, generator=gen, decode=decode), device)
+    return [ids for group in groups for ids, _ in group]
+
+
+def run_grpo(model, tok, examples, k, max_new, optimizer, reference, cfg, decode: str) -> dict[str, Any]:
+    """One GRPO step (module docstring), each part timed."""
+    n, device, parts = len(examples), A.device_of(model), {}
+    common.reset_peak()
+    t_start = time.perf_counter()
+    completions = grpo_rollout(model, tok, examples, k, max_new, decode, parts)
+    prompts = [e.encoded.prompt_ids for e in examples for _ in range(k)]
+    audio = [e.encoded.audio for e in examples for _ in range(k)]
+    answer_open = prompt.segment_ids(tok, "<answer>")
+    with torch.no_grad():
+        parts["readout"], _ = common.timed(lambda: readout.read_out(
+            model, [p + c + answer_open for p, c in zip(prompts, completions)], audio, prompt.class_ids(tok, CLASSES),
+            tok.pad_token_id), device)
+    model.train()
+    advantages = losses.group_advantages(torch.rand((n, k), generator=torch.Generator().manual_seed(1)), k)
+
+    def update() -> None:
+        logps, mask, _ = policy.completion_logprobs(model, prompts, completions, audio, tok.pad_token_id)
+        with torch.no_grad(), reference(model) as ref_model:
+            ref_logps, _, _ = policy.completion_logprobs(ref_model, prompts, completions, audio, tok.pad_token_id)
+        loss, _ = losses.grpo_loss(logps, None, ref_logps, advantages.reshape(-1).to(device), mask,
+                                   float(cfg["clip_eps"]), float(cfg["grpo_kl_coef"]))  # Eq. 7
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    parts["update"], _ = common.timed(update, device)
+    total = time.perf_counter() - t_start
+    new_tokens = sum(len(c) for c in completions)
+    return {"k": k, "utterances": n, "max_new_tokens": max_new, "decode": decode, "seconds": parts,
+            "step_seconds": total, "rollout_tokens": new_tokens, "rollout_tokens_per_s": new_tokens / parts["rollout"],
+            "encoder_share": parts["encoder"] / total, "peak_memory_gib": common.peak_gib()}
+
+
+def run_grpo_steps(model, tok, examples, args, optimizer, cfg) -> dict[str, Any]:
+    """Up to 3 GRPO steps within the cap, checkpointing as the 7B params set it; the last (warm) one reported."""
+    set_checkpointing(model, bool(config.resolve(model="qwen2_audio_7b")["activation_checkpointing"]))
+    reference, steps, t0 = policy.Reference(model), [], time.perf_counter()
+    while len(steps) < 3 and (not steps or time.perf_counter() - t0 + steps[-1]["step_seconds"] < args.caps["grpo"]):
+        steps.append(run_grpo(model, tok, examples[: args.grpo_utterances], args.k, args.max_new_tokens, optimizer,
+                              reference, cfg, args.grpo_decode))
+    g = {**steps[-1], "steps_run": len(steps), "first_step_seconds": steps[0]["step_seconds"],
+         "activation_checkpointing": bool(A.base_model(model).is_activation_checkpointing)}
+    set_checkpointing(model, False)
+    print(f"  GRPO K={g['k']} B={g['utterances']}: step {g['step_seconds']:.2f} s "
+          f"({', '.join(f'{k} {v:.2f}' for k, v in g['seconds'].items())}), rollout "
+          f"{g['rollout_tokens_per_s']:.0f} tok/s", flush=True)
+    return g
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def parse(argv: list[str] | None) -> Any:
+    """The options (module docstring); ``--smoke`` replaces the sizes and caps by :data:`SMOKE`'s."""
+    p = common.parser(__doc__, device="")
+    p.add_argument("--smoke", action="store_true", help="tiny widths on the CPU, every section, seconds")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    p.add_argument("--batch", type=int, default=8, help="SFT micro-batch")
+    p.add_argument("--steps", type=int, default=5, help="timed SFT steps per setting")
+    p.add_argument("--audio-seconds", type=float, default=5.0)
+    p.add_argument("--completion-tokens", type=int, default=200)
+    p.add_argument("--grpo-utterances", type=int, default=2)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-batch-limit", type=int, default=256)
+    p.add_argument("--decode-rows", type=int, default=16)
+    p.add_argument("--decode-steps", type=int, default=64)
+    p.add_argument("--decodes", nargs="+", default=["dynamic", "static", "compiled"], choices=rollout.DECODES)
+    p.add_argument("--grpo-decode", default="compiled", choices=rollout.DECODES, help="the GRPO step's loop")
+    p.add_argument("--caps", type=float, nargs=len(SECTIONS), default=None, metavar=tuple(s.upper() for s in SECTIONS),
+                   help="seconds per section")
+    args = p.parse_args(argv)
+    args.caps = dict(zip(SECTIONS, args.caps)) if args.caps else dict(CAPS)
+    if args.smoke:
+        vars(args).update({**SMOKE, "grpo_decode": "dynamic"})
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
+    if not args.smoke and not common.is_cuda():
+        raise SystemExit("bench/full_size.py needs a CUDA GPU (or --smoke for the tiny CPU run)")
+    if common.is_cuda(args.device) and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA GPU here")
+    return args
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The keys compared turn over turn (issue 17), from the sections that ran (None where one did not)."""
+    decode, sft_rows, g = result.get("decode") or [], result.get("sft") or [], result.get("grpo") or {}
+    timed_loops = [r for r in decode if "ms_per_step" in r]
+    best = min(timed_loops, key=lambda r: r["ms_per_step"]) if timed_loops else {}
+    fast = max(sft_rows, key=lambda r: r["tokens_per_s"]) if sft_rows else {}
+    return {"decode_ms_per_step": best.get("ms_per_step"), "decode_loop": best.get("decode"),
+            "decode_floor_ms": result.get("decode_floor", {}).get("ms"),
+            "rollout_tokens_per_s": g.get("rollout_tokens_per_s"), "grpo_step_s": g.get("step_seconds"),
+            "sft_tokens_per_s": fast.get("tokens_per_s"), "sft_mfu": fast.get("mfu"),
+            "peak_gib": {"decode": best.get("peak_gib"), "grpo": g.get("peak_memory_gib"),
+                         "sft": fast.get("peak_memory_gib")}}
+
+
+def decode_floor(result: dict[str, Any], spec: dict[str, Any], args: Any, example: Example, elt: int) -> dict:
+    """Bytes a decode step reads at the decode section's mean context, over the measured copy bandwidth."""
+    context = len(example.encoded.prompt_ids) + args.decode_steps / 2
+    n = decode_bytes(result["parameters"], spec["text"], args.decode_rows, context, elt)
+    bandwidth = result["bandwidth"]["bytes_per_s"]
+    return {"bytes_per_step": n, "mean_context": context, "bytes_per_s": bandwidth, "ms": 1000 * n / bandwidth}
+
+
+def run_section(name: str, work: Any, result: dict[str, Any], args: Any, optimizer: Any, model: Any) -> None:
+    """``result[name] = work()``; an unattended GPU run records an error and goes on (the smoke run raises)."""
+    try:
+        result[name] = work()
+    except Exception as err:
+        if args.smoke:
+            raise
+        result[f"{name}_error"] = f"{type(err).__name__}: {err}"[:500]
+        print(f"  {name} failed: {result[f'{name}_error']}", flush=True)
+        optimizer.zero_grad(set_to_none=True)
+        set_checkpointing(model, False)
+        common.reset_peak()
+
+
+def prepare(args: Any, spec: dict[str, Any], dtype: torch.dtype, cfg: dict[str, Any], result: dict[str, Any]
+            ) -> tuple[Any, Any, list[Example]]:
+    """The model (built and counted), the real tokenizer and the synthetic examples, their sizes into ``result``."""
+    processor = vocab.qwen2_audio_processor()
+    result["build_seconds"], model = common.timed(lambda: build_model(spec, args.device, dtype, cfg), args.device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result["parameters"] = {**lm_param_counts(model), "trainable": trainable}
+    n = max(args.batch, args.grpo_utterances)
+    examples, result["encoder_seconds_for_examples"] = synthetic_examples(
+        model, processor, n, args.audio_seconds, args.completion_tokens, cfg["seed"])
+    first = examples[0]
+    result.update(prompt_tokens=len(first.encoded.prompt_ids), completion_tokens=len(first.completion.ids),
+                  sequence_tokens=len(first.encoded.prompt_ids) + len(first.completion.ids),
+                  audio_tokens=int(first.encoded.audio.shape[0]))
+    return model, processor.tokenizer, examples
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny config on the CPU, every section, seconds")
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    parser.add_argument("--batch", type=int, default=8, help="SFT micro-batch")
-    parser.add_argument("--steps", type=int, default=5, help="timed SFT steps per setting")
-    parser.add_argument("--audio-seconds", type=float, default=5.0)
-    parser.add_argument("--prompt-tokens", type=int, default=100, help="text tokens of the prompt around the audio")
-    parser.add_argument("--completion-tokens", type=int, default=200)
-    parser.add_argument("--grpo-utterances", type=int, default=2)
-    parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--max-batch-limit", type=int, default=256)
-    parser.add_argument("--caps", type=float, nargs=4, default=None, metavar=("MATMUL", "SFT", "GRPO", "MAX_BATCH"),
-                        help="seconds per section")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the --smoke run)")
-    parser.add_argument("--device", default="", help="cpu or cuda (default: cuda, or cpu with --smoke); "
-                        "'--smoke --device cuda' checks the GPU code paths in seconds before the full run")
-    parser.add_argument("--out", default="", help="JSON path (default bench/results/full_size_<card>.json)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    caps = dict(zip(SECTIONS, args.caps)) if args.caps else dict(CAPS)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed checkpointing methods
-    if args.smoke:
-        spec, device, n_mat = TINY, args.device or "cpu", 256
-        args.batch, args.steps, args.prompt_tokens, args.completion_tokens = 2, 2, 8, 12
-        args.audio_seconds, args.grpo_utterances, args.k, args.max_new_tokens = 1.0, 1, 2, 4
-        args.max_batch_limit = 4
-        caps = {"matmul": 1.0, "sft": 4.0, "grpo": 4.0, "max_batch": 30.0}
-    else:
-        if not on_gpu():
-            raise SystemExit("bench/full_size.py needs a CUDA GPU (or --smoke for the tiny CPU run)")
-        spec, device, n_mat = FULL, args.device or "cuda", 8192
-    if device.startswith("cuda") and not on_gpu():
-        raise SystemExit(f"--device {device}: no CUDA GPU here")
-    dtype = torch.float32 if args.smoke else torch.bfloat16  # CPUs without bf16 units emulate it, slowly
-    started = time.perf_counter()
-    cfg = config.resolve(strategy="grpo", overrides={"device": device})
-    result: dict[str, Any] = {"bench": "full_size", "smoke": args.smoke, "device": device,
-                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "device_name": results.bench_device(device)[0], "spec": spec, "dtype": str(dtype),
-                              "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "caps")},
-                                           "caps": caps, "lora_r": cfg["lora_r"], "lora_alpha": cfg["lora_alpha"],
-                                           "lora_dropout": cfg["lora_dropout"],
-                                           "lora_target_regex": cfg["lora_target_regex"]},
-                              "versions": {"torch": torch.__version__}, "env": results.env_info(device)}
-    if "matmul" in args.sections:
-        result["matmul"] = matmul_tflops(n_mat, device, dtype, caps["matmul"])
-        print(f"{dtype} matmul {n_mat}: {result['matmul']['tflops']:.3g} TFLOP/s", flush=True)
-    peak = result.get("matmul", {}).get("tflops")
-
-    t0 = time.perf_counter()
-    model = build_model(spec, device, dtype, cfg)
-    sync()
-    counts = lm_param_counts(model)
-    result["build_seconds"] = time.perf_counter() - t0
-    result["parameters"] = {**counts, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    print(f"built in {result['build_seconds']:.1f} s: {result['parameters']}", flush=True)
-    tok = IdTokenizer(spec)
-    n_examples = max(args.batch, args.grpo_utterances)
-    examples, tower_s = synthetic_examples(model, tok, n_examples, args.audio_seconds, args.prompt_tokens,
-                                           args.completion_tokens, int(cfg["seed"]))
-    result["encoder_seconds_for_examples"] = tower_s
-    result["sequence_tokens"] = len(examples[0].encoded.prompt_ids) + len(examples[0].completion.ids)
-    result["audio_tokens"] = int(examples[0].encoded.audio.shape[0])
-    strategy = sft.SFTStrategy(examples, CLASSES, tok, cfg)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    text = spec["text"]
+    args = parse(argv)
+    common.quiet_libraries(args.threads)
+    spec, dtype = (TINY, torch.float32) if args.smoke else (FULL, torch.bfloat16)  # CPUs emulate bf16, slowly
+    cfg = config.resolve(strategy="grpo", overrides={"device": args.device})
+    lora = {k: cfg[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_regex")}
+    result = {**common.header("full_size", args.device, smoke=args.smoke, spec=spec, dtype=str(dtype)),
+              "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, **lora}}
+    started, section, caps = time.perf_counter(), args.sections, args.caps
 
     def save() -> None:  # after every section: a run cut short still leaves what it measured
-        result["total_seconds"] = time.perf_counter() - started
-        results.write_bench("full_size", results.bench_device(device)[1], result, args.out)
+        result.update(summary(result), total_seconds=time.perf_counter() - started)
+        common.write("full_size", args.device, result, args.out)
 
-    def grpo() -> dict[str, Any]:  # checkpointing as the 7B params set it: B*K rows of ~700 tokens need it
-        set_checkpointing(model, bool(config.resolve(model="qwen2_audio_7b")["activation_checkpointing"]))
-        reference, steps, t0 = policy.Reference(model), [], time.perf_counter()
-        while len(steps) < 3 and (not steps or time.perf_counter() - t0 + steps[-1]["step_seconds"] < caps["grpo"]):
-            steps.append(run_grpo(model, tok, examples[: args.grpo_utterances], args.k, args.max_new_tokens,
-                                  optimizer, reference, {**cfg, "audio_seconds": args.audio_seconds}))
-        g = {**steps[-1], "steps_run": len(steps), "first_step_seconds": steps[0]["step_seconds"],  # last = warm
-             "activation_checkpointing": bool(A.base_model(model).is_activation_checkpointing)}
-        set_checkpointing(model, False)
-        print(f"  GRPO K={g['k']} B={g['utterances']}: step {g['step_seconds']:.2f} s "
-              f"({', '.join(f'{k} {v:.2f}' for k, v in g['seconds'].items())}), rollout "
-              f"{g['rollout_tokens_per_s']:.0f} tok/s, encoder share {g['encoder_share']:.3f}", flush=True)
-        return g
-
-    def max_batch() -> list[dict[str, Any]]:
-        rows = []
-        big = [examples[i % len(examples)] for i in range(args.max_batch_limit)]  # same length, tower run once
-        big_strategy = sft.SFTStrategy(big, CLASSES, tok, cfg)
-        for ckpt in (False, True):
-            set_checkpointing(model, ckpt)
-            found = largest_batch(lambda b: fits(model, big_strategy, optimizer, b), 1, args.max_batch_limit,
-                                  caps["max_batch"] / 2)
-            rows.append({"activation_checkpointing": ckpt, **found})
-            print(f"  largest SFT batch ckpt={ckpt}: {found['largest']}{' (capped)' if found['capped'] else ''}",
-                  flush=True)
-        set_checkpointing(model, False)
-        return rows
-
+    if "matmul" in section:
+        result["matmul"] = common.matmul_tflops(256 if args.smoke else 8192, args.device, dtype, caps["matmul"])
+    if "bandwidth" in section or "decode" in section:
+        result["bandwidth"] = common.copy_bandwidth(2**26 if args.smoke else 2**31, args.device, caps["bandwidth"])
+    model, tok, examples = prepare(args, spec, dtype, cfg, result)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     sections = {
-        "sft": lambda: run_sft(model, strategy, optimizer, examples, args.batch, args.steps, counts,
-                               text["num_hidden_layers"], text["hidden_size"], peak, caps["sft"]),
-        "grpo": grpo,
-        "max_batch": max_batch,
+        "decode": lambda: run_decode(model, tok, examples[0], args.decode_rows, args.decode_steps, args.decodes),
+        "sft": lambda: run_sft(model, sft.SFTStrategy(examples, CLASSES, tok, cfg), optimizer, examples, args.batch,
+                               args.steps, result["parameters"], spec["text"], result.get("matmul", {}).get("tflops"),
+                               caps["sft"]),
+        "grpo": lambda: run_grpo_steps(model, tok, examples, args, optimizer, cfg),
+        "max_batch": lambda: run_max_batch(model, examples, tok, cfg, optimizer, args.max_batch_limit,
+                                           caps["max_batch"]),
     }
     save()
-    for name, run in sections.items():
-        if name not in args.sections:
-            continue
-        try:
-            result[name] = run()
-        except Exception as err:  # an unattended run goes on to the next section; the error is recorded
-            if args.smoke:
-                raise
-            result[f"{name}_error"] = f"{type(err).__name__}: {err}"[:500]
-            print(f"  {name} failed: {result[f'{name}_error']}", flush=True)
-            optimizer.zero_grad(set_to_none=True)
-            set_checkpointing(model, False)
-            if on_gpu():
-                torch.cuda.empty_cache()
+    for name in (s for s in sections if s in section):
+        run_section(name, sections[name], result, args, optimizer, model)
+        if name == "decode" and "decode" in result:
+            result["decode_floor"] = decode_floor(result, spec, args, examples[0], dtype.itemsize)
+            if any(r["decode"] == args.grpo_decode and "error" in r for r in result["decode"]):
+                args.grpo_decode = "dynamic"  # the GRPO step runs on a loop that worked
         save()
     return result
+
 
 if __name__ == "__main__":
     main()

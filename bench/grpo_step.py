@@ -26,11 +26,10 @@ H200, 10.5 s against 0.41 s (25x) at K = 8 and 20.1 s against 0.47 s (43x) at K 
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,11 +37,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, prompt, readout, results, rollout, standin  # noqa: E402
+from ambinb import config, prompt, readout, rollout  # noqa: E402
 from ambinb import model as M  # noqa: E402
 from ambinb.run import Example  # noqa: E402
 from ambinb.strategies import grpo  # noqa: E402
-from bench.rollouts import CLASSES, TRANSCRIPTS, waves  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import CLASSES, TRANSCRIPTS, waves  # noqa: E402
 
 THINK_ANSWERS = ["anger", "sadness", "neutral", "happiness"]
 
@@ -95,76 +95,59 @@ def tone_examples(model, processor, n: int, seconds: float) -> tuple[list[Exampl
     return examples, sources
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def time_path(path: str, k: int, model: Any, processor: Any, examples: list[Example], sources: dict,
+              cfg: dict[str, Any], device: str) -> tuple[float, dict[str, float], int]:
+    """One timed GRPO step (after a warm-up step) with ``path``'s rollout: seconds, stats, encoder runs."""
+    plain = grpo.rollout.rollout
+    indices = list(range(len(examples)))
+    grpo.rollout.rollout = plain if path == "shared" else naive_rollout(sources)
+    try:
+        strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, {**cfg, "grpo_k": k})
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        model.train()
+        common.train_step(strategy, model, optimizer, indices, 0, device)  # warm-up
+        tower_rows: list[int] = []  # utterances the audio encoder processes during the timed step
+        hook = A.core(model).audio_tower.register_forward_hook(lambda m, a, o: tower_rows.append(a[0].shape[0]))
+        seconds, stats = common.train_step(strategy, model, optimizer, indices, 1, device)
+        hook.remove()
+    finally:
+        grpo.rollout.rollout = plain
+    return seconds, stats, int(sum(tower_rows))
 
 
-def timed_step(strategy, model, optimizer, indices, step, device) -> tuple[float, dict]:
-    sync(device)
-    t0 = time.perf_counter()
-    loss, stats = strategy.loss(model, indices, step)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    sync(device)
-    return time.perf_counter() - t0, stats
+def row_for(k: int, args: Any, model: Any, processor: Any, examples: list[Example], sources: dict,
+            cfg: dict[str, Any]) -> dict[str, Any]:
+    """Both paths at one K, and the speed-ups; prints them."""
+    row: dict[str, Any] = {"k": k, "utterances": args.utterances}
+    for path in ("shared", "naive"):
+        seconds, stats, runs = time_path(path, k, model, processor, examples, sources, cfg, args.device)
+        row.update({f"{path}_s": seconds, f"{path}_tokens": stats["completion_len"] * k * args.utterances,
+                    f"{path}_encoder_runs": runs})
+    row["speedup_wall"] = row["naive_s"] / row["shared_s"]
+    row["speedup_tokens_per_s"] = (row["shared_tokens"] / row["shared_s"]) / (row["naive_tokens"] / row["naive_s"])
+    print(f"K={k:>2} utts={args.utterances}  GRPO step: naive {row['naive_s']:6.2f} s "
+          f"({row['naive_tokens']:.0f} tok, encoder {row['naive_encoder_runs']}x)  shared {row['shared_s']:6.2f} s "
+          f"({row['shared_tokens']:.0f} tok, encoder {row['shared_encoder_runs']}x)")
+    print(f"      speed-up of shared over naive: {row['speedup_wall']:.1f}x wall, "
+          f"{row['speedup_tokens_per_s']:.1f}x tokens/s")
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--k", type=int, nargs="+", default=[8])
-    parser.add_argument("--utterances", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=2.0, help="audio length per utterance")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser = common.group_parser(__doc__)
     parser.add_argument("--strategy", default="grpo_z", help="grpo or grpo_z")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default="", help="JSON path (default bench/results/grpo_step_<device>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = config.resolve(strategy=args.strategy, overrides={"max_new_tokens": args.max_new_tokens,
                                                             "device": args.device, "readout_batch_size": 0})
-    model, processor = M.load_checkpoint(standin.ensure_tiny(cfg), dtype="float32", device=args.device)
+    _, model, processor = common.tiny_model(cfg, args.device)
     model = M.prepare_trainable(model, cfg)
     examples, sources = tone_examples(model, processor, args.utterances, args.seconds)
-    indices = list(range(args.utterances))
-    rows = []
-    plain = grpo.rollout.rollout
-    for k in args.k:
-        row = {"k": k, "utterances": args.utterances}
-        for path in ("shared", "naive"):
-            grpo.rollout.rollout = plain if path == "shared" else naive_rollout(sources)
-            try:
-                strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, {**cfg, "grpo_k": k})
-                optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
-                model.train()
-                timed_step(strategy, model, optimizer, indices, 0, args.device)  # warm-up
-                tower_rows: list[int] = []  # utterances the audio encoder processes during the timed step
-                hook = A.core(model).audio_tower.register_forward_hook(
-                    lambda m, a, o, rows=tower_rows: rows.append(a[0].shape[0]))
-                seconds, stats = timed_step(strategy, model, optimizer, indices, 1, args.device)
-                hook.remove()
-            finally:
-                grpo.rollout.rollout = plain
-            row[f"{path}_s"] = seconds
-            row[f"{path}_tokens"] = stats["completion_len"] * k * args.utterances
-            row[f"{path}_encoder_runs"] = int(sum(tower_rows))
-        row["speedup_wall"] = row["naive_s"] / row["shared_s"]
-        row["speedup_tokens_per_s"] = (row["shared_tokens"] / row["shared_s"]) / (row["naive_tokens"] / row["naive_s"])
-        rows.append(row)
-        print(f"K={k:>2} utts={args.utterances}  GRPO step: naive {row['naive_s']:6.2f} s "
-              f"({row['naive_tokens']:.0f} tok, encoder {row['naive_encoder_runs']}x)  shared {row['shared_s']:6.2f} s "
-              f"({row['shared_tokens']:.0f} tok, encoder {row['shared_encoder_runs']}x)")
-        print(f"      speed-up of shared over naive: {row['speedup_wall']:.1f}x wall, "
-              f"{row['speedup_tokens_per_s']:.1f}x tokens/s")
-    result = {
-        "bench": "grpo_step", "strategy": args.strategy, "device": args.device,
-        "device_name": results.bench_device(args.device)[0],
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "max_new_tokens": args.max_new_tokens,
-        "seconds_audio": args.seconds, "lora": bool(cfg["lora"]), "torch": torch.__version__, "rows": rows,
-    }
-    results.write_bench("grpo_step", results.bench_device(args.device)[1], result, args.out)
+    rows = [row_for(k, args, model, processor, examples, sources, cfg) for k in args.k]
+    result = {**common.header("grpo_step", args.device), "strategy": args.strategy,
+              "max_new_tokens": args.max_new_tokens, "seconds_audio": args.seconds, "lora": bool(cfg["lora"]),
+              "rows": rows}
+    common.write("grpo_step", args.device, result, args.out)
     return result
 
 

@@ -22,7 +22,6 @@ far), read after each stage. Results go to ``bench/results/report_timing_cpu.jso
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
@@ -37,7 +36,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ambinb import config, results  # noqa: E402
+from ambinb import config  # noqa: E402
+from bench import common  # noqa: E402
 
 DEFAULT_ROOT = Path("/tmp/ambinb_report_timing")
 
@@ -118,14 +118,13 @@ def prepare_root(root: Path, reuse: bool) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--sweep", default="params/sweeps/toy.yaml")
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="scratch folder for the run root and the book")
     parser.add_argument("--reuse", action="store_true", help="keep what an earlier run left in --root")
     parser.add_argument("--workers", type=int, default=None, help="default: the sweep file's")
     parser.add_argument("--no-book", action="store_true", help="stop after assembling the book (no jupyter-book)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
-    parser.add_argument("--out", default="", help="JSON path (default bench/results/report_timing_cpu.json)")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     runs_root, book_dir = prepare_root(root, args.reuse)
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ["AMBINB_BOOK_DIR"] = str(book_dir)
     from ambinb import report
 
-    load_before = os.getloadavg()
+    result = common.header("report_timing", "cpu", sweep=args.sweep, reuse=args.reuse, root=str(root))
     started = time.perf_counter()
     stages: list[dict[str, Any]] = []
     runs = report.run(args.sweep, str(runs_root), args.workers, with_book=not args.no_book, book_folder=book_dir,
@@ -141,14 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     failed = [f"{r.dataset}/{r.strategy}/fold{r.fold}" for r in runs if r.status == "failed"]
     total = time.perf_counter() - started
     print(f"[timing] {'total':<14} {total:8.1f} s  peak RSS {max(s['peak_tree_rss_mib'] for s in stages):8.0f} MiB")
-    result = {"bench": "report_timing", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "device": "cpu",
-              "device_name": results.bench_device("cpu")[0], "sweep": args.sweep, "reuse": args.reuse,
-              "root": str(root), "cpu_count": os.cpu_count(), "load_average_before": list(load_before),
-              "load_average_after": list(os.getloadavg()), "total_seconds": total, "failed_runs": failed,
-              "peak_tree_rss_mib": max(s["peak_tree_rss_mib"] for s in stages), "stages": stages,
-              "env": results.env_info("cpu")}
-    results.write_bench("report_timing", "cpu", result, args.out)
+    result.update(total_seconds=total, failed_runs=failed, stages=stages,
+                  peak_tree_rss_mib=max(s["peak_tree_rss_mib"] for s in stages))
+    common.write("report_timing", "cpu", result, args.out)
     return result
 
 

@@ -21,37 +21,20 @@ for every path). Results go to ``bench/results/rollouts.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, prompt, readout, results, rollout, standin  # noqa: E402
-from ambinb import model as M  # noqa: E402
-
-CLASSES = ["anger", "happiness", "sadness", "neutral"]
-TRANSCRIPTS = ["I told you a hundred times!", "The train leaves at seven.", "I miss her so much.",
-               "Sure, whenever you're ready.", "We got the house!", "The door was open."]
-
-
-def waves(n: int, seconds: float) -> list[np.ndarray]:
-    """``n`` distinct 16 kHz test signals (vibrato tones) of ``seconds`` each."""
-    t = np.arange(int(seconds * A.SAMPLE_RATE)) / A.SAMPLE_RATE
-    return [(0.3 * np.sin(2 * np.pi * (150 + 60 * i) * t + 3 * np.sin(2 * np.pi * 5 * t))).astype(np.float32)
-            for i in range(n)]
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from ambinb import config, prompt, readout, rollout, standin  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import CLASSES, TRANSCRIPTS, sync, waves  # noqa: E402
 
 
 def time_naive(model, processor, texts, ws, k, max_new, device, batched):
@@ -101,56 +84,43 @@ def time_shared(model, processor, texts_raw, ws, k, max_new, device):
     return elapsed, tokens, time.perf_counter() - t0, cache.tower_calls
 
 
+def row_for(k: int, args: Any, model: Any, processor: Any, texts_raw: list[str], ws: list) -> dict[str, Any]:
+    """One K's timings of the three paths (module docstring) and the speed-ups; prints them."""
+    texts = [prompt.prompt_text(processor, t, CLASSES) for t in texts_raw]
+    naive_s, naive_tok = time_naive(model, processor, texts, ws, k, args.max_new_tokens, args.device, False)
+    hf_s, hf_tok = (float("nan"), 0) if args.skip_hf_batched else time_naive(
+        model, processor, texts, ws, k, args.max_new_tokens, args.device, True)
+    shared_s, shared_tok, readout_s, tower_calls = time_shared(model, processor, texts_raw, ws, k,
+                                                               args.max_new_tokens, args.device)
+    row = {"k": k, "utterances": args.utterances, "naive_s": naive_s, "naive_tokens": naive_tok,
+           "hf_batched_s": hf_s, "hf_batched_tokens": hf_tok, "shared_s": shared_s, "shared_tokens": shared_tok,
+           "readout_s": readout_s, "shared_tower_calls": tower_calls, "speedup_wall": naive_s / shared_s,
+           "speedup_tokens_per_s": (shared_tok / shared_s) / (naive_tok / naive_s),
+           "speedup_vs_hf_batched_wall": hf_s / shared_s}
+    print(f"K={k:>2} utts={args.utterances}  naive {naive_s:7.2f} s ({naive_tok} tok)  "
+          f"hf_batched {hf_s:7.2f} s ({hf_tok} tok)  shared {shared_s:6.2f} s ({shared_tok} tok, "
+          f"encoder {tower_calls}x)  readout {readout_s:.3f} s")
+    print(f"      speed-up of shared over naive: {row['speedup_wall']:.1f}x wall, "
+          f"{row['speedup_tokens_per_s']:.1f}x tokens/s; over hf_batched: {row['speedup_vs_hf_batched_wall']:.1f}x")
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--k", type=int, nargs="+", default=[8])
-    parser.add_argument("--utterances", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=2.0, help="audio length per utterance")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser = common.group_parser(__doc__)
     parser.add_argument("--skip-hf-batched", action="store_true")
-    parser.add_argument("--out", default="", help="JSON path (default bench/results/rollouts_<device>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = config.resolve()
-    t0 = time.perf_counter()
-    tiny_dir = standin.ensure_tiny(cfg)
-    ensure_seconds = time.perf_counter() - t0
-    model, processor = M.load_checkpoint(tiny_dir, dtype="float32", device=args.device)
+    ensure_seconds, (tiny_dir, model, processor) = common.timed(lambda: common.tiny_model(cfg, args.device))
     build_info = json.loads((tiny_dir / standin.TINY_SPEC_FILE).read_text())
     texts_raw = (TRANSCRIPTS * args.utterances)[: args.utterances]
-    texts = [prompt.prompt_text(processor, t, CLASSES) for t in texts_raw]
     ws = waves(args.utterances, args.seconds)
     time_shared(model, processor, texts_raw, ws, 2, 8, args.device)  # warm-up call
-    rows = []
-    for k in args.k:
-        naive_s, naive_tok = time_naive(model, processor, texts, ws, k, args.max_new_tokens, args.device, False)
-        hf_s, hf_tok = (float("nan"), 0) if args.skip_hf_batched else time_naive(
-            model, processor, texts, ws, k, args.max_new_tokens, args.device, True)
-        shared_s, shared_tok, readout_s, tower_calls = time_shared(model, processor, texts_raw, ws, k,
-                                                                   args.max_new_tokens, args.device)
-        row = {"k": k, "utterances": args.utterances, "naive_s": naive_s, "naive_tokens": naive_tok,
-               "hf_batched_s": hf_s, "hf_batched_tokens": hf_tok, "shared_s": shared_s, "shared_tokens": shared_tok,
-               "readout_s": readout_s, "shared_tower_calls": tower_calls,
-               "speedup_wall": naive_s / shared_s,
-               "speedup_tokens_per_s": (shared_tok / shared_s) / (naive_tok / naive_s),
-               "speedup_vs_hf_batched_wall": hf_s / shared_s}
-        rows.append(row)
-        print(f"K={k:>2} utts={args.utterances}  naive {naive_s:7.2f} s ({naive_tok} tok)  "
-              f"hf_batched {hf_s:7.2f} s ({hf_tok} tok)  shared {shared_s:6.2f} s ({shared_tok} tok, "
-              f"encoder {tower_calls}x)  readout {readout_s:.3f} s")
-        print(f"      speed-up of shared over naive: {row['speedup_wall']:.1f}x wall, "
-              f"{row['speedup_tokens_per_s']:.1f}x tokens/s; over hf_batched: {row['speedup_vs_hf_batched_wall']:.1f}x")
-    result = {
-        "bench": "rollouts", "device": args.device,
-        "device_name": results.bench_device(args.device)[0],
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "max_new_tokens": args.max_new_tokens,
-        "seconds_audio": args.seconds, "torch": torch.__version__,
-        "tiny_build_seconds": build_info.get("build_seconds"), "tiny_warmup": build_info.get("warmup"),
-        "ensure_tiny_seconds": ensure_seconds, "rows": rows,
-    }
-    results.write_bench("rollouts", results.bench_device(args.device)[1], result, args.out)
+    rows = [row_for(k, args, model, processor, texts_raw, ws) for k in args.k]
+    result = {**common.header("rollouts", args.device), "max_new_tokens": args.max_new_tokens,
+              "seconds_audio": args.seconds, "tiny_build_seconds": build_info.get("build_seconds"),
+              "tiny_warmup": build_info.get("warmup"), "ensure_tiny_seconds": ensure_seconds, "rows": rows}
+    common.write("rollouts", args.device, result, args.out)
     return result
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from ambinb import benchpage, config, standin
+from ambinb import benchpage, config, standin, vocab
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300
+sys.path.insert(0, str(ROOT))  # the bench scripts import bench.common
 
 COMMANDS = {
     "sft_vs_trl": ["bench/sft_vs_trl.py", "--smoke"],
@@ -35,6 +36,7 @@ COMMANDS = {
 def bench_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
     """Each benchmark's finished process and the JSON path it was told to write, run side by side."""
     standin.ensure_tiny(config.resolve())  # build once here, not in two racing subprocesses
+    vocab.cached_vocab_and_merges()  # likewise the real vocabulary's cache (full_size)
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = {}
@@ -103,21 +105,43 @@ def test_dpo_vs_trl_smoke_runs_every_path_on_the_same_pairs(bench_runs):
 def test_full_size_smoke_runs_every_section(bench_runs):
     data = _finished(bench_runs, "full_size")
     assert data["smoke"] is True and data["spec"]["text"]["hidden_size"] < 100
-    assert data["matmul"]["tflops"] > 0
+    assert data["spec"]["text"]["vocab_size"] == 156_032  # the real vocabulary at tiny widths
+    assert data["matmul"]["tflops"] > 0 and data["bandwidth"]["bytes_per_s"] > 0
+    # real token counts: the chat template's prompt around 25 audio tokens (1 s), a think block and the answer
+    assert data["audio_tokens"] == 25 and data["prompt_tokens"] > 100 and data["completion_tokens"] >= 12
+    assert [r["decode"] for r in data["decode"]] == ["dynamic", "static"]
+    assert all(r["rows"] == 4 and r["ms_per_step"] > 0 for r in data["decode"])
+    assert set(data["decode"][0]["phases_ms_per_step"]) == {"sample", "stop", "forward"}
     assert [r["activation_checkpointing"] for r in data["sft"]] == [False, True]
     assert all(r["tokens_per_s"] > 0 and r["steps_timed"] >= 1 for r in data["sft"])
     g = data["grpo"]
     assert 0 < g["rollout_tokens"] <= g["utterances"] * g["k"] * g["max_new_tokens"]
     assert 0 < g["encoder_share"] < 1
-    for r in data["max_batch"]:  # the smoke run's limit is 4, which a tiny model fits, unless the time cap hit first
-        assert r["largest"] == 4 or (r["capped"] and 1 <= r["largest"] < 4)
+    for r in data["max_batch"]:  # the smoke run's limit is 2, which a tiny model fits, unless the time cap hit first
+        assert r["largest"] == 2 or (r["capped"] and r["largest"] == 1)
+    # the keys compared turn over turn
+    assert data["decode_ms_per_step"] == min(r["ms_per_step"] for r in data["decode"])
+    assert data["decode_floor_ms"] == pytest.approx(1000 * data["decode_floor"]["bytes_per_step"]
+                                                    / data["bandwidth"]["bytes_per_s"])
+    assert data["grpo_step_s"] == g["step_seconds"] and data["rollout_tokens_per_s"] == g["rollout_tokens_per_s"]
+    assert data["sft_tokens_per_s"] == max(r["tokens_per_s"] for r in data["sft"]) and data["sft_mfu"] > 0
+    assert set(data["peak_gib"]) == {"decode", "grpo", "sft"}
     page = benchpage.full_size_table(data)
-    assert "TFLOP/s" in page and "largest SFT batch" in page
+    assert "TFLOP/s" in page and "largest SFT batch" in page and "Memory floor" in page
+    assert benchpage.full_size_keys(data)["grpo_step_s"] == g["step_seconds"]
+
+
+def test_decode_bytes_by_hand():
+    """The 7B in bf16, 16 rows at a mean context of 400: weights plus K and V of 32 layers x 32 heads x 128."""
+    from bench import full_size
+
+    counts = {"body": 6_500_000_000, "head": 640_000_000}
+    expected = (6.5e9 + 6.4e8) * 2 + 32 * 2 * 32 * 128 * 400 * 16 * 2
+    assert full_size.decode_bytes(counts, full_size.FULL["text"], 16, 400, 2) == pytest.approx(expected)
 
 
 def test_full_size_config_is_the_published_one():
     """The values of Qwen/Qwen2-Audio-7B-Instruct's config.json, as transformers reads them."""
-    sys.path.insert(0, str(ROOT))
     from bench import full_size
 
     conf = full_size.qwen2_audio_config(full_size.FULL)
@@ -130,8 +154,7 @@ def test_full_size_config_is_the_published_one():
 
 
 def test_largest_batch_search_finds_the_limit_with_few_tries():
-    sys.path.insert(0, str(ROOT))
-    from bench import full_size
+    from bench import common
 
     tried = []
 
@@ -139,14 +162,13 @@ def test_largest_batch_search_finds_the_limit_with_few_tries():
         tried.append(b)
         return b <= 20
 
-    found = full_size.largest_batch(fits, 1, 64, cap_s=60)
+    found = common.largest_batch(fits, 1, 64, cap_s=60)
     assert found["largest"] == 20 and not found["capped"]
     assert tried == [1, 2, 4, 8, 16, 32, 24, 20, 22, 21]
-    assert full_size.largest_batch(lambda b: True, 1, 64, cap_s=60)["largest"] == 64
+    assert common.largest_batch(lambda b: True, 1, 64, cap_s=60)["largest"] == 64
 
 
 def test_report_timing_probe_sees_a_child_process_memory():
-    sys.path.insert(0, str(ROOT))
     from bench import report_timing
 
     mib = 150

@@ -51,3 +51,22 @@ def test_missing_smoke_and_broken_results(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         benchpage.load_results(tmp_path)
+
+
+def test_full_size_keys_old_and_new_layouts_side_by_side(tmp_path):
+    """The H100 run of before the keys existed gives its GRPO and SFT numbers from its sections; a new
+    run's keys are read as written; the comparison table puts both in one row per key, oldest first."""
+    old_path = RESULTS / "full_size_nvidia_h100_80gb_hbm3.json"
+    old = json.loads(old_path.read_text())
+    keys = benchpage.full_size_keys(old)
+    assert keys["grpo_step_s"] == old["grpo"]["step_seconds"] and keys["decode_ms_per_step"] is None
+    assert keys["sft_tokens_per_s"] == max(r["tokens_per_s"] for r in old["sft"])
+    new = {"bench": "full_size", "device_name": "NVIDIA H200", "date": "2027-01-02T00:00:00Z",
+           "decode_ms_per_step": 12.34, "decode_floor_ms": 5.0, "rollout_tokens_per_s": 1500.0, "grpo_step_s": 6.5,
+           "sft_tokens_per_s": 11000.0, "sft_mfu": 0.41, "peak_gib": {"decode": 20.0, "grpo": 40.0, "sft": 50.0}}
+    new_path = tmp_path / "full_size_nvidia_h200.json"
+    new_path.write_text(json.dumps(new))
+    page = benchpage.full_size_comparison([(new_path, new), (old_path, old)])
+    assert "| | NVIDIA H100 80GB HBM3, " in page.replace("|  |", "| |") and "NVIDIA H200, 2027-01-02 |" in page
+    assert f"| GRPO step, s (K = 8, 2 utterances) | {old['grpo']['step_seconds']:.1f} | 6.5 |" in page
+    assert "| decode step, ms (16 rows) |  | 12.3 |" in page and "| SFT MFU | 0.25 | 0.41 |" in page
