@@ -10,12 +10,14 @@ skipped with the reason.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,10 +86,7 @@ def screenshot(exe: str, url: str, shot: Path, size: tuple[int, int], *extra: st
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     with Image.open(shot) as img:
         assert img.size == size
-        rgb = np.asarray(img.convert("RGB"))
-    not_white = float((rgb < 235).any(axis=2).mean())
-    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    return not_white, len(np.unique(packed))
+    return picture_stats(shot)
 
 
 def dump_dom(exe: str, url: str, profile: Path, size: tuple[int, int], budget_ms: int = 5000) -> str:
@@ -105,3 +104,72 @@ def measure_tables(exe: str, page: Path, profile: Path, size: tuple[int, int]) -
     found = re.search(r'<pre id="ambinb-measure"[^>]*>(.*?)</pre>', dom, re.S)
     assert found, f"no measurement in the DOM of {probe}"
     return json.loads(html.unescape(found.group(1)))
+
+
+class DevTools:
+    """A headless Chromium driven over its DevTools protocol: load a page, wait until a script says it
+    is ready (no fixed time budget), read the page and screenshot it. Use as a context manager."""
+
+    def __init__(self, exe: str, profile: Path, size: tuple[int, int]) -> None:
+        import requests
+        import websocket
+
+        profile.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                                      "--remote-debugging-port=0", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file, deadline = profile / "DevToolsActivePort", time.time() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert self.proc.poll() is None and time.time() < deadline, "Chromium did not open its DevTools port"
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json", timeout=30).json() if t["type"] == "page"]
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.calls = 0
+
+    def __enter__(self) -> DevTools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def call(self, method: str, **params: object) -> dict:
+        """Send one DevTools command and return its result (events in between are skipped)."""
+        self.calls += 1
+        self.ws.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.ws.recv())
+            if reply.get("id") == self.calls:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def evaluate(self, expression: str) -> object:
+        """The value of a JavaScript expression in the page."""
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str, ready: str, timeout: float = 120) -> None:
+        """Load ``url`` and wait until the JavaScript expression ``ready`` is true."""
+        self.call("Page.navigate", url=url)
+        deadline = time.time() + timeout
+        while not self.evaluate(ready):
+            assert time.time() < deadline, f"{url}: not ready after {timeout} s ({ready}); page text: " \
+                                           f"{str(self.evaluate('document.body && document.body.innerText'))[:1000]}"
+            time.sleep(0.5)
+
+    def screenshot(self, path: Path) -> Path:
+        """A PNG of the window."""
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        return path
+
+
+def picture_stats(path: Path) -> tuple[float, int]:
+    """(share of pixels that are not white, distinct colours) of a screenshot."""
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    return float((rgb < 235).any(axis=2).mean()), len(np.unique(packed))
