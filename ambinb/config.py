@@ -55,7 +55,8 @@ class Rule:
 
     ``choices`` may name a registry instead (``"ambinb.rewards:REWARDS"``: its keys), so a list
     of names lives in one place. ``says`` puts a ``pattern`` in words for the error message. With
-    ``each`` the rule applies to every item of a list.
+    ``each`` the rule applies to every item of a list; with ``regex`` the value must compile as a
+    regular expression.
 
     Example: ``Rule(low=0, low_open=True).problem(-1e-4)`` -> ``"must be > 0"``.
     """
@@ -68,6 +69,7 @@ class Rule:
     pattern: str = ""
     says: str = ""
     each: bool = False
+    regex: bool = False
 
     def allowed(self) -> tuple[str, ...]:
         """The choices, read from the registry when ``choices`` names one."""
@@ -84,6 +86,8 @@ class Rule:
             whole = Rule(self.low, self.high, self.low_open, self.high_open, self.choices, self.pattern, self.says)
             found = [(i, whole.problem(v)) for i, v in enumerate(value)]
             return next((f"item {i} ({value[i]!r}) {why}" for i, why in found if why), None)
+        if self.regex:
+            return _regex_problem(value)
         if self.choices:
             return None if value in self.allowed() else f"must be one of {list(self.allowed())}"
         if self.pattern:
@@ -99,6 +103,14 @@ class Rule:
         if self.high is not None and (value >= self.high if self.high_open else value > self.high):
             return f"must be {'<' if self.high_open else '<='} {self.high:g}"
         return None
+
+
+def _regex_problem(value: Any) -> str | None:
+    try:
+        re.compile(str(value))
+    except re.error as err:
+        return f"must be a regular expression ({err})"
+    return None if value else "must be a non-empty regular expression"
 
 
 def _at_least(low: float) -> Rule:
@@ -143,7 +155,7 @@ RULES: dict[str, Rule] = {
     "attn_implementation": _one_of("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
     "prompt_preset": Rule(choices="ambinb.cot:PRESETS"), "max_audio_seconds": Rule(low=0, high=30, low_open=True),
     "lora_r": _at_least(1), "lora_alpha": _positive(), "lora_dropout": Rule(low=0, high=1, high_open=True),
-    "lora_target_regex": _NOT_EMPTY,
+    "lora_target_regex": Rule(regex=True),
     # metrics
     "bootstrap": _at_least(0), "eps": Rule(low=0, high=1, low_open=True, high_open=True),
     # curation

@@ -161,6 +161,7 @@ def test_fast_dev_layer_sits_under_the_notebook(monkeypatch):
     ("eps", float("nan"), "finite"), ("rewards", ["grpo", "grpo_typo"], "item 1 .*one of"),
     ("trackers", "tensorbord", "comma-separated"), ("base_url", "localhost:8000", "http"),
     ("answer_ce", "hard", "one of"), ("classes", ["Anger"], "lower-case"), ("seed", -1, ">= 0"),
+    ("lora_target_regex", ".*(q_proj", "regular expression"),
 ])
 def test_values_that_cannot_work_are_refused_with_the_key_and_the_layer(key, value, why):
     with pytest.raises(config.ConfigError, match=rf"^overrides: key '{key}' = .*{why}"):
