@@ -21,5 +21,5 @@ def slow_run(cfg):
     """fake_run after a pause, so that a test can kill the sweep between two runs."""
     import time
 
-    time.sleep(1.0)
+    time.sleep(0.5)
     fake_run(cfg)
