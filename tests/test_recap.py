@@ -1,4 +1,4 @@
-"""Chapter summaries (ambinb.summary): each number checked against a direct computation from the
+"""Chapter summaries (ambinb.recap): each number checked against a direct computation from the
 files a fake run wrote."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from ambinb import config, labels, metrics, results, summary
+from ambinb import config, labels, metrics, recap, results
 from ambinb.paths import run_dir
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
@@ -30,18 +30,18 @@ def _write_run(root, strategy: str, fold: int, noise: float, extra: dict | None 
 def test_training_summary_reports_the_budget_and_the_scores_against_the_prior(tmp_path):
     folder, truth, pred = _write_run(tmp_path, "sft", 1, 0.3, {"train": {"steps": 40, "examples": 120},
                                                                 "wall_time_s": 61.4})
-    text = summary.training(folder)
+    text = recap.training(folder)
     flat = np.full_like(truth, 0.25)
     ours = {k: getattr(metrics, k)(truth, pred).mean() for k in ("js", "bc", "r2", "brier")}
     prior = {k: getattr(metrics, k)(truth, flat).mean() for k in ours}
-    assert text.startswith(f"{summary.HEADING} `sft` on `toy`, test fold 1: 40 optimizer steps on 120 training "
+    assert text.startswith(f"{recap.HEADING} `sft` on `toy`, test fold 1: 40 optimizer steps on 120 training "
                            "examples, 61 s in all.")
     row = next(line for line in text.splitlines() if line.startswith("| js |"))
     verdict = "yes" if ours["js"] < prior["js"] else "no"
     assert row.startswith(f"| js | {ours['js']:.3f} [") and row.endswith(f"| {prior['js']:.3f} | {verdict} |")
     wins = sum(ours[k] < prior[k] for k in ("js", "brier")) + sum(ours[k] > prior[k] for k in ("bc", "r2"))
     assert f"beats the prior (the training folds' mean distribution) on {wins} of 4 metrics" in text
-    assert "did not finish" in summary.training(tmp_path / "nothing")
+    assert "did not finish" in recap.training(tmp_path / "nothing")
 
 
 def test_results_summary_names_the_best_strategy_and_those_not_below_the_prior(tmp_path):
@@ -55,7 +55,7 @@ def test_results_summary_names_the_best_strategy_and_those_not_below_the_prior(t
             prior.append(metrics.js(truth, np.full_like(truth, 0.25)).mean())
     means, prior_js = {s: np.mean(v) for s, v in js.items()}, np.mean(prior)
     best = min(means, key=means.get)
-    text = summary.results(tmp_path, ["toy", "iemocap"], [0, 1])
+    text = recap.results(tmp_path, ["toy", "iemocap"], [0, 1])
     assert f"- `toy`: 6 finished runs of 3 strategies; the lowest mean JS is `{best}`'s ({means[best]:.3f}), " \
            f"against the prior's {prior_js:.3f};" in text
     worse = sorted(s for s in means if means[s] >= prior_js)
@@ -73,11 +73,12 @@ def test_curation_summary_counts_what_was_accepted(tmp_path):
     store.write_text("".join(json.dumps({"utt_id": u, "prompt_version": "v1", "accepted": ok, "validation_js": j,
                                          "attempts": [{"accepted": a} for a in tries]}) + "\n"
                              for u, ok, j, tries in records))
-    text = summary.chapter("02_curate_cot", cfg)
+    text = recap.chapter("02_curate_cot", cfg)
     assert "3 utterances curated (`template` writer, prompt `v1`): 2 accepted (67%), 33% at the first attempt" in text
     assert "0.020 on average over the accepted ones (the bar is 0.05)" in text
+    assert recap.show("02_curate_cot", cfg).data == text
     with pytest.raises(ValueError, match="06_ablations"):
-        summary.chapter("06_ablations", cfg)
+        recap.chapter("06_ablations", cfg)
 
 
 def test_labels_summary_reads_the_saved_table(tmp_path):
@@ -85,9 +86,9 @@ def test_labels_summary_reads_the_saved_table(tmp_path):
     df.attrs = {"skipped": {"no audio": 2}, "warnings": {}}
     folder = run_dir("toy", "labels", None, tmp_path)
     labels.save_labels(df, folder / "labels.csv")
-    text = summary.labels(folder, 0.8)
+    text = recap.labels(folder, 0.8)
     p = df[[f"p_{c}" for c in CLASSES]].to_numpy()
-    assert text.startswith(f"{summary.HEADING} 40 utterances from {df['speaker'].nunique()} speakers in "
+    assert text.startswith(f"{recap.HEADING} 40 utterances from {df['speaker'].nunique()} speakers in "
                            f"{df['fold'].nunique()} folds; mean soft label anger {p[:, 0].mean():.0%}, ")
     assert f"{(p.max(axis=1) < 0.8).mean():.0%} of the utterances are ambiguous" in text
     assert f"median {df['n_votes'].median():g}" in text and "Skipped: no audio: 2." in text

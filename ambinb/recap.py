@@ -1,10 +1,10 @@
 """What each chapter's run gave, in a few lines of Markdown read from the files it wrote.
 
-Each notebook's last cell displays one of these, so the book's chapters end with a summary that is
+Each notebook's last cell shows one of these, so the book's chapters end with a summary that is
 never written by hand and never goes stale::
 
-    display(Markdown(summary.chapter("03_sft", cfg)))          # 01-05: from the resolved config
-    display(Markdown(summary.results(root, datasets, folds)))  # 06: over every finished run
+    recap.show("03_sft", cfg)                          # 01-05: from the resolved config
+    recap.show_results(root, datasets, folds)          # 06: over every finished run
 
 - :func:`labels`: the label table (``runs/<dataset>/labels/labels.csv``): utterances, speakers,
   folds, class shares, ambiguity, and the rows skipped or warned about;
@@ -123,5 +123,19 @@ def chapter(name: str, cfg: dict[str, Any]) -> str:
     if name in TRAINING_CHAPTERS:
         return training(run_folder(cfg))
     raise ValueError(f"chapter {name!r}: expected 01_labels, 02_curate_cot or one of {TRAINING_CHAPTERS} "
-                     "(06_ablations: summary.results)")
+                     "(06_ablations: recap.results)")
+
+
+def show(name: str, cfg: dict[str, Any]) -> Any:
+    """:func:`chapter` as Markdown that a notebook displays (the last expression of a cell)."""
+    from IPython.display import Markdown
+
+    return Markdown(chapter(name, cfg))
+
+
+def show_results(run_root: str | os.PathLike, datasets: list[str], folds: list[int]) -> Any:
+    """:func:`results` as Markdown that a notebook displays (the last expression of a cell)."""
+    from IPython.display import Markdown
+
+    return Markdown(results(run_root, datasets, folds))
 
