@@ -4,6 +4,10 @@ Every evaluation (a trained model, the base model, the ``classical`` reference) 
 folder through :func:`write_evaluation`, so the sweeps, ``06_ablations`` and the book read one
 format. A run is finished when its ``metrics.json`` exists and parses (:func:`is_finished`);
 files are written to a temporary name and renamed, so a crash never leaves half a file.
+
+What the training chapters (03-05) show of a finished run comes from here too: the held-out table
+beside the prior and the base model (:func:`held_out_table`, :func:`held_out_note`) and the clearest
+and most ambiguous held-out utterances with what the model wrote (:func:`save_examples`).
 """
 
 from __future__ import annotations

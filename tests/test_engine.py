@@ -168,3 +168,13 @@ def test_train_config_reads_every_key_from_the_params():
     tc = engine.TrainConfig.from_cfg(cfg)
     assert tc.lr == pytest.approx(2e-3) and tc.grad_accum == 3 and tc.trackers == ["tensorboard", "wandb"]
     assert engine.tracker_names({"trackers": ""}) == []
+
+
+def test_train_config_defaults_are_those_of_defaults_yaml():
+    """The dataclass's defaults (for callers that build a TrainConfig by hand) must not drift from the params."""
+    import dataclasses
+
+    declared = config.defaults()
+    for f in dataclasses.fields(engine.TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            assert f.default == type(f.default)(declared[f.name]), f.name
