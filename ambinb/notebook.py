@@ -8,7 +8,7 @@ the kernel instead (:func:`check_injected_parameters`, called by ``config.resolv
 
 :func:`execute` runs the kernel over IPC (Unix sockets in a private temporary folder) rather than
 TCP: ipykernel warns "Kernel is running over TCP without encryption" for every TCP kernel, and a
-local run has no use for a network port.
+local run has no use for a network port. (Windows has no IPC transport; kernels there use TCP.)
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def execute(name: str, output: str | os.PathLike, params: dict[str, Any] | None 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.running.ipynb")
     sockets = tempfile.mkdtemp(prefix="ambinb-kernel-")
-    ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "k")}})
+    ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "k")}} if os.name != "nt" else {})
     try:
         papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress,
                                    cwd=str(src.parent), kernel_name="python3", execution_timeout=timeout,
