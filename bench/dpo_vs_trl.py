@@ -210,7 +210,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = trainers.parse(trainers.parser(__doc__, 4, SMOKE), argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
-    cfg = config.resolve(strategy="dpo", overrides={"tau": -1.0, "dpo_rollouts": 1})
+    # tau < 0: every utterance forms its pair (OfflinePairsDPO); outside the params' range, so set after resolving
+    cfg = {**config.resolve(strategy="dpo", overrides={"dpo_rollouts": 1}), "tau": -1.0}
     tiny_dir, base, processor, examples, waves, tc = trainers.setup(args, cfg)
     rejected = rejected_completions(processor, examples, int(cfg["seed"]), cfg["prompt_preset"])
     mels, mel_masks = A.AudioFeatureCache(base, processor.feature_extractor).mels([e.utt_id for e in examples], waves)
