@@ -107,10 +107,10 @@ def results(run_root: str | os.PathLike, datasets: list[str], folds: list[int]) 
         prior = float(sel.groupby("fold")["prior_js"].first().mean())
         best = js.idxmin()
         worse = sorted(js.index[js >= prior])
-        lines.append(f"- `{ds}`: {len(sel)} finished runs of {len(js)} strategies; the lowest mean JS is "
-                     f"`{best}`'s ({js[best]:.3f}), against the prior's {prior:.3f}; "
-                     + (f"not below the prior: {', '.join(f'`{s}`' for s in worse)}." if worse
-                        else "every strategy is below the prior."))
+        lines.append(f"- `{ds}`: {len(sel)} finished runs of {len(js)} strategies. Lowest mean JS: `{best}` "
+                     f"({js[best]:.3f}; the prior: {prior:.3f}). "
+                     + (f"Not below the prior: {', '.join(f'`{s}`' for s in worse)}." if worse
+                        else "Every strategy is below the prior."))
     return f"{HEADING}\n\n" + "\n".join(lines) + "\n"
 
 

@@ -234,6 +234,13 @@ def test_results_page_shows_figure2_and_table3(built):
     assert rows[("crema_d → iemocap (cross-domain)", "sft")]["js (paper)"] == "0.38"  # the paper's beside ours
 
 
+def test_results_page_ends_with_the_summary_of_the_runs(built):
+    html, _, _, _ = built
+    text = _section(_page(html, "06_ablations"), "Summary").get_text(" ", strip=True)
+    best = min(NOISE, key=lambda s: _fold_mean_sd("toy", s, "js")[0])
+    assert f"Lowest mean JS: {best} ({_fold_mean_sd('toy', best, 'js')[0]:.3f}; the prior:" in text, text
+
+
 def test_reproducibility_page_lists_every_run_folder(built):
     html, root, folders, _ = built
     text = _page(html, "reproducibility").get_text(" ", strip=True)

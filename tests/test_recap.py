@@ -56,11 +56,11 @@ def test_results_summary_names_the_best_strategy_and_those_not_below_the_prior(t
     means, prior_js = {s: np.mean(v) for s, v in js.items()}, np.mean(prior)
     best = min(means, key=means.get)
     text = recap.results(tmp_path, ["toy", "iemocap"], [0, 1])
-    assert f"- `toy`: 6 finished runs of 3 strategies; the lowest mean JS is `{best}`'s ({means[best]:.3f}), " \
-           f"against the prior's {prior_js:.3f};" in text
+    assert f"- `toy`: 6 finished runs of 3 strategies. Lowest mean JS: `{best}` ({means[best]:.3f}; the prior: " \
+           f"{prior_js:.3f})." in text
     worse = sorted(s for s in means if means[s] >= prior_js)
-    assert (f"not below the prior: {', '.join(f'`{s}`' for s in worse)}." if worse
-            else "every strategy is below the prior.") in text
+    assert (f"Not below the prior: {', '.join(f'`{s}`' for s in worse)}." if worse
+            else "Every strategy is below the prior.") in text
     assert "- `iemocap`: no finished run yet." in text
 
 
