@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ambinb import progress as progress_bars
 from ambinb.paths import project_root
 
 NOTEBOOKS = ("01_labels", "02_curate_cot", "03_sft", "04_dpo", "05_grpo", "06_ablations")
@@ -125,6 +126,8 @@ def execute(name: str, output: str | os.PathLike, params: dict[str, Any] | None 
     The kernel starts in the notebooks folder, as in JupyterLab; relative paths inside the
     library resolve against the project root, so the result does not depend on the caller's
     working directory. It talks to this process over IPC, never TCP (see the module docstring).
+    Progress bars in the kernel leave one line each in the notebook and log their details to
+    ``<output without .ipynb>.log`` beside it (:func:`ambinb.progress.logging_to`).
 
     Raises:
         ValueError: a parameter the notebook does not declare, before anything runs.
@@ -145,9 +148,10 @@ def execute(name: str, output: str | os.PathLike, params: dict[str, Any] | None 
     sockets = tempfile.mkdtemp(prefix="ambinb-kernel-")
     ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "k")}} if os.name != "nt" else {})
     try:
-        papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress,
-                                   cwd=str(src.parent), kernel_name="python3", execution_timeout=timeout,
-                                   config=ipc)
+        with progress_bars.logging_to(progress_bars.log_path(output)):  # bars: one line each, details in the log
+            papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress,
+                                       cwd=str(src.parent), kernel_name="python3", execution_timeout=timeout,
+                                       config=ipc)
     except PapermillExecutionError as err:
         first = (str(err.evalue).strip().splitlines() or [""])[0]
         raise NotebookError(f"{src.name} failed at {err.exec_count and f'In [{err.exec_count}]' or 'a cell'}: "

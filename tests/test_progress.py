@@ -2,6 +2,7 @@
 
 import os
 import re
+from pathlib import Path
 
 from ambinb import progress
 
@@ -52,3 +53,21 @@ def test_logging_to_sets_and_restores_the_environment(tmp_path, monkeypatch):
         assert os.environ[progress.RUN_LOG_ENV] == str(path) == str(tmp_path / "a.log")
         assert os.environ["TQDM_DISABLE"] == "1"
     assert progress.RUN_LOG_ENV not in os.environ and os.environ["TQDM_DISABLE"] == "0"
+
+
+def test_an_executed_notebook_logs_progress_beside_its_output(tmp_path, monkeypatch):
+    import papermill
+
+    from ambinb import notebook
+
+    seen = {}
+
+    def fake_execute(src, out, **kwargs):
+        seen.update(log=os.environ.get(progress.RUN_LOG_ENV), disable=os.environ.get("TQDM_DISABLE"))
+        Path(out).write_text("{}")
+
+    monkeypatch.delenv(progress.RUN_LOG_ENV, raising=False)
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    out = notebook.execute("06_ablations", tmp_path / "all" / "ablations" / "06_ablations.ipynb", {})
+    assert seen == {"log": str(tmp_path / "all" / "ablations" / "06_ablations.log"), "disable": "1"}
+    assert out.exists() and progress.RUN_LOG_ENV not in os.environ
