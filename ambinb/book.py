@@ -1,9 +1,10 @@
 """Assemble and build the Jupyter Book from the run folders (it never trains anything).
 
 ``<book>/generated/`` is rebuilt from scratch each time: one page per chapter in ``CHAPTERS``
-(the executed notebook when its run exists, else a page that says which command makes it) and a
-reproducibility appendix listing, per run folder, the parameters, versions, git commit and wall
-time recorded there.
+(the executed notebook when its run exists, its outputs cleaned by :mod:`ambinb.outputs`: no
+progress-bar refreshes, stderr once, no absolute paths; else a page that says which command makes
+it) and a reproducibility appendix listing, per run folder, the parameters, versions, git commit and
+wall time recorded there (paths in it relative too).
 
 The book folder is ``book/`` in the checkout, or ``$AMBINB_BOOK_DIR`` when set (a test builds a
 copy made by :func:`copy_sources` there, so it never overwrites the user's built book)::
