@@ -26,14 +26,34 @@ def tiny_args(**over) -> dict:
 
 
 
+def _refuse(*args, **kwargs):
+    raise AssertionError("the tiny build touched corpus data")
+
+
 @pytest.fixture(scope="module")
 def small_build():
-    """A tiny stand-in with a 3-step warm-up, in memory."""
+    """A tiny stand-in with a 3-step warm-up, in memory, built while every way to corpus data
+    (reading a wav file, loading a dataset, building the toy corpus) raises."""
+    import soundfile
+
+    from ambinb import labels, toy
+
     torch.set_num_threads(1)
-    return S.make_tiny(**tiny_args(warmup_steps=3))
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name in ((soundfile, "read"), (labels, "load_dataset"), (labels, "make_toy"), (toy, "make_toy"),
+                             (toy, "ensure_toy"), (toy.corpus, "make_toy"), (toy.corpus, "ensure_toy")):
+            patch.setattr(module, name, _refuse)
+        return S.make_tiny(**tiny_args(warmup_steps=3))
 
 
-def test_tiny_saves_and_reloads_with_identicalaudio_logits(small_build, tmp_path):
+@pytest.fixture(scope="module")
+def fresh_build():
+    """The default stand-in before its warm-up (0 steps), in memory."""
+    torch.set_num_threads(1)
+    return S.make_tiny(**tiny_args(warmup_steps=0))
+
+
+def test_tiny_saves_and_reloads_with_identical_logits(small_build, tmp_path):
     model, processor, stats = small_build
     assert stats["steps"] == 3 and stats["loss_last"] < stats["loss_first"]
     model.save_pretrained(tmp_path)
@@ -69,30 +89,21 @@ def test_tiny_has_the_real_classes_tokens_and_template(small_build):
         assert len(tok(name, add_special_tokens=False)["input_ids"]) == 1
 
 
-def test_build_is_deterministic_for_a_seed(small_build):
+def test_build_is_deterministic_for_a_seed(small_build, fresh_build):
     model, processor, _ = small_build
     again, processor2, _ = S.make_tiny(**tiny_args(warmup_steps=3))
     assert processor.tokenizer.get_vocab() == processor2.tokenizer.get_vocab()
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other, _, _ = S.make_tiny(**tiny_args(seed=1, warmup_steps=0))
-    assert not torch.equal(other.state_dict()["lm_head.weight"], a["lm_head.weight"])
+    assert not torch.equal(other.state_dict()["lm_head.weight"], fresh_build[0].state_dict()["lm_head.weight"])
 
 
-def test_warm_up_sees_no_corpus_audio_and_no_labels(monkeypatch):
-    """The build reads no wav file and loads no dataset: only the toy's word banks' words."""
-    import soundfile
-
-    from ambinb import labels, toy
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the tiny build touched corpus data")
-
-    for module, name in ((soundfile, "read"), (labels, "load_dataset"), (labels, "make_toy"), (toy, "make_toy"),
-                         (toy, "ensure_toy"), (toy.corpus, "make_toy"), (toy.corpus, "ensure_toy")):
-        monkeypatch.setattr(module, name, refuse)
-    model, _, stats = S.make_tiny(**tiny_args(warmup_steps=1))
-    assert stats["steps"] == 1
+def test_warm_up_sees_no_corpus_audio_and_no_labels(small_build):
+    """The build reads no wav file and loads no dataset (``small_build`` is built while those raise):
+    only the toy's word banks' words reach it."""
+    _, _, stats = small_build
+    assert stats["steps"] == 3
 
 
 def test_the_warmed_up_stand_in_speaks_the_format(tiny):
@@ -102,7 +113,8 @@ def test_the_warmed_up_stand_in_speaks_the_format(tiny):
     rng = np.random.default_rng(7)  # not the warm-up's clips (seed 0)
     waves = [speech.synthetic_speech(rng, speech.draw_prosody(rng)) for _ in range(2)]
     enc = encode_waves(model, processor, waves, ["I told you already.", "Fine."])
-    group = rollout.rollout(model, processor, enc, CLASSES, {"max_new_tokens": 256, "seed": 0}, k=4)
+    cfg = config.resolve(overrides={"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "seed": 0})
+    group = rollout.rollout(model, processor, enc, CLASSES, cfg, k=4)
     rate = np.mean([t.format_ok for t in group.flat()])
     assert rate >= 0.5, [t.text for t in group.flat()]
 
@@ -282,9 +294,8 @@ def test_copy_drill_quotes_the_lexicon_words_in_order_or_says_plain():
     assert 10 < plain < 60  # random words hit the lexicon too (e.g. "lost", "love")
 
 
-def test_word_tokens_start_from_their_spaced_twin(small_build):
-    _, processor, _ = small_build
-    fresh, _, _ = S.make_tiny(**tiny_args(warmup_steps=0))
+def test_word_tokens_start_from_their_spaced_twin(fresh_build):
+    fresh, processor, _ = fresh_build
     vocab = processor.tokenizer.get_vocab()
     pairs = [(vocab[t[1:]], i) for t, i in vocab.items() if t.startswith("Ġ") and t[1:] in vocab]
     assert len(pairs) > 50
