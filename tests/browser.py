@@ -1,5 +1,6 @@
-"""Headless Chromium for the book and JupyterLab tests: the ``chromium`` fixture, screenshots, and
-layout measured in the DOM.
+"""Headless Chromium for the book and JupyterLab tests: the ``chromium`` fixture, and
+:class:`DevTools`, which loads pages, waits until they are ready, measures their layout in the DOM
+(``MEASURE_JS``) and takes screenshots.
 
 Import the fixture into a test module: ``from browser import chromium  # noqa: F401``.
 
@@ -11,10 +12,8 @@ skipped with the reason.
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -26,11 +25,9 @@ from PIL import Image
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# measures every table once the page has loaded and writes the numbers into a <pre> of the DOM:
-# the viewport width, the page's scroll width, and per table its section heading, right edge and the
-# scroll and client widths of the box that clips it (the theme's scroll container)
-MEASURE_JS = """
-window.addEventListener('load', () => {
+# every table of the page: its section heading, right edge, and the scroll and client widths of the
+# box that clips it (the theme's scroll container); the viewport width and the page's scroll width
+MEASURE_JS = """(() => {
   const tables = [...document.querySelectorAll('table')].map((t) => {
     const section = t.closest('section');
     const heading = section ? (section.querySelector('h1, h2, h3') || {}).textContent || '' : '';
@@ -42,13 +39,8 @@ window.addEventListener('load', () => {
     return {section: heading.replace(/#$/, '').trim(), right: t.getBoundingClientRect().right,
             box_right: box.getBoundingClientRect().right, scroll_width: box.scrollWidth, client_width: box.clientWidth};
   });
-  const pre = document.createElement('pre');
-  pre.id = 'ambinb-measure';
-  pre.textContent = JSON.stringify({viewport: document.documentElement.clientWidth,
-                                    page_width: document.documentElement.scrollWidth, tables});
-  document.body.appendChild(pre);
-});
-"""
+  return {viewport: document.documentElement.clientWidth, page_width: document.documentElement.scrollWidth, tables};
+})()"""
 
 
 @pytest.fixture(scope="session")
@@ -71,39 +63,6 @@ def chromium() -> str:
     if done.returncode or not exe:
         pytest.skip(f"`apt-get install -y chromium` failed (exit {done.returncode}): {done.stderr[-500:]}")
     return exe
-
-
-def run(exe: str, url: str, profile: Path, size: tuple[int, int], *extra: str,
-        timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run headless Chromium on ``url`` with a fresh profile folder and a window of ``size`` pixels."""
-    cmd = [exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", *extra, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def screenshot(exe: str, url: str, shot: Path, size: tuple[int, int], *extra: str) -> tuple[float, int]:
-    """Screenshot ``url`` into ``shot``; return (share of pixels that are not white, distinct colours)."""
-    done = run(exe, url, shot.with_suffix(".profile"), size, f"--screenshot={shot}", *extra)
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
-    with Image.open(shot) as img:
-        assert img.size == size
-    return picture_stats(shot)
-
-
-def dump_dom(exe: str, url: str, profile: Path, size: tuple[int, int], budget_ms: int = 5000) -> str:
-    """The DOM of ``url`` after its scripts ran (``--dump-dom`` after ``budget_ms`` of virtual time)."""
-    done = run(exe, url, profile, size, f"--virtual-time-budget={budget_ms}", "--dump-dom")
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-def measure_tables(exe: str, page: Path, profile: Path, size: tuple[int, int]) -> dict:
-    """Lay out a built HTML page at ``size`` and measure its tables (see ``MEASURE_JS``)."""
-    probe = page.with_name(f"{page.stem}.measure.html")  # beside the page: its relative links still work
-    probe.write_text(page.read_text().replace("</body>", f"<script>{MEASURE_JS}</script></body>"))
-    dom = dump_dom(exe, probe.as_uri(), profile, size)
-    found = re.search(r'<pre id="ambinb-measure"[^>]*>(.*?)</pre>', dom, re.S)
-    assert found, f"no measurement in the DOM of {probe}"
-    return json.loads(html.unescape(found.group(1)))
 
 
 class DevTools:
@@ -160,6 +119,11 @@ class DevTools:
             assert time.time() < deadline, f"{url}: not ready after {timeout} s ({ready}); page text: " \
                                            f"{str(self.evaluate('document.body && document.body.innerText'))[:1000]}"
             time.sleep(0.5)
+
+    def resize(self, size: tuple[int, int]) -> None:
+        """Lay the page out for a window of ``size`` pixels."""
+        self.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
+                  mobile=False)
 
     def screenshot(self, path: Path) -> Path:
         """A PNG of the window."""

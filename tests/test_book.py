@@ -251,21 +251,34 @@ def test_reproducibility_page_lists_every_run_folder(built):
     assert "12 s" in text and "13 s" in text  # wall times of folds 0 and 1
 
 
-def test_results_page_renders_in_headless_chromium(built, chromium, tmp_path):
+@pytest.fixture(scope="module")
+def page(chromium, tmp_path_factory):
+    """One headless Chromium for the module's browser tests."""
+    with browser.DevTools(chromium, tmp_path_factory.mktemp("chromium"), SCREEN) as devtools:
+        yield devtools
+
+
+def _load(page, path: Path, size: tuple[int, int]) -> None:
+    page.resize(size)
+    page.open(path.as_uri(), "document.readyState === 'complete' && !!document.querySelector('article')")
+
+
+def test_results_page_renders_in_headless_chromium(built, page, tmp_path):
     html, _, _, _ = built
-    start = time.perf_counter()
-    not_white, colours = browser.screenshot(chromium, (html / "generated" / "06_ablations.html").as_uri(),
-                                            tmp_path / "results.png", SCREEN)
-    print(f"screenshot in {time.perf_counter() - start:.1f} s")
+    _load(page, html / "generated" / "06_ablations.html", SCREEN)
+    with Image.open(page.screenshot(tmp_path / "results.png")) as img:
+        assert img.size == SCREEN
+    not_white, colours = browser.picture_stats(tmp_path / "results.png")
     assert not_white > 0.03, f"only {not_white:.1%} of the screenshot is not white: blank page?"
     assert colours > 500, f"only {colours} distinct colours: nothing rendered?"
 
 
-@pytest.mark.parametrize(("page", "section"), [("06_ablations", "Table 2"), ("reproducibility", "Software")])
-def test_wide_tables_fit_a_1400_pixel_window(built, chromium, tmp_path, page, section):
+@pytest.mark.parametrize(("name", "section"), [("06_ablations", "Table 2"), ("reproducibility", "Software")])
+def test_wide_tables_fit_a_1400_pixel_window(built, page, name, section):
     """Laid out at 1,400 px, the table is whole on the page: no sideways scrolling of it or of the page."""
     html, _, _, _ = built
-    found = browser.measure_tables(chromium, html / "generated" / f"{page}.html", tmp_path / "profile", (1400, 1000))
+    _load(page, html / "generated" / f"{name}.html", (1400, 1000))
+    found = page.evaluate(browser.MEASURE_JS)
     tables = [t for t in found["tables"] if t["section"].startswith(section)]
     assert tables, f"no table under {section!r}: {[t['section'] for t in found['tables']]}"
     assert found["page_width"] <= found["viewport"], found
