@@ -181,7 +181,7 @@ def test_book_dir_is_configurable(monkeypatch, tmp_path):
 def test_every_page_is_built(built):
     html, _, _, _ = built
     assert (html / "index.html").exists()
-    for page in ("intro", "method", "running-at-scale"):
+    for page in ("intro", "method", "running-at-scale", "troubleshooting"):
         assert (html / f"{page}.html").exists(), page
     for name in [*book.CHAPTERS, "reproducibility"]:
         assert (html / "generated" / f"{name}.html").exists(), name
