@@ -138,13 +138,13 @@ def test_ensure_tiny_builds_once_and_rebuilds_on_a_new_spec(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_default_build_is_reproducible_and_quick(tiny_dir, tmp_path):
-    """Rebuild the default stand-in from scratch: the same weights as the one in ``tiny_dir``."""
+def test_default_build_is_reproducible(tiny_dir, tmp_path):
+    """Rebuild the default stand-in from scratch: the same spec and weights as the one in ``tiny_dir``.
+    (How long the build took is recorded in its ``ambinb_tiny.json``, ``build_seconds``.)"""
     cfg = config.resolve()
     spec = S.tiny_spec(cfg)
     out = S.build_tiny(tmp_path / "tiny", **spec)
-    info = json.loads((out / S.TINY_SPEC_FILE).read_text())
-    assert info["build_seconds"] < 300  # ~165 s on a loaded shared core; slack for a shared CI machine
+    assert S.built_spec(out) == S.built_spec(tiny_dir) == spec
     a, _ = M.load_checkpoint(out, "float32", "cpu")
     b, _ = M.load_checkpoint(tiny_dir, "float32", "cpu")
     sa, sb = a.state_dict(), b.state_dict()
