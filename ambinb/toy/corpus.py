@@ -47,7 +47,7 @@ def make_toy(out_dir: str | os.PathLike, n: int = 800, seed: int = 0, sessions: 
 
     Args:
         out_dir: the corpus folder (created if missing).
-        n: number of utterances (TOY-NOTES: 600-1,200 for a learnable corpus; tests use fewer).
+        n: number of utterances (600-1,200 make a learnable corpus; tests use fewer).
         seed: the generator seed; the same seed gives the same table and wav bytes.
         sessions: sessions of two speakers each (3 to 6); session ``k+1`` is fold ``k``.
     """
