@@ -20,7 +20,8 @@ Sections, each under its own time cap (``--caps``), in this order:
 * ``bandwidth``: the card's copy bandwidth (a 2 GiB device-to-device copy: read + write bytes/s);
 * ``decode``: a decode step of ``--decode-rows`` rows (16) after one utterance's shared prefill,
   through each loop of ``--decodes`` (:func:`ambinb.rollout.generate_group`, LoRA merged as the
-  rollouts do), its per-phase milliseconds from the loop's own timings; and the floor a step cannot
+  rollouts do), its per-phase milliseconds from the loop's own timings (``--profile``: a torch.profiler
+  trace and operator table of the first loop's timed call); and the floor a step cannot
   beat: the bytes a step must read (the language model's weights and the KV cache at the mean
   context) over the measured bandwidth;
 * ``sft``: one SFT optimizer step (:meth:`ambinb.strategies.sft.SFTStrategy.loss`, Eq. 3, on synthetic
@@ -49,6 +50,7 @@ Results go to ``bench/results/full_size_<card>.json``. ``--smoke`` runs every se
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -183,8 +185,26 @@ def decode_bytes(counts: dict[str, int], text: dict[str, Any], rows: int, contex
     return (counts["body"] + counts["head"]) * elt + kv
 
 
-def run_decode(model: Any, tok: Any, example: Example, rows: int, steps: int, decodes: list[str]) -> list[dict]:
-    """Milliseconds per decode step of ``rows`` rows through each loop, phases from the loop's timings."""
+def profiled(path: str, work: Any) -> Any:
+    """``work()`` under ``torch.profiler`` (CPU and CUDA activities): a Chrome trace at ``<path>.json``
+    and the 40 costliest operators at ``<path>.txt``; just ``work()`` when ``path`` is empty."""
+    if not path:
+        return work()
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        out = work()
+    prof.export_chrome_trace(f"{path}.json")
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    Path(f"{path}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=40))
+    return out
+
+
+def run_decode(model: Any, tok: Any, example: Example, rows: int, steps: int, decodes: list[str],
+               profile_path: str = "") -> list[dict]:
+    """Milliseconds per decode step of ``rows`` rows through each loop, phases from the loop's timings;
+    the first loop's timed call profiled when ``profile_path`` is given (:func:`profiled`)."""
     model.eval()
     out = []
     for loop in decodes:
@@ -194,8 +214,9 @@ def run_decode(model: Any, tok: Any, example: Example, rows: int, steps: int, de
                 for n in (3, steps):  # the first call warms up (and compiles) the loop
                     timings: dict[str, float] = {}
                     common.reset_peak()
-                    groups = rollout.generate_group(model, tok, [example.encoded], rows, n, decode=loop,
-                                                    generator=gen.manual_seed(0), timings=timings)
+                    call = functools.partial(rollout.generate_group, model, tok, [example.encoded], rows, n,
+                                             decode=loop, generator=gen.manual_seed(0), timings=timings)
+                    groups = profiled(profile_path if n == steps and loop == decodes[0] else "", call)
         except Exception as err:  # one loop failing (a compiler error) leaves the others measured
             out.append({"decode": loop, "rows": rows, "error": f"{type(err).__name__}: {err}"[:500]})
             print(f"  decode {loop} failed: {out[-1]['error']}", flush=True)
@@ -378,6 +399,7 @@ def parse(argv: list[str] | None) -> Any:
     p.add_argument("--decode-rows", type=int, default=16)
     p.add_argument("--decode-steps", type=int, default=64)
     p.add_argument("--decodes", nargs="+", default=["dynamic", "static", "compiled"], choices=rollout.DECODES)
+    p.add_argument("--profile", default="", help="path prefix: torch.profiler trace and table of the first loop")
     p.add_argument("--grpo-decode", default="compiled", choices=rollout.DECODES, help="the GRPO step's loop")
     p.add_argument("--caps", type=float, nargs=len(SECTIONS), default=None, metavar=tuple(s.upper() for s in SECTIONS),
                    help="seconds per section")
@@ -467,7 +489,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, tok, examples = prepare(args, spec, dtype, cfg, result)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     sections = {
-        "decode": lambda: run_decode(model, tok, examples[0], args.decode_rows, args.decode_steps, args.decodes),
+        "decode": lambda: run_decode(model, tok, examples[0], args.decode_rows, args.decode_steps, args.decodes,
+                                     args.profile),
         "sft": lambda: run_sft(model, sft.SFTStrategy(examples, CLASSES, tok, cfg), optimizer, examples, args.batch,
                                args.steps, result["parameters"], spec["text"], result.get("matmul", {}).get("tflops"),
                                caps["sft"]),

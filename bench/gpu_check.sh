@@ -8,7 +8,8 @@
 #   1. the card (nvidia-smi) and the versions;
 #   2. a CUDA smoke run of bench/full_size.py (tiny widths: the GPU code paths in seconds);
 #   3. bench/full_size.py on the real sizes -> <out>/full_size.json (decode loops, SFT, GRPO,
-#      max batch; the issue-17 keys at the top level);
+#      max batch; the issue-17 keys at the top level), with a torch.profiler trace and operator
+#      table of the dynamic decode loop -> <out>/decode_profile.{json,txt};
 #   4. pytest -m gpu (the decode loops on the device, each strategy's toy run) -> <out>/pytest_gpu.txt.
 # Then copy <out>/full_size.json to bench/results/full_size_<card>.json to publish it.
 set -u
@@ -21,7 +22,8 @@ export TOKENIZERS_PARALLELISM=false
 $PY -c "from ambinb import vocab; vocab.cached_vocab_and_merges()"  # the real vocabulary's cache, once
 timeout 150 $PY bench/full_size.py --smoke --device cuda --out "$OUT/full_size_smoke.json" > "$OUT/full_size_smoke.log" 2>&1
 echo "smoke: exit $?"
-timeout 420 $PY bench/full_size.py --caps 5 5 150 60 90 60 --out "$OUT/full_size.json" > "$OUT/full_size.log" 2>&1
+timeout 420 $PY bench/full_size.py --caps 5 5 150 60 90 60 --profile "$OUT/decode_profile" \
+    --out "$OUT/full_size.json" > "$OUT/full_size.log" 2>&1
 echo "full size: exit $?"
 timeout 180 $PY -m pytest -m gpu tests/test_rollout_gpu.py tests/test_gpu.py -q -p no:cacheprovider \
     > "$OUT/pytest_gpu.txt" 2>&1
