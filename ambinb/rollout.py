@@ -107,6 +107,7 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Te
 
 
 DECODES = ("dynamic", "static", "compiled")
+STATIC_BUCKET = 256  # the static cache's length is rounded up to a multiple of this (prompt widths vary)
 
 
 class PhaseClock:
@@ -235,11 +236,16 @@ def static_cache(model: Any, dynamic: Any, max_len: int) -> Any:
 
 def _decode_static(model: Any, first: torch.Tensor, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor,
                    rows: _Rows, pick: Any, stop: Any, clock: PhaseClock, step_fn: Any) -> None:
-    """Every row stays in a preallocated cache; finished rows are fed along, their tokens never sampled."""
+    """Every row stays in a preallocated cache; finished rows are fed along, their tokens never sampled.
+
+    The cache (and the key mask) has the prompt width plus the budget rounded up to
+    :data:`STATIC_BUCKET` positions, so that a compiled step sees few distinct shapes across batches.
+    """
     logits, device = first, first.device
     max_new, width = rows.tokens.shape[1], mask.shape[1]
-    cache = static_cache(model, cache, width + max_new)
-    full = torch.cat([mask, torch.zeros((mask.shape[0], max_new), dtype=mask.dtype, device=device)], dim=1)
+    length = -(-(width + max_new) // STATIC_BUCKET) * STATIC_BUCKET  # a few lengths: a few compilations
+    cache = static_cache(model, cache, length)
+    full = torch.cat([mask, torch.zeros((mask.shape[0], length - width), dtype=mask.dtype, device=device)], dim=1)
     feed = torch.zeros(mask.shape[0], dtype=torch.long, device=device)
     for step in range(max_new):
         some = len(rows.active_rows) < mask.shape[0]

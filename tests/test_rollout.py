@@ -177,10 +177,11 @@ def _ids(groups):
 _REFERENCE: dict = {}
 
 
-@pytest.mark.parametrize("decode", ["dynamic", "static"])
+@pytest.mark.parametrize("decode", ["dynamic", "static", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_decode_loops_give_the_reference_loops_tokens(tiny, decode):
     """Greedy and seeded sampling, 3 utterances x K = 4, rows finishing at different steps (the close
-    tag, an end token or the budget): the same ids and stop reasons as the earlier text-matching loop."""
+    tag, an end token or the budget): the same ids and stop reasons as the earlier text-matching loop.
+    The compiled loop (marker ``slow``: torch.compile takes minutes on a CPU) as well."""
     model, processor = tiny
     tok = processor.tokenizer
     enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
