@@ -248,8 +248,7 @@ def _decode_static(model: Any, first: torch.Tensor, cache: Any, mask: torch.Tens
     full = torch.cat([mask, torch.zeros((mask.shape[0], length - width), dtype=mask.dtype, device=device)], dim=1)
     feed = torch.zeros(mask.shape[0], dtype=torch.long, device=device)
     for step in range(max_new):
-        some = len(rows.active_rows) < mask.shape[0]
-        nxt = pick(logits[rows.active] if some else logits)
+        nxt = pick(logits[rows.active])  # a copy: a CUDA graph's output buffer is rewritten by its next replay
         clock.lap("sample")
         keep = stop(step, nxt)
         clock.lap("stop")
