@@ -41,8 +41,6 @@ CHAPTERS = {
     "05_grpo": "{dataset}/grpo_z/fold{fold}/05_grpo.ipynb",
     "06_ablations": "all/ablations/06_ablations.ipynb",
 }
-# a wide table may use the right-hand margin of the page (sphinx-book-theme's full-width class)
-_WIDE = ":::{div} full-width"
 # package versions shown per software environment in the appendix
 ENV_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate")
 # keys shown in the appendix's tables or headings, left out of each run's list of non-default parameters
@@ -204,9 +202,9 @@ def reproducibility_page(run_root: Path) -> str:
             f"`{run_root.name}/`). Each holds `params.json` (the resolved parameters), and the evaluated ones "
             "`metrics.json` with the package versions, git commit and device, and `predictions.jsonl`. "
             "A commit ending in `+dirty` ran with uncommitted changes.\n\n## Runs\n\n"
-            f"{_WIDE}\n| run folder | model | seed | git commit | device | wall time | status |\n"
+            "| run folder | model | seed | git commit | device | wall time | status |\n"
             "|---|---|---|---|---|---|---|\n")
-    page = head + ("\n".join(rows) if rows else "| (no runs yet) | | | | | | |") + "\n:::\n"
+    page = head + ("\n".join(rows) if rows else "| (no runs yet) | | | | | | |") + "\n"
     if envs:
         page += software_table(envs)
     if blocks:

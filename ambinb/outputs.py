@@ -143,5 +143,20 @@ def stacked_cell(cell: Any) -> Any:
 
 def results_markdown(table: pd.DataFrame) -> str:
     """A results table (``aggregate.table2`` / ``table3``: index dataset and strategy) as Markdown for
-    the book, every ``mean ± sd [CI]`` cell stacked by :func:`stacked_cell`."""
-    return table.map(stacked_cell).reset_index().to_markdown(index=False)
+    the book, narrow enough for the page: every ``mean ± sd [CI]`` cell stacked by :func:`stacked_cell`,
+    and a ``<metric> (paper)`` column folded into its metric's cells (``paper 0.38`` on a last line).
+
+    Example: a ``js`` cell ``"0.120 ± 0.010 [0.100, 0.140]"`` with ``js (paper)`` ``"0.38"`` ->
+    ``"0.120 ± 0.010<br><small>[0.100, 0.140]</small><br><small>paper 0.38</small>"``.
+    """
+    out = table.map(stacked_cell)
+    for column in [c for c in table.columns if f"{c} (paper)" in table.columns]:
+        paper = table[f"{column} (paper)"].astype(str)
+        out[column] = [_with_paper(cell, value) for cell, value in zip(out[column], paper)]
+        out = out.drop(columns=f"{column} (paper)")
+    return out.reset_index().to_markdown(index=False)
+
+
+def _with_paper(cell: Any, paper: str) -> Any:
+    """Append the paper's value to a (stacked) results cell, on a line of its own."""
+    return f"{cell}<br><small>paper {paper}</small>" if paper else cell

@@ -26,7 +26,8 @@ from PIL import Image
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # every table of the page: its section heading, right edge, and the scroll and client widths of the
-# box that clips it (the theme's scroll container); the viewport width and the page's scroll width
+# box that clips it (the theme's scroll container); the viewport width, the page's scroll width and
+# the left edge of the page's table of contents on the right (null when the theme hides it)
 MEASURE_JS = """(() => {
   const tables = [...document.querySelectorAll('table')].map((t) => {
     const section = t.closest('section');
@@ -39,7 +40,10 @@ MEASURE_JS = """(() => {
     return {section: heading.replace(/#$/, '').trim(), right: t.getBoundingClientRect().right,
             box_right: box.getBoundingClientRect().right, scroll_width: box.scrollWidth, client_width: box.clientWidth};
   });
-  return {viewport: document.documentElement.clientWidth, page_width: document.documentElement.scrollWidth, tables};
+  const side = document.querySelector('.bd-sidebar-secondary');
+  const visible = side && side.getBoundingClientRect().width > 0 && getComputedStyle(side).display !== 'none';
+  return {viewport: document.documentElement.clientWidth, page_width: document.documentElement.scrollWidth,
+          sidebar_left: visible ? side.getBoundingClientRect().left : null, tables};
 })()"""
 
 
@@ -74,16 +78,21 @@ class DevTools:
         import websocket
 
         profile.mkdir(parents=True, exist_ok=True)
+        (profile / "DevToolsActivePort").unlink(missing_ok=True)  # a reused profile keeps the last port
         self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
                                       "--remote-debugging-port=0", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file, deadline = profile / "DevToolsActivePort", time.time() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert self.proc.poll() is None and time.time() < deadline, "Chromium did not open its DevTools port"
-            time.sleep(0.2)
-        port = int(port_file.read_text().split()[0])
-        pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json", timeout=30).json() if t["type"] == "page"]
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        try:
+            port_file, deadline = profile / "DevToolsActivePort", time.time() + 60
+            while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
+                assert self.proc.poll() is None and time.time() < deadline, "Chromium did not open its DevTools port"
+                time.sleep(0.2)
+            port = int(port_file.read_text().split()[0])
+            pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json", timeout=30).json() if t["type"] == "page"]
+            self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        except BaseException:
+            self._stop()
+            raise
         self.calls = 0
 
     def __enter__(self) -> DevTools:
@@ -91,6 +100,9 @@ class DevTools:
 
     def __exit__(self, *exc: object) -> None:
         self.ws.close()
+        self._stop()
+
+    def _stop(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)

@@ -231,7 +231,7 @@ def test_results_page_shows_figure2_and_table3(built):
                          ("crema_d → iemocap (cross-domain)", "sft"), ("crema_d → iemocap (cross-domain)", "sft_nocot")}
     mean, sd = _fold_mean_sd(CROSS, "sft_nocot", "bc")
     assert rows[("crema_d → iemocap (cross-domain)", "sft_nocot")]["bc"].startswith(f"{mean:.3f} ± {sd:.3f}")
-    assert rows[("crema_d → iemocap (cross-domain)", "sft")]["js (paper)"] == "0.38"  # the paper's beside ours
+    assert rows[("crema_d → iemocap (cross-domain)", "sft")]["js"] == "missing paper 0.38"  # the paper's under ours
 
 
 def test_results_page_ends_with_the_summary_of_the_runs(built):
@@ -273,9 +273,11 @@ def test_results_page_renders_in_headless_chromium(built, page, tmp_path):
     assert colours > 500, f"only {colours} distinct colours: nothing rendered?"
 
 
-@pytest.mark.parametrize(("name", "section"), [("06_ablations", "Table 2"), ("reproducibility", "Software")])
+@pytest.mark.parametrize(("name", "section"), [("06_ablations", "Table 2"), ("06_ablations", "Table 3"),
+                                               ("reproducibility", "Runs"), ("reproducibility", "Software")])
 def test_wide_tables_fit_a_1400_pixel_window(built, page, name, section):
-    """Laid out at 1,400 px, the table is whole on the page: no sideways scrolling of it or of the page."""
+    """Laid out at 1,400 px, the table is whole on the page, left of the contents on the right: no sideways
+    scrolling of it or of the page."""
     html, _, _, _ = built
     _load(page, html / "generated" / f"{name}.html", (1400, 1000))
     found = page.evaluate(browser.MEASURE_JS)
@@ -284,6 +286,7 @@ def test_wide_tables_fit_a_1400_pixel_window(built, page, name, section):
     assert found["page_width"] <= found["viewport"], found
     for table in tables:
         assert table["right"] <= found["viewport"], f"{section} runs off the page: {table}"
+        assert table["right"] <= (found["sidebar_left"] or found["viewport"]), f"{section} runs under the contents"
         assert table["scroll_width"] <= table["client_width"] + 1, f"{section} needs sideways scrolling: {table}"
 
 
@@ -359,6 +362,8 @@ def test_results_cells_stack_the_ci_under_the_mean():
     assert stacked_cell("0.1 ± 0.0 [0.1, 0.2] (1/2 folds)") == "0.1 ± 0.0<br><small>[0.1, 0.2] (1/2 folds)</small>"
     assert [stacked_cell(c) for c in ("missing", "0.38", 3.0)] == ["missing", "0.38", 3.0]
     index = pd.MultiIndex.from_tuples([("toy", "sft")], names=["dataset", "strategy"])
-    table = pd.DataFrame({"js": ["0.1 ± 0.0 [0.1, 0.2]"]}, index=index)
-    assert results_markdown(table).splitlines()[-1].split("|")[1:-1] == [
-        " toy       ", " sft        ", " 0.1 ± 0.0<br><small>[0.1, 0.2]</small> "]
+    table = pd.DataFrame({"js": ["0.1 ± 0.0 [0.1, 0.2]"], "js (paper)": ["0.38"], "bc": ["0.9"]}, index=index)
+    head, _, row = results_markdown(table).splitlines()
+    assert [c.strip() for c in head.split("|")[1:-1]] == ["dataset", "strategy", "js", "bc"]
+    assert [c.strip() for c in row.split("|")[1:-1]] == [
+        "toy", "sft", "0.1 ± 0.0<br><small>[0.1, 0.2]</small><br><small>paper 0.38</small>", "0.9"]
