@@ -176,11 +176,11 @@ def test_audio_reaches_the_rollout_policy_and_reference_forwards(tiny, monkeypat
         projected = [A.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
     placeholder = A.base_model(model).get_input_embeddings().weight[
         processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")].detach()
-    strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, make_cfg(dpo_rollouts=2, tau=-1.0))
+    strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, make_cfg(dpo_rollouts=2, tau=0.0))
     seen, handle = record_forwards(model, monkeypatch, dpo)
     _, stats = strategy.loss(model, [0, 1, 2], 0)
     handle.remove()
-    assert stats["pairs"] == 3  # tau < 0: every utterance gives a pair
+    assert stats["pairs"] == 3  # tau 0: every utterance whose sampled read-outs are not exactly p_gt gives a pair
     kinds = {r["kind"] for r in seen}
     assert {"rollout", "policy", "reference"} <= kinds
     assert all(r["grad"] for r in seen if r["kind"] == "policy")
@@ -263,7 +263,7 @@ def test_completion_logprobs_equal_a_full_forward(tiny):
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_a_tiny_dpo_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_path, lora):
     model, processor = tiny
-    cfg = make_cfg(dpo_rollouts=2, tau=-1.0, lora=lora)
+    cfg = make_cfg(dpo_rollouts=2, tau=0.0, lora=lora)
     model = model_mod.prepare_trainable(model, cfg)
     examples = make_examples(model, processor)
     strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, cfg)
