@@ -31,7 +31,7 @@ def test_chunked_equals_plain_values_and_gradients():
     (g_plain,) = torch.autograd.grad(plain.sum(), hidden)
     for chunk in (8, 20, 0):
         got = chunked_head.head_token_logprobs(model, hidden, targets, chunk)
-        assert got.dtype == torch.float32 and got.shape == (21,) and float(got[5]) == 0.0
+        assert got.dtype == torch.float32 and got.shape == (21,) and float(got.detach()[5]) == 0.0
         torch.testing.assert_close(got, plain, rtol=0, atol=1e-5)
         (g,) = torch.autograd.grad(got.sum(), hidden)
         torch.testing.assert_close(g, g_plain, rtol=1e-5, atol=1e-6)
