@@ -139,9 +139,10 @@ def _params_block(folder: str, params: dict[str, Any], declared: dict[str, Any])
 
 
 def _short_commit(commit: str) -> str:
-    """``"73001f978ada83e...+dirty"`` -> ``"73001f978a+dirty"``; ``"unknown"`` stays."""
+    """``"73001f978ada83e...+dirty"`` -> ``"73001f9+dirty"`` (git's short form; the Software table has
+    the full one); ``"unknown"`` stays."""
     sha, plus, rest = str(commit).partition("+")
-    return (sha[:10] if len(sha) == 40 else sha) + plus + rest
+    return (sha[:7] if len(sha) == 40 else sha) + plus + rest
 
 
 def _environment(env: dict[str, Any]) -> tuple[str, ...]:
