@@ -57,17 +57,22 @@ def test_seeded_sampling_is_reproducible_and_alike(loaded, decode):
         assert abs(got.count(top) - want.count(top)) <= 24  # binomial spread of 64 draws, generously
 
 
-def test_one_host_sync_per_step_on_the_device(loaded):
-    """CUDA's sync debug mode warns at every synchronising call; decoding 12 steps warns at most
-    once per step (the rows' stop codes), besides the prefill."""
-    if not DEVICE.startswith("cuda"):
-        pytest.skip("CUDA's sync debug mode")
-    _run(loaded, "dynamic", False, budget=12)  # warm-up
+def _syncs(loaded, budget: int) -> int:
+    """Synchronising calls CUDA's sync debug mode reports during one sampled rollout of ``budget`` tokens."""
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with pytest.warns(UserWarning) as seen:
-            _run(loaded, "dynamic", False, budget=12)
+            _run(loaded, "dynamic", False, budget=budget)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in seen if "synchroniz" in str(w.message)]
-    assert len(syncs) <= 12 + 8, f"{len(syncs)} synchronising calls for 12 steps"
+    return len([w for w in seen if "synchroniz" in str(w.message)])
+
+
+def test_one_host_sync_per_step_on_the_device(loaded):
+    """Twelve more decode steps cost at most twelve more synchronising calls (the rows' stop codes),
+    with a little slack for a row leaving the batch; the prefill's own calls cancel out."""
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("CUDA's sync debug mode")
+    _run(loaded, "dynamic", False, budget=16)  # warm-up
+    short, long = _syncs(loaded, 4), _syncs(loaded, 16)
+    assert long - short <= 12 + 2, f"{long - short} synchronising calls for 12 more steps"
