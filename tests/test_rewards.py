@@ -109,8 +109,12 @@ def test_registry():
         rewards.get_reward("acuracy")
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         rewards.combined_reward([("format", 1.0), ("nope", 1.0)], [good()], classes=CLASSES)
-    with pytest.raises(ValueError, match="no reward named"):
+    with pytest.raises(ValueError, match="name at least one reward of the registry"):
         rewards.combined_reward({}, [good()])
+    with pytest.raises(ValueError, match="name at least one reward of the registry"):
+        rewards.combined_reward([], [good()])
+    # a list of names weighs each by 1, as the params' ``rewards`` list does
+    assert rewards.combined_reward(["format", "format"], [good(), "broken"], classes=CLASSES) == [2.0, 0.0]
     # extra keyword arguments meant for other rewards are ignored
     assert rewards.combined_reward([("format", 2.0)], [good()], classes=CLASSES, p_gt=None, beta=0.1) == [2.0]
 
