@@ -9,10 +9,13 @@ from ambinb import model as model_mod
 
 
 def test_sft_beats_the_untrained_model_and_the_prior_on_held_out_speakers(tmp_path):
-    """KL-only SFT (sft_nocot) on toy fold 0 with the default toy settings; the untrained model is read
-    out the same way. The margin asked for is 5x the seed-to-seed spread measured on this corpus (~0.01)."""
+    """KL-only SFT (sft_nocot) on toy fold 0 with the default toy settings but 200 steps (of the ~760 of ten
+    epochs: about a quarter of the time, and already held-out JS ~0.28 against ~0.42 for the untrained model
+    and the prior); the untrained model is read out the same way. The margin asked for is 5x the
+    seed-to-seed spread measured on this corpus (~0.01)."""
     torch.set_num_threads(2)
-    cfg = config.resolve(dataset="toy", strategy="sft_nocot", fold=0, run_root=str(tmp_path))
+    cfg = config.resolve(dataset="toy", strategy="sft_nocot", fold=0, run_root=str(tmp_path),
+                         overrides={"max_steps": 200})
     out = run.run(cfg, progress=False)
     trained = out["metrics"]["metrics"]["js"]
     prior = out["metrics"]["prior"]["js"]
