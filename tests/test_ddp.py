@@ -194,32 +194,3 @@ def test_ddp_config_launches_data_parallel_with_the_given_process_count():
     assert prepare_multi_gpu_env(args)["ACCELERATE_MIXED_PRECISION"] == "bf16"
     with pytest.raises(ValueError, match="--num_processes"):  # no silent default GPU count
         _launch_args("ddp")
-
-
-@pytest.mark.parametrize("name, stage", [("zero2", 2), ("zero3", 3)])
-def test_zero_configs_give_deepspeed_the_stage_they_name(name, stage):
-    """Down to the DeepSpeed config dict accelerate would hand to deepspeed.initialize (deepspeed itself
-    is not needed for that). Every key of deepspeed_config must be one the launcher knows: accelerate
-    drops unknown ones silently."""
-    from accelerate.commands.config.config_args import load_config_from_file
-    from accelerate.commands.launch import launch_command_parser
-    from accelerate.utils import DeepSpeedPlugin, DistributedType
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env
-
-    loaded = load_config_from_file(str(params_dir() / "accelerate" / f"{name}.yaml"))
-    assert loaded.distributed_type == DistributedType.DEEPSPEED
-    known = vars(launch_command_parser().parse_args(["x.py"]))
-    assert set(loaded.deepspeed_config) <= set(known), set(loaded.deepspeed_config) - set(known)
-    args, defaults, mp_from_config = _launch_args(name, "--num_processes", "2")
-    assert args.use_deepspeed and not args.multi_gpu and args.num_processes == 2
-    # as accelerate's launch_command does before starting the DeepSpeed launcher
-    args.deepspeed_fields_from_accelerate_config = ",".join(
-        list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else []))
-    _, env = prepare_deepspeed_cmd_env(args)
-    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}):
-        ds = DeepSpeedPlugin().deepspeed_config
-    assert ds["zero_optimization"]["stage"] == stage
-    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
-    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] == (stage == 3)
-    assert ds["gradient_clipping"] == 1.0 and ds["gradient_accumulation_steps"] == 1
-
