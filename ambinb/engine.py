@@ -33,13 +33,14 @@ loop does the rest:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,19 +92,20 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    """The engine's settings, read from the resolved params by :meth:`from_cfg`."""
+    """The engine's settings, read from the resolved params by :meth:`from_cfg` (no defaults of its own:
+    :meth:`with_defaults` takes them from ``params/defaults.yaml``)."""
 
     lr: float
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    epochs: float = 1.0
-    max_steps: int = 0
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 50
-    seed: int = 0
-    trackers: list[str] = field(default_factory=list)
+    weight_decay: float
+    warmup_ratio: float
+    epochs: float
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    max_grad_norm: float
+    checkpoint_every: int
+    seed: int
+    trackers: list[str]
 
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any]) -> TrainConfig:
@@ -113,6 +115,14 @@ class TrainConfig:
                    grad_accum=int(cfg["grad_accum"]), max_grad_norm=float(cfg["max_grad_norm"]),
                    checkpoint_every=int(cfg["checkpoint_every"]), seed=int(cfg["seed"]),
                    trackers=tracker_names(cfg))
+
+    @classmethod
+    def with_defaults(cls, **settings: Any) -> TrainConfig:
+        """The settings of ``params/defaults.yaml`` with ``settings`` in their place (``lr`` as given, unscaled).
+
+        Example: ``TrainConfig.with_defaults(lr=0.1, max_steps=3)`` -> batch_size, warmup_ratio, ... from the YAML.
+        """
+        return dataclasses.replace(cls.from_cfg(config.defaults()), **settings)
 
     def total_steps(self, n_examples: int) -> int:
         """Optimizer steps: ``max_steps`` if set, else enough for ``epochs`` passes over the data."""

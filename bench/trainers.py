@@ -8,6 +8,7 @@ Not a script: the benchmark scripts import it (and :mod:`bench.common`), never e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import tempfile
@@ -154,9 +155,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_config(cfg: dict[str, Any], total: int, batch_size: int) -> engine.TrainConfig:
     """The engine's settings for ``total`` optimizer steps of ``batch_size``, no checkpoint inside the timed window."""
-    return engine.TrainConfig(lr=float(cfg["lr"]) * float(cfg["lr_scale"]), weight_decay=float(cfg["weight_decay"]),
-                              warmup_ratio=float(cfg["warmup_ratio"]), max_steps=total, batch_size=batch_size,
-                              max_grad_norm=float(cfg["max_grad_norm"]), checkpoint_every=10**9, seed=int(cfg["seed"]))
+    return dataclasses.replace(engine.TrainConfig.from_cfg(cfg), epochs=1.0, max_steps=total, batch_size=batch_size,
+                               grad_accum=1, checkpoint_every=10**9, trackers=[])
 
 
 def trl_args(out: str, tc: engine.TrainConfig, device: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ data per step) is the control that the comparison can fail.
 
 import os
 import socket
-from unittest import mock
 
 import pytest
 import torch
@@ -52,7 +51,7 @@ def _model(seed):
 
 def _tc(batch_size, grad_accum):
     # max_grad_norm is set low enough that clipping is active on some steps: it must act on the averaged gradient
-    return engine.TrainConfig(lr=0.2, max_steps=STEPS, batch_size=batch_size, grad_accum=grad_accum,
+    return engine.TrainConfig.with_defaults(lr=0.2, max_steps=STEPS, batch_size=batch_size, grad_accum=grad_accum,
                               max_grad_norm=0.5, checkpoint_every=100, seed=7)
 
 

@@ -54,7 +54,8 @@ def _model():
 
 
 def _tc(**kw):
-    return engine.TrainConfig(lr=0.5, epochs=10, batch_size=8, grad_accum=2, checkpoint_every=3, seed=1, **kw)
+    return engine.TrainConfig.with_defaults(lr=0.5, epochs=10, batch_size=8, grad_accum=2, checkpoint_every=3, seed=1,
+                                            **kw)
 
 
 def test_training_learns_and_logs(tmp_path):
@@ -122,8 +123,8 @@ class Recording(Regression):
 
 def test_the_engine_passes_each_micro_batch_its_index(tmp_path):
     model, strategy = _model(), Recording()
-    engine.train(model, strategy, engine.TrainConfig(lr=0.1, max_steps=3, batch_size=4, grad_accum=3), tmp_path,
-                 progress=False)
+    tc = engine.TrainConfig.with_defaults(lr=0.1, max_steps=3, batch_size=4, grad_accum=3)
+    engine.train(model, strategy, tc, tmp_path, progress=False)
     assert strategy.calls == [(s, m) for s in range(3) for m in range(3)]
 
 
@@ -170,11 +171,13 @@ def test_train_config_reads_every_key_from_the_params():
     assert engine.tracker_names({"trackers": ""}) == []
 
 
-def test_train_config_defaults_are_those_of_defaults_yaml():
-    """The dataclass's defaults (for callers that build a TrainConfig by hand) must not drift from the params."""
+def test_train_config_takes_its_defaults_from_defaults_yaml():
+    """TrainConfig declares no defaults of its own; with_defaults reads params/defaults.yaml."""
     import dataclasses
 
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in dataclasses.fields(engine.TrainConfig))
     declared = config.defaults()
-    for f in dataclasses.fields(engine.TrainConfig):
-        if f.default is not dataclasses.MISSING:
-            assert f.default == type(f.default)(declared[f.name]), f.name
+    tc = engine.TrainConfig.with_defaults(lr=0.25)
+    assert tc.lr == 0.25 and tc.batch_size == declared["batch_size"] and tc.grad_accum == declared["grad_accum"]
+    assert tc.warmup_ratio == declared["warmup_ratio"] and tc.checkpoint_every == declared["checkpoint_every"]

@@ -189,7 +189,7 @@ def test_a_tiny_grpo_z_run_moves_the_trainable_weights_and_not_the_tower(tiny, t
     assert (strategy.reference.copy is None) == lora
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
     tower = {n: p.detach().clone() for n, p in A.core(model).audio_tower.named_parameters()}
-    tc = engine.TrainConfig(lr=1e-3, max_steps=2, batch_size=2, checkpoint_every=10)
+    tc = engine.TrainConfig.with_defaults(lr=1e-3, max_steps=2, batch_size=2, checkpoint_every=10)
     history = engine.train(model, strategy, tc, tmp_path, progress=False)
     assert len(history) == 2 and all(np.isfinite(row["loss"]) for row in history)
     moved = [n for n, p in engine.trainable_parameters(model) if not torch.equal(p.detach(), before[n])]

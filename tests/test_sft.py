@@ -102,8 +102,8 @@ def test_training_changes_what_trains_and_never_the_tower(tiny, tmp_path, lora):
     tower = {n: p.detach().clone() for n, p in audio_mod.core(model).audio_tower.named_parameters()}
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
     strategy = sft.SFTStrategy(exs, ["anger", "happiness", "sadness", "neutral"], processor.tokenizer, CFG)
-    history = engine.train(model, strategy, engine.TrainConfig(lr=1e-2, max_steps=2, batch_size=2), tmp_path,
-                           progress=False)
+    tc = engine.TrainConfig.with_defaults(lr=1e-2, max_steps=2, batch_size=2)
+    history = engine.train(model, strategy, tc, tmp_path, progress=False)
     assert len(history) == 2 and all(np.isfinite(r["loss"]) for r in history)
     after = dict(engine.trainable_parameters(model))
     assert any(not torch.equal(before[n], after[n]) for n in before)
