@@ -11,3 +11,26 @@ What they share lives in :mod:`ambinb.run` (the example type, the run every stra
 name -> class registry) and :mod:`ambinb.policy` (log-probs, the reference, the slot read-out, the
 soft CE).
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ExampleStrategy:
+    """What every strategy does alike: it trains on ``self.examples`` (:class:`ambinb.run.Example`),
+    drawn by index, and is built from one run's model, processor, examples, classes and params."""
+
+    examples: list[Any]
+
+    @classmethod
+    def build(cls, model: Any, processor: Any, examples: list[Any], classes: list[str],
+              cfg: dict[str, Any]) -> ExampleStrategy:
+        """The strategy of one run (:class:`ambinb.engine.Strategy`)."""
+        return cls(model, processor, examples, classes, cfg)
+
+    def num_examples(self) -> int:
+        return len(self.examples)
+
+    def utt_ids(self, indices: list[int]) -> list[str]:
+        return [self.examples[i].utt_id for i in indices]

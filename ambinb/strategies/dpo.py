@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ambinb import losses, policy, prompt, rollout
+from ambinb.strategies import ExampleStrategy
 
 if TYPE_CHECKING:
     from ambinb.run import Example
@@ -66,7 +67,7 @@ def form_pairs(js: np.ndarray, tau: float) -> list[tuple[int, int]]:
     return out
 
 
-class DPOStrategy:
+class DPOStrategy(ExampleStrategy):
     """On-policy DPO (Eq. 4-5) for :func:`ambinb.engine.train`.
 
     Params used: ``beta``, ``tau``, ``dpo_rollouts`` (R), ``dpo_kl_weight`` (lambda1),
@@ -93,18 +94,6 @@ class DPOStrategy:
         self.eps = float(cfg["eps"])
         self.seed = int(cfg["seed"])
         self.reference = policy.Reference(model)
-
-    @classmethod
-    def build(cls, model: Any, processor: Any, examples: list[Example], classes: list[str],
-              cfg: dict[str, Any]) -> DPOStrategy:
-        """The strategy of one run (:class:`ambinb.engine.Strategy`)."""
-        return cls(model, processor, examples, classes, cfg)
-
-    def num_examples(self) -> int:
-        return len(self.examples)
-
-    def utt_ids(self, indices: list[int]) -> list[str]:
-        return [self.examples[i].utt_id for i in indices]
 
     def loss(self, model: Any, indices: list[int], step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 4 on the micro-batch ``indices`` (rollouts sampled here, from the current policy)."""

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ambinb import cot, losses, policy, rewards, rollout
+from ambinb.strategies import ExampleStrategy
 
 if TYPE_CHECKING:
     from ambinb.run import Example
@@ -75,7 +76,7 @@ def with_gold(sampled: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return np.concatenate([sampled, gold], axis=1)
 
 
-class GRPOStrategy:
+class GRPOStrategy(ExampleStrategy):
     """GRPO / GRPO_z (Eq. 6-7) for :func:`ambinb.engine.train`.
 
     Params used: ``grpo_k`` (K), ``clip_eps``, ``grpo_kl_coef``, ``num_iterations``, ``rewards``,
@@ -110,18 +111,6 @@ class GRPOStrategy:
             self._check_gold_on_top()
         self.reference = policy.Reference(model) if self.kl_coef > 0 else None
         self._buffer: dict[int, RolloutBatch] = {}
-
-    @classmethod
-    def build(cls, model: Any, processor: Any, examples: list[Example], classes: list[str],
-              cfg: dict[str, Any]) -> GRPOStrategy:
-        """The strategy of one run (:class:`ambinb.engine.Strategy`)."""
-        return cls(model, processor, examples, classes, cfg)
-
-    def num_examples(self) -> int:
-        return len(self.examples)
-
-    def utt_ids(self, indices: list[int]) -> list[str]:
-        return [self.examples[i].utt_id for i in indices]
 
     def _check_gold_on_top(self) -> None:
         """Refuse a reward list whose best attainable value (p_hat = p_gt, a well-formed text) beats the gold's."""

@@ -29,12 +29,13 @@ import torch
 
 from ambinb import audio as audio_mod
 from ambinb import losses, policy, prompt, readout
+from ambinb.strategies import ExampleStrategy
 
 if TYPE_CHECKING:
     from ambinb.run import Example
 
 
-class SFTStrategy:
+class SFTStrategy(ExampleStrategy):
     """Teacher-forced CE on the completion plus KL at the answer slot (Eq. 3), for :func:`ambinb.engine.train`.
 
     Params used: ``ce_weight``, ``kl_weight``, ``answer_ce``, ``eps``.
@@ -54,12 +55,6 @@ class SFTStrategy:
               cfg: dict[str, Any]) -> SFTStrategy:
         """The strategy of one run (:class:`ambinb.engine.Strategy`); SFT needs no model of its own."""
         return cls(examples, classes, processor.tokenizer, cfg)
-
-    def num_examples(self) -> int:
-        return len(self.examples)
-
-    def utt_ids(self, indices: list[int]) -> list[str]:
-        return [self.examples[i].utt_id for i in indices]
 
     def loss(self, model: Any, indices: list[int], step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 3 on the examples ``indices``; stats ``ce``, ``kl`` and the batch's mean ``p_max``."""
