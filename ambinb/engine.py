@@ -401,7 +401,7 @@ def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.Pat
         NonFiniteError: a step's loss or gradient norm is not finite (nothing of it is applied or saved).
         OSError: the checkpoint cannot be written (``no space left on device while writing ...``).
     """
-    from tqdm.auto import tqdm
+    from ambinb.progress import bar as progress_bar
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -421,7 +421,7 @@ def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.Pat
     start, history = _start(model, params, optimizer, scheduler, out_dir, accelerator, resume)
     if tc.trackers and accelerator.is_main_process:
         accelerator.init_trackers(out_dir.name, config={k: v for k, v in vars(tc).items() if k != "trackers"})
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress or start >= total)
+    bar = progress_bar(total=total, initial=start, desc="train", unit="step", disable=not progress or start >= total)
     model.train()
     for step in range(start, total):
         row = _step(model, strategy, tc, step, n, params, optimizer, scheduler, accelerator, ckpt)

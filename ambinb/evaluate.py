@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ambinb import audio as audio_mod
 from ambinb import prompt, results, rollout
 from ambinb.paths import resolve_path, run_dir, run_folder
+from ambinb.progress import bar as progress_bar
 
 
 def classes_of(df: pd.DataFrame) -> list[str]:
@@ -77,7 +77,7 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
     size = max(1, int(cfg["eval_batch_size"]))
     p_hat, texts, ok, found, tokens = [], [], [], [], []
     seconds = {"generate": 0.0, "readout": 0.0, "encode": 0.0}
-    bar = tqdm(total=len(df), desc="evaluate", unit="utt", disable=not progress)
+    bar = progress_bar(total=len(df), desc="evaluate", unit="utt", disable=not progress)
     for start in range(0, len(df), size):
         batch = df.iloc[start: start + size]
         t0 = time.perf_counter()

@@ -70,7 +70,7 @@ def build_examples(train_df: pd.DataFrame, cots: dict[str, str], processor: Any,
     The completion is the CoT (or none, with ``use_cot: false``) and the majority class as the
     answer (:func:`ambinb.prompt.completion_ids`); the target is the row's ``p_*`` distribution.
     """
-    from tqdm.auto import tqdm
+    from ambinb.progress import bar as progress_bar
 
     classes = [c[2:] for c in train_df.columns if c.startswith("p_")]
     rows = train_df[train_df["utt_id"].astype(str).isin(cots)]
@@ -78,7 +78,7 @@ def build_examples(train_df: pd.DataFrame, cots: dict[str, str], processor: Any,
     use_cot = bool(cfg["use_cot"])
     out: list[Example] = []
     size = max(1, int(cfg["eval_batch_size"]))
-    for start in tqdm(range(0, len(rows), size), desc="encode", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(rows), size), desc="encode", unit="batch", disable=not progress):
         chunk = rows.iloc[start: start + size]
         encoded = prompt.encode_rows(chunk, classes, processor, cache, cfg)
         for enc, (_, row) in zip(encoded, chunk.iterrows()):

@@ -268,9 +268,9 @@ def run_sweep(runs: list[Run], workers: int = 1, executor: str = "local", slurm:
             todo.append(run)
     if executor == "slurm" or executor == "submitit-local":
         return _run_submitit(runs, todo, executor, slurm or {})
-    from tqdm.auto import tqdm
+    from ambinb.progress import bar as progress_bar
 
-    bar = tqdm(total=len(todo), desc="sweep", disable=not progress or not todo)
+    bar = progress_bar(total=len(todo), desc="sweep", disable=not progress or not todo)
     if workers <= 1:
         for run in todo:
             bar.set_postfix_str(f"{run.dataset}/{run.strategy}/fold{run.fold}")

@@ -106,15 +106,11 @@ def _curate_items(backend: Any, items: list[Item], store: CotStore, new: list[di
                   cfg: dict[str, Any], progress: bool) -> None:
     """Curate ``items`` (concurrently for a remote backend), appending each record to the store and
     to ``new`` as it completes."""
-    import warnings
-
-    with warnings.catch_warnings():  # tqdm.auto warns in notebooks without ipywidgets, then falls back to text
-        warnings.simplefilter("ignore")
-        from tqdm.auto import tqdm
+    from ambinb.progress import bar as progress_bar
 
     args = (float(cfg["accept_js"]), int(cfg["curation_attempts"]), str(cfg["prompt_version"]))
     workers = max(1, int(cfg["curation_concurrency"])) if backend.name != "template" else 1
-    bar = tqdm(total=len(items), desc=f"curating ({backend.name})", disable=not progress)
+    bar = progress_bar(total=len(items), desc=f"curating ({backend.name})", disable=not progress)
 
     def keep(record: dict[str, Any]) -> None:
         store.append(record)
