@@ -8,7 +8,8 @@
 - in a notebook run by papermill (``$AMBINB_RUN_LOG`` names the run's log file; :func:`logging_to`
   sets it around an execution): the bar's refreshes go to that log file, one line every
   ``LOG_INTERVAL_S`` seconds, and the notebook gets one line when the loop ends, e.g.
-  ``train: 40/40 step in 00:12``. Third-party tqdm bars are switched off there (``TQDM_DISABLE``).
+  ``train: 40/40 step in 00:12``. Third-party bars are switched off there (``TQDM_DISABLE``, and
+  ``HF_HUB_DISABLE_PROGRESS_BARS`` for transformers' and the Hub's).
 
 Example::
 
@@ -34,6 +35,8 @@ RUN_LOG_ENV = "AMBINB_RUN_LOG"
 LOG_INTERVAL_S = 10.0
 # the one line a logged bar leaves in the notebook when it ends
 SUMMARY_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} in {elapsed}{postfix}"
+# environment that switches other libraries' bars off in a logged run (tqdm's own; transformers and the Hub)
+THIRD_PARTY_OFF = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 class _Discard:
@@ -123,13 +126,13 @@ def log_path(executed: str | os.PathLike) -> Path:
 def logging_to(path: str | os.PathLike) -> Iterator[Path]:
     """Within the block, kernels started from this process log progress to ``path`` (see :func:`bar`).
 
-    Sets ``$AMBINB_RUN_LOG`` and ``TQDM_DISABLE=1`` (read by a kernel when it starts) and restores
-    them afterwards.
+    Sets ``$AMBINB_RUN_LOG``, ``TQDM_DISABLE=1`` and ``HF_HUB_DISABLE_PROGRESS_BARS=1`` (read by a
+    kernel when it starts) and restores them afterwards.
     """
     path = Path(path)
-    saved = {name: os.environ.get(name) for name in (RUN_LOG_ENV, "TQDM_DISABLE")}
+    saved = {name: os.environ.get(name) for name in (RUN_LOG_ENV, *THIRD_PARTY_OFF)}
     os.environ[RUN_LOG_ENV] = str(path)
-    os.environ["TQDM_DISABLE"] = "1"
+    os.environ.update(THIRD_PARTY_OFF)
     try:
         yield path
     finally:

@@ -48,11 +48,13 @@ def test_a_terminal_gets_tqdm_text_bar(monkeypatch, capsys):
 def test_logging_to_sets_and_restores_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv(progress.RUN_LOG_ENV, raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "0")
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     assert progress.log_path(tmp_path / "fold0" / "03_sft.ipynb") == tmp_path / "fold0" / "03_sft.log"
     with progress.logging_to(tmp_path / "a.log") as path:
         assert os.environ[progress.RUN_LOG_ENV] == str(path) == str(tmp_path / "a.log")
-        assert os.environ["TQDM_DISABLE"] == "1"
+        assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     assert progress.RUN_LOG_ENV not in os.environ and os.environ["TQDM_DISABLE"] == "0"
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
 
 
 def test_an_executed_notebook_logs_progress_beside_its_output(tmp_path, monkeypatch):
