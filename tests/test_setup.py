@@ -56,7 +56,7 @@ def test_notebook_is_thin_and_clean(path):
         tree = ast.parse("".join(cell["source"]))
         defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
         assert not defs, f"def/class in a notebook cell: {[d.name for d in defs]} (move it into ambinb/)"
-    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert nb["metadata"]["kernelspec"]["name"] == "ambinb"  # the kernel `make install` registers (make lab)
 
 
 def test_every_parameter_passed_to_a_notebook_exists():
