@@ -9,7 +9,7 @@ SWEEP  ?= params/sweeps/toy.yaml
 KERNEL := ambinb
 
 .DEFAULT_GOAL := help
-.PHONY: help install test report lab book clean-runs lint
+.PHONY: help install test report lab book standin clean-runs lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ book: $(STAMP)  ## build the book from what the runs already hold (no training)
 
 lab: $(STAMP)  ## open JupyterLab on the notebooks with the project's kernel (progress bars show as widgets)
 	$(BIN)/jupyter lab --MappingKernelManager.default_kernel_name=$(KERNEL) notebooks
+
+standin: $(STAMP)  ## rebuild the tiny stand-in that models/tiny ships (about 3 min; bit-identical for its spec)
+	$(BIN)/python -m ambinb.standin
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check ambinb tests bench
