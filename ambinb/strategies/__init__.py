@@ -29,6 +29,15 @@ class ExampleStrategy:
         """The strategy of one run (:class:`ambinb.engine.Strategy`)."""
         return cls(model, processor, examples, classes, cfg)
 
+    def hold_run(self, processor: Any, examples: list[Any], classes: list[str], cfg: dict[str, Any]) -> None:
+        """Keep what a strategy that samples from its policy needs of the run: the processor, the
+        examples, the class names, the params and the tokenizer's pad id."""
+        self.examples = examples
+        self.processor = processor
+        self.classes = list(classes)
+        self.cfg = cfg
+        self.pad_id = int(processor.tokenizer.pad_token_id)
+
     def num_examples(self) -> int:
         return len(self.examples)
 

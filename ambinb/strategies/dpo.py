@@ -77,12 +77,8 @@ class DPOStrategy(ExampleStrategy):
 
     def __init__(self, model: Any, processor: Any, examples: list[Example], classes: list[str],
                  cfg: dict[str, Any]):
-        self.examples = examples
-        self.processor = processor
-        self.classes = list(classes)
-        self.cfg = cfg
+        self.hold_run(processor, examples, classes, cfg)
         self.class_ids = prompt.class_ids(processor.tokenizer, self.classes)
-        self.pad_id = int(processor.tokenizer.pad_token_id)
         self.beta = float(cfg["beta"])
         self.tau = float(cfg["tau"])
         self.r = int(cfg["dpo_rollouts"])

@@ -86,11 +86,7 @@ class GRPOStrategy(ExampleStrategy):
 
     def __init__(self, model: Any, processor: Any, examples: list[Example], classes: list[str],
                  cfg: dict[str, Any]):
-        self.examples = examples
-        self.processor = processor
-        self.classes = list(classes)
-        self.cfg = cfg
-        self.pad_id = int(processor.tokenizer.pad_token_id)
+        self.hold_run(processor, examples, classes, cfg)
         self.k = int(cfg["grpo_k"])
         self.clip_eps = float(cfg["clip_eps"])
         self.kl_coef = float(cfg["grpo_kl_coef"])
