@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from ambinb.paths import project_root
+from ambinb.paths import display_bases
 
 # a tqdm refresh: "desc:  15%|###   | 3/20 [00:01<00:05, 3.2it/s]" or, without a total, "desc: 5it [00:01, 3.2it/s]"
 PROGRESS_LINE = re.compile(r"\d+%\|.*\|"
@@ -50,8 +50,7 @@ def relative_text(text: str, run_root: str | os.PathLike | None = None) -> str:
     Example: with the project at ``/work/main``, ``"saved /work/main/runs/toy/x.png"`` ->
     ``"saved runs/toy/x.png"``.
     """
-    bases = [Path(run_root).resolve().parent] if run_root else []
-    bases.append(project_root())
+    bases = [base for base, prefix in display_bases(run_root) if not prefix]  # home is handled below
     for base in sorted({str(b).rstrip("/") for b in bases if str(b) != "/"}, key=len, reverse=True):
         text = re.sub(re.escape(base) + "/", "", text)
         text = re.sub(re.escape(base) + r"(?![\w.-])", ".", text)

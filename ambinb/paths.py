@@ -50,12 +50,17 @@ def display_path(path: str | os.PathLike, run_root: str | os.PathLike | None = N
     p = Path(path).expanduser()
     if not p.is_absolute():
         return p.as_posix()
-    bases = [(resolve_path(run_root).parent, "")] if run_root else []
-    bases += [(project_root(), ""), (Path.home(), "~/")]
-    for base, prefix in bases:
+    for base, prefix in display_bases(run_root):
         if p.is_relative_to(base):
             return prefix + (p.relative_to(base).as_posix() or ".")
     return p.as_posix()
+
+
+def display_bases(run_root: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """The folders a printed path is made relative to, first match first, with the prefix that replaces
+    each: the run root's parent and the project root (nothing), then the home folder (``~/``)."""
+    bases = [(resolve_path(run_root).parent, "")] if run_root else []
+    return bases + [(project_root(), ""), (Path.home(), "~/")]
 
 
 def is_path_name(value: Any) -> bool:
