@@ -123,6 +123,30 @@ def format_ok(completion: str, classes: list[str], fmt: OutputFormat = AMBINB) -
     return answer in {c.lower() for c in classes}
 
 
+def answer_ok(completion: str, classes: list[str], fmt: OutputFormat = AMBINB) -> bool:
+    """The format check of a completion without a think block (``use_cot: false``): True when it is
+    the answer alone, ``<answer>class</answer>`` with a valid class name (case-insensitive, surrounding
+    whitespace allowed), so the readout slot right after the answer tag is found.
+
+    Example: ``answer_ok("<answer>anger</answer>", ["anger"])`` -> True;
+    ``answer_ok("<think>x</think>\\n<answer>anger</answer>", ["anger"])`` -> False.
+    """
+    text = completion.strip()
+    if not (text.startswith(fmt.answer_open) and text.endswith(fmt.answer_close)):
+        return False
+    if any(text.count(tag) != 1 for tag in (fmt.answer_open, fmt.answer_close)):
+        return False
+    answer = text[len(fmt.answer_open): len(text) - len(fmt.answer_close)].strip().lower()
+    return answer in {c.lower() for c in classes}
+
+
+def well_formed(completion: str, classes: list[str], fmt: OutputFormat = AMBINB, use_cot: bool = True) -> bool:
+    """The format check that fits the variant: :func:`format_ok` (think block, then answer) when the
+    model reasons (``use_cot``), :func:`answer_ok` (the answer alone) when it was trained without a
+    think block. GRPO's format reward always uses :func:`format_ok`."""
+    return format_ok(completion, classes, fmt) if use_cot else answer_ok(completion, classes, fmt)
+
+
 def parse_think(think: str) -> dict[str, str]:
     """The parts of a think block: ``keywords``, ``text``, ``audio``, ``synthesis`` (missing -> "")."""
     labels = [KEYWORDS_LABEL, *STEP_LABELS]

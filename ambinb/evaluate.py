@@ -6,7 +6,9 @@ format failure), and writes ``predictions.jsonl`` and ``metrics.json`` through
 :func:`ambinb.results.write_evaluation`, with the training-prior predictor scored beside it.
 :func:`run_base` is the whole ``base`` strategy: load the data and the model, evaluate untouched.
 
-Extra entries in ``metrics.json``: ``format_rate`` (share passing :func:`ambinb.cot.format_ok`),
+Extra entries in ``metrics.json``: ``format_rate`` (share passing the variant's format check,
+:func:`ambinb.cot.well_formed`: think block then answer, or the answer alone for ``use_cot: false``;
+``format_check`` names which, ``cot`` or ``answer``),
 ``answer_tag_rate`` (share where the model wrote the answer tag itself), ``mean_completion_tokens``,
 ``seconds`` (generation, readout, total) and ``tower_calls`` (utterances the audio encoder saw).
 """
@@ -22,9 +24,12 @@ import pandas as pd
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import prompt, results, rollout
+from ambinb import cot, prompt, results, rollout
 from ambinb.paths import resolve_path, run_dir, run_folder
 from ambinb.progress import bar as progress_bar
+
+# use_cot -> the name of the format check metrics.json records beside format_rate
+FORMAT_CHECKS = {True: "cot", False: "answer"}
 
 
 def classes_of(df: pd.DataFrame) -> list[str]:
@@ -48,7 +53,7 @@ def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], cl
                    cfg: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """p_hat at the answer slot that directly follows the prompt (no think block), and the completion
     ``<answer>top class</answer>`` that greedy decoding of the slot would write."""
-    from ambinb import cot, readout
+    from ambinb import readout
 
     tok = processor.tokenizer
     fmt = cot.get_format(cfg["prompt_preset"])
@@ -65,7 +70,9 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
     """Greedy CoT and p_hat for every row of ``df``.
 
     A model trained without a think block (``use_cot: false``, the ``sft_nocot`` strategy) is read
-    out right after the prompt and the answer tag, as it was trained; it generates nothing.
+    out right after the prompt and the answer tag, as it was trained; it generates nothing, and its
+    completion ``<answer>top class</answer>`` is judged by :func:`ambinb.cot.answer_ok` (it passes by
+    construction: the read-out slot is always found).
 
     Returns:
         ``{"p_hat": (N, C) array, "completions": [...], "format_ok": [...], "answer_found": [...],
@@ -89,7 +96,7 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
             seconds["readout"] += time.perf_counter() - t0
             p_hat.append(p)
             texts += text
-            ok += [False] * len(text)
+            ok += [cot.well_formed(t, classes, cot.get_format(cfg["prompt_preset"]), use_cot=False) for t in text]
             found += [True] * len(text)
             tokens += [0] * len(text)
             bar.update(len(batch))
@@ -128,6 +135,7 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
     device = str(audio_mod.device_of(model))
     extra = {
         "format_rate": float(np.mean(out["format_ok"])),
+        "format_check": FORMAT_CHECKS[bool(cfg["use_cot"])],
         "answer_tag_rate": float(np.mean(out["answer_found"])),
         "mean_completion_tokens": float(np.mean(out["tokens"])),
         "seconds": {**out["seconds"], "total": time.perf_counter() - start},

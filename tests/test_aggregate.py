@@ -97,8 +97,9 @@ def test_reasoning_reads_the_think_blocks_back(tmp_path):
     p_hat = np.stack([q[0], q[1], p_gt[2]])                 # the read-out follows the first two blocks exactly
     results.write_evaluation(tmp_path / "toy" / "sft" / "fold0", ["u0", "u1", "u2"], classes, p_gt, p_hat,
                              p_gt.mean(0), run_cfg("sft", 0, bootstrap=10), completions=completions)
+    nocot = ["<answer>anger</answer>"] * 3                  # what evaluate writes for use_cot false
     results.write_evaluation(tmp_path / "toy" / "sft_nocot" / "fold0", ["u0", "u1", "u2"], classes, p_gt, p_gt,
-                             p_gt.mean(0), run_cfg("sft_nocot", 0, bootstrap=10), completions=["anger"] * 3)
+                             p_gt.mean(0), run_cfg("sft_nocot", 0, bootstrap=10), completions=nocot)
     table = aggregate.reasoning(str(tmp_path), "toy", ["sft", "sft_nocot"], [0])
     assert list(table.index) == ["sft"]                      # no think blocks, no row
     row = table.loc["sft"]

@@ -10,7 +10,7 @@ import pytest
 from conftest_model import CLASSES, tiny, tiny_dir, toy_corpus
 
 from ambinb import audio as A
-from ambinb import config, evaluate, labels, metrics, prompt, results
+from ambinb import config, cot, evaluate, labels, metrics, prompt, results, rewards
 
 FIXTURES = (tiny, tiny_dir, toy_corpus)  # pytest fixtures from conftest_model, used by name below
 
@@ -38,9 +38,41 @@ def test_evaluate_writes_predictions_and_metrics_on_the_toy_corpus(tiny, toy_cor
     assert saved["classes"] == CLASSES and saved["metrics"]["n"] == len(test)
     expected_js = metrics.js(labels.p_matrix(test), p_hat).mean()
     assert abs(saved["metrics"]["js"] - expected_js) < 1e-4  # scored from what was written
-    assert 0 <= saved["format_rate"] <= 1 and saved["tower_calls"] == len(test)
+    assert 0 <= saved["format_rate"] <= 1 and saved["tower_calls"] == len(test) and saved["format_check"] == "cot"
     assert saved["prior"]["n"] == len(test) and "ci95" in saved
     assert result["metrics"]["js"] == saved["metrics"]["js"]
+
+
+NOCOT = "<answer>sadness</answer>"
+WITH_COT = ("<think>\nKeywords: soft\nStep 1 (text): Plain words.\nStep 2 (audio): Volume: soft. Speed: slow. "
+            "Pitch: low. Tone: breathy.\nStep 3 (synthesis): Mostly sadness.\n</think>\n<answer>sadness</answer>")
+
+
+def test_the_format_check_fits_the_variant():
+    """A no-CoT answer passes the no-CoT check and fails the CoT check; a CoT completion the reverse."""
+    assert cot.well_formed(NOCOT, CLASSES, use_cot=False) and not cot.well_formed(NOCOT, CLASSES, use_cot=True)
+    assert cot.well_formed(WITH_COT, CLASSES, use_cot=True) and not cot.well_formed(WITH_COT, CLASSES, use_cot=False)
+    assert cot.well_formed(" <answer>Sadness</answer>\n", CLASSES, use_cot=False)      # case and whitespace
+    for broken in ("sadness", "<answer>rage</answer>", "<answer>sadness", "x <answer>sadness</answer>",
+                   "<answer>sadness</answer><answer>anger</answer>"):
+        assert not cot.well_formed(broken, CLASSES, use_cot=False), broken
+    reasoner = cot.get_format("audio_reasoner")
+    assert cot.well_formed("<RESPONSE>anger</RESPONSE>", CLASSES, reasoner, use_cot=False)
+    # GRPO always reasons: its format reward keeps the CoT check
+    assert rewards.format_reward([WITH_COT, NOCOT], classes=CLASSES) == [1.0, 0.0]
+
+
+def test_a_model_without_cot_is_judged_by_the_answer_alone(tiny, toy_corpus, tmp_path):
+    model, processor = tiny
+    _, df = toy_corpus
+    train, test = labels.split(df, 0)
+    cfg = _cfg(tmp_path, use_cot=False, strategy="sft_nocot")
+    out = tmp_path / "runs" / "toy" / "sft_nocot" / "fold0"
+    saved = evaluate.evaluate(model, processor, test.iloc[:4], cfg, out,
+                              results.prior_distribution(labels.p_matrix(train)), progress=False)
+    completions = results.read_predictions(out)["completion"]
+    assert all(cot.answer_ok(c, CLASSES) for c in completions)
+    assert saved["format_rate"] == 1.0 and saved["format_check"] == "answer"
 
 
 def test_run_base_evaluates_the_untouched_model_into_its_run_folder(toy_corpus, tmp_path):
