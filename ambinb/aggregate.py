@@ -231,6 +231,46 @@ def reasoning(run_root: str, dataset: str, strategies: list[str], folds: list[in
     return pd.DataFrame(rows).set_index("strategy") if rows else pd.DataFrame()
 
 
+def gold_thinks(run_root: str, dataset: str, prompt_version: str) -> dict[str, str]:
+    """``utt_id -> think block`` of every record of the curated CoT store (``<run_root>/<dataset>/curation/
+    cot.jsonl``) for ``prompt_version`` that holds one, accepted or not: its audio step words the measured
+    prosody whichever attempt it is. Empty when there is no store."""
+    from ambinb.curation import STORE_FILE, load_curated
+
+    curated = load_curated(resolve_path(run_root) / dataset / "curation" / STORE_FILE, prompt_version)
+    return {str(u): c for u, c in zip(curated["utt_id"], curated["cot"], strict=True)
+            if isinstance(c, str) and c.strip()}
+
+
+def finished_folds(run_root: str, dataset: str, strategy: str) -> list[int]:
+    """The folds of ``<run_root>/<dataset>/<strategy>/`` with a finished evaluation, in order."""
+    base = resolve_path(run_root) / dataset / strategy
+    found = [int(p.name[4:]) for p in base.glob("fold*") if p.name[4:].isdigit() and results.is_finished(p)]
+    return sorted(found)
+
+
+def perception(run_root: str, dataset: str, folds: list[int], strategy: str = "base") -> pd.DataFrame:
+    """Does the model hear the prosody? :func:`ambinb.perception.agreement` of the directions its generated
+    think blocks state (``predictions.jsonl`` of each finished fold) against the curated think block of the
+    same utterance (:func:`gold_thinks`, the run's ``prompt_version``), the folds' held-out utterances pooled.
+
+    Indexed ``(aspect, dimension)``; columns ``agree``, ``chance``, ``n``, ``unstated``. Utterances the
+    store lacks are left out (curation covers a fold's training rows, so a test fold has gold blocks once
+    another fold's training run curated them). Empty when no fold finished or none wrote completions.
+    """
+    from ambinb import perception as perception_mod
+
+    preds = pooled_predictions(run_root, dataset, strategy, folds)
+    if preds.empty or "completion" not in preds:
+        return pd.DataFrame()
+    folder = resolve_path(run_root) / dataset / strategy / f"fold{int(preds['fold'].iloc[0])}"
+    gold = gold_thinks(run_root, dataset, str(results.read_metrics(folder)["params"]["prompt_version"]))
+    kept = preds[preds["utt_id"].astype(str).isin(gold)]
+    stated = [perception_mod.read_directions(str(c)) for c in kept["completion"]]
+    truth = [perception_mod.read_directions(gold[str(u)]) for u in kept["utt_id"]]
+    return perception_mod.agreement(stated, truth)
+
+
 def pooled_ci(run_root: str, dataset: str, strategy: str, folds: list[int], n_boot: int = 1000,
               seed: int = 0) -> dict[str, tuple[float, float]]:
     """Bootstrap 95 % CIs of every metric over all held-out utterances of the finished folds."""
