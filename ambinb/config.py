@@ -169,7 +169,8 @@ RULES: dict[str, Rule] = {
     "backoff_max": _at_least(0), "prompt_version": _text(r"[\w.-]+", "letters, digits, _ . or -"),
     "price_prompt_per_1k": _at_least(0), "price_completion_per_1k": _at_least(0),
     "curation_subset": _one_of("train", "all"), "prosody_cache": _NOT_EMPTY,
-    "prosody_workers": _at_least(1), "classical_c": _positive(), "classical_min_df": _at_least(1),
+    "prosody_workers": _at_least(1), "prosody_reference": Rule(choices="ambinb.prosody:REFERENCES"),
+    "classical_c": _positive(), "classical_min_df": _at_least(1),
     # prompt, readout, rollouts, evaluation
     "max_new_tokens": _at_least(1), "temperature": _at_least(0), "top_p": Rule(low=0, high=1, low_open=True),
     "rollout_k": _at_least(1), "rollout_batch_size": _at_least(1), "rollout_backend": _one_of("hf", "vllm"),

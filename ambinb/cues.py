@@ -31,10 +31,11 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "neutral": (),
 }
 
-# Which direction of each prosody dimension is typical of each class (+1 above the speaker's usual,
-# -1 below, 0 close to it). After the vocal-emotion literature (e.g. Juslin & Laukka 2003):
-# hot anger is loud, fast, tense and rough; joy high, varied and fast; sadness soft, slow, low,
-# flat and breathy; fear fast, high and breathy; disgust slow, low and rough; neutral unremarkable.
+# Which direction of each prosody dimension is typical of each class (+1 above the reference voice
+# of ambinb.prosody.REFERENCES, -1 below, 0 close to it). After the vocal-emotion literature (e.g.
+# Juslin & Laukka 2003): hot anger is loud, fast, tense and rough; joy high, varied and fast;
+# sadness soft, slow, low, flat and breathy; fear fast, high and breathy; disgust slow, low and
+# rough; neutral unremarkable.
 PROTOTYPES: dict[str, dict[str, int]] = {
     "anger": {"loudness": 1, "rate": 1, "pitch_var": 1, "tension": 1, "roughness": 1},
     "happiness": {"loudness": 1, "rate": 1, "pitch": 1, "pitch_var": 1},
@@ -74,8 +75,8 @@ def text_cues(transcript: str, classes: Iterable[str]) -> dict[str, list[str]]:
 def supported_classes(dim: str, z: float, classes: Iterable[str]) -> list[str]:
     """Classes whose prototype agrees with a measured dimension (:data:`PROTOTYPES`).
 
-    A dimension at least :data:`ambinb.prosody.NEAR` from the speaker's usual supports the classes
-    with that direction; a dimension close to the usual supports the classes marked 0 (neutral).
+    A dimension at least :data:`ambinb.prosody.NEAR` from the reference voice supports the classes
+    with that direction; a dimension close to it supports the classes marked 0 (neutral).
     Example: ``supported_classes("loudness", 1.2, ["anger", "sadness", "neutral"])`` -> ``["anger"]``.
     """
     if z is None or not math.isfinite(z):
@@ -84,11 +85,15 @@ def supported_classes(dim: str, z: float, classes: Iterable[str]) -> list[str]:
     return [c for c in classes if PROTOTYPES.get(c, {}).get(dim) == sign]
 
 
-def describe_prosody(zscores: dict[str, float]) -> dict[str, str]:
-    """One plain sentence per audio aspect (Volume, Speed, Pitch, Tone) from the speaker z-scores."""
+def describe_prosody(zscores: dict[str, float], reference: str = "corpus") -> dict[str, str]:
+    """One plain sentence per audio aspect (Volume, Speed, Pitch, Tone) from the z-scores against
+    ``reference`` (:data:`ambinb.prosody.REFERENCES`).
+
+    Example: ``describe_prosody({"loudness": 1.4})["Volume"]`` -> ``"much louder than a typical voice"``.
+    """
     out = {}
     for aspect, dims in ASPECT_DIMENSIONS.items():
-        words = [prosody.describe(d, zscores.get(d, float("nan"))) for d in dims]
+        words = [prosody.describe(d, zscores.get(d, float("nan")), reference) for d in dims]
         words = list(dict.fromkeys(words))
         out[aspect] = "; ".join(words)
     return out

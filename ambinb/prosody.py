@@ -1,4 +1,4 @@
-"""Measured prosody: openSMILE eGeMAPS functionals per utterance, relative to the speaker's baseline.
+"""Measured prosody: openSMILE eGeMAPS functionals per utterance, relative to a reference voice.
 
 Three layers, each a small function:
 
@@ -6,10 +6,16 @@ Three layers, each a small function:
    package (offline) and caches them on disk, one row per file keyed by its absolute path, size
    and modification time, so a rerun reads the table instead of measuring again and an edited or
    regenerated wav is measured afresh.
-2. :func:`speaker_zscores` turns every column into a z-score against the same speaker's other
-   utterances (mean and standard deviation over that speaker's rows; labels are never used).
+2. :func:`speaker_zscores` turns every column into a z-score within a group of utterances (mean and
+   standard deviation over the group's rows; labels are never used). The group is the
+   ``prosody_reference`` (:data:`REFERENCES`, :func:`reference_groups`):
+
+   * ``corpus`` (the default): every utterance of the dataset that has audio, one group. A listener
+     who hears one clip can judge it against voices in general, so a model can hear these words.
+   * ``speaker``: the same speaker's other utterances. More precise about the speaker's state, but
+     one clip does not carry the speaker's usual voice, so a model cannot hear these words.
 3. :func:`dimensions` folds the z-scores into six readable dimensions, and :func:`describe` words
-   them relative to the speaker's usual voice::
+   them relative to the reference::
 
        loudness   loudness, equivalent sound level                  louder / softer
        rate       loudness peaks and voiced segments per second,
@@ -21,10 +27,10 @@ Three layers, each a small function:
                   fundamental mean breathiness)                     tenser / breathier voice
        roughness  jitter and shimmer                                rougher / steadier voice
 
-   Each dimension is the mean of its signed z-scores, z-scored again per speaker so that one
-   scale of words fits all six: ``|z| < 0.5`` is "close to the speaker's usual", ``0.5 <= |z| <
-   1.25`` is "somewhat", and larger is "much" (e.g. ``z = +1.4`` on loudness -> "much louder than
-   the speaker's usual").
+   Each dimension is the mean of its signed z-scores, z-scored again within the same groups so
+   that one scale of words fits all six: ``|z| < 0.5`` is "close to", ``0.5 <= |z| < 1.25`` is
+   "somewhat", and larger is "much" (e.g. ``z = +1.4`` on loudness -> "much louder than a typical
+   voice" against the corpus, "much louder than the speaker's usual" against the speaker).
 
 :func:`prosody_table` runs the three on a dataset table. Utterances without audio (``audio_path``
 is "") get NaN numbers and the words "not measured".
@@ -60,7 +66,7 @@ DIMENSIONS: dict[str, tuple[tuple[str, float], ...]] = {
                 ("hammarbergIndexV_sma3nz_amean", -1.0), ("logRelF0-H1-H2_sma3nz_amean", -1.0)),
     "roughness": (("jitterLocal_sma3nz_amean", 1.0), ("shimmerLocaldB_sma3nz_amean", 1.0)),
 }
-# dimension -> (word for z > 0, word for z < 0, noun for "close to the speaker's usual ...")
+# dimension -> (word for z > 0, word for z < 0, noun for "close to a typical ...")
 WORDS: dict[str, tuple[str, str, str]] = {
     "loudness": ("louder", "softer", "loudness"),
     "rate": ("faster", "slower", "speaking rate"),
@@ -68,6 +74,12 @@ WORDS: dict[str, tuple[str, str, str]] = {
     "pitch_var": ("more varied in pitch", "flatter in pitch", "pitch variation"),
     "tension": ("tenser", "breathier", "voice quality"),
     "roughness": ("rougher", "steadier", "voice steadiness"),
+}
+# prosody_reference -> (what "louder than ..." compares with, what "close to ... <noun>" says,
+# the reference in a sentence of its own)
+REFERENCES: dict[str, tuple[str, str, str]] = {
+    "corpus": ("a typical voice", "a typical", "a typical voice of the corpus"),
+    "speaker": ("the speaker's usual", "the speaker's usual", "this speaker's usual voice"),
 }
 
 
@@ -193,10 +205,11 @@ def _write_cache(cache: pd.DataFrame, cache_dir: str | os.PathLike) -> None:
 
 
 def speaker_zscores(features: pd.DataFrame, speakers: Iterable[str]) -> pd.DataFrame:
-    """Z-score every column within each speaker: (x - speaker mean) / speaker std (ddof 0).
+    """Z-score every column within each group: (x - group mean) / group std (ddof 0).
 
-    A column that is constant for a speaker (or a speaker with one utterance) gives 0; NaN rows
-    (no audio) stay NaN and do not enter the speaker's statistics.
+    The groups are speakers for the ``speaker`` reference, one group for the ``corpus``
+    (:func:`reference_groups`). A column that is constant in a group (or a group of one utterance)
+    gives 0; NaN rows (no audio) stay NaN and do not enter the group's statistics.
 
     Example: one speaker, column values [1, 2, 3] -> mean 2, std 0.8165 -> [-1.2247, 0, 1.2247].
     """
@@ -210,41 +223,58 @@ def speaker_zscores(features: pd.DataFrame, speakers: Iterable[str]) -> pd.DataF
     return z.where(features.isna(), z.fillna(0.0))
 
 
+def reference_groups(df: pd.DataFrame, reference: str) -> list[str]:
+    """The group each row of a dataset table is z-scored in: its ``speaker``, or one ``corpus`` group.
+
+    Example: speakers ``[a, a, b]`` -> ``speaker``: ``["a", "a", "b"]``; ``corpus``: ``["corpus"] * 3``.
+    """
+    if reference == "speaker":
+        return list(df["speaker"].astype(str))
+    if reference == "corpus":
+        return ["corpus"] * len(df)
+    raise ValueError(f"prosody_reference={reference!r}: choose one of {list(REFERENCES)}")
+
+
 def dimensions(z: pd.DataFrame, speakers: Iterable[str]) -> pd.DataFrame:
-    """The six readable dimensions of :data:`DIMENSIONS` from speaker z-scores, re-z-scored per speaker."""
+    """The six readable dimensions of :data:`DIMENSIONS` from z-scores, re-z-scored in the same groups."""
     composite = pd.DataFrame(
         {dim: sum(sign * z[col] for col, sign in cols) / len(cols) for dim, cols in DIMENSIONS.items()},
         index=z.index)
     return speaker_zscores(composite, speakers)
 
 
-def describe(dim: str, z: float) -> str:
-    """Words for one dimension's z-score relative to the speaker's usual voice.
+def describe(dim: str, z: float, reference: str = "corpus") -> str:
+    """Words for one dimension's z-score relative to the ``reference`` (:data:`REFERENCES`).
 
-    Examples: ``describe("loudness", 1.4)`` -> ``"much louder than the speaker's usual"``;
-    ``describe("rate", -0.7)`` -> ``"somewhat slower than the speaker's usual"``;
-    ``describe("pitch", 0.1)`` -> ``"close to the speaker's usual pitch level"``.
+    Examples (corpus): ``describe("loudness", 1.4)`` -> ``"much louder than a typical voice"``;
+    ``describe("rate", -0.7)`` -> ``"somewhat slower than a typical voice"``;
+    ``describe("pitch", 0.1)`` -> ``"close to a typical pitch level"``; with ``reference="speaker"``
+    the first is ``"much louder than the speaker's usual"``.
     """
     up, down, noun = WORDS[dim]
+    than, near, _ = REFERENCES[reference]
     if z is None or not np.isfinite(z):
         return "not measured"
     if abs(z) < NEAR:
-        return f"close to the speaker's usual {noun}"
+        return f"close to {near} {noun}"
     size = "much" if abs(z) >= MUCH else "somewhat"
-    return f"{size} {up if z > 0 else down} than the speaker's usual"
+    return f"{size} {up if z > 0 else down} than {than}"
 
 
 def prosody_table(df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame:
     """Measured prosody of every utterance of a dataset table, indexed by ``utt_id``.
 
     Columns: the six dimensions' z-scores (``loudness``, ``rate``, ...), then their words
-    (``loudness_words``, ...). Uses ``cfg["prosody_cache"]`` and ``cfg["prosody_workers"]``.
-    Speaker baselines use every utterance of the speaker that has audio (never its label).
+    (``loudness_words``, ...). Uses ``cfg["prosody_cache"]``, ``cfg["prosody_workers"]`` and
+    ``cfg["prosody_reference"]``: the reference is every row of ``df`` that has audio (``corpus``)
+    or every row of the same speaker that has audio (``speaker``), never a label. Pass the whole
+    dataset and select rows afterwards: the corpus reference depends on which rows are given.
     """
-    raw = utterance_features(df, cfg)
-    dims = dimensions(speaker_zscores(raw, df["speaker"].astype(str)), df["speaker"].astype(str))
+    reference = cfg["prosody_reference"]
+    groups = reference_groups(df, reference)
+    dims = dimensions(speaker_zscores(utterance_features(df, cfg), groups), groups)
     for dim in DIMENSIONS:
-        dims[f"{dim}_words"] = [describe(dim, v) for v in dims[dim]]
+        dims[f"{dim}_words"] = [describe(dim, v, reference) for v in dims[dim]]
     return dims
 
 
@@ -264,10 +294,11 @@ def speaker_normalised(df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame:
     return speaker_zscores(utterance_features(df, cfg), df["speaker"].astype(str))
 
 
-def by_class_figure(table: pd.DataFrame, label: pd.Series) -> Any:
-    """One box plot per prosody dimension: the speaker z-scores grouped by ``label`` (e.g. consensus).
+def by_class_figure(table: pd.DataFrame, label: pd.Series, reference: str = "corpus") -> Any:
+    """One box plot per prosody dimension: the z-scores grouped by ``label`` (e.g. consensus).
 
-    ``table`` is :func:`prosody_table`'s output; ``label`` is indexed by ``utt_id``.
+    ``table`` is :func:`prosody_table`'s output; ``label`` is indexed by ``utt_id``; ``reference``
+    is the ``prosody_reference`` the table was made with (it names the y axis).
     """
     import matplotlib.pyplot as plt
 
@@ -281,6 +312,6 @@ def by_class_figure(table: pd.DataFrame, label: pd.Series) -> Any:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         up, down, _ = WORDS[dim]
         ax.set_title(f"{dim}\n(+ {up.split(' than')[0]})", fontsize=9)
-    axes[0].set_ylabel("z within speaker")
+    axes[0].set_ylabel("z over the corpus" if reference == "corpus" else "z within speaker")
     fig.tight_layout()
     return fig

@@ -56,10 +56,10 @@ def make_cfg(tmp_path: Path, **overrides) -> dict:
     return config.resolve(dataset="toy", strategy="base", fold=0, overrides=base)
 
 
-def item(p=(0.7, 0.0, 0.0, 0.3), transcript="Stop lying to me!", prosody=None) -> curation.Item:
+def item(p=(0.7, 0.0, 0.0, 0.3), transcript="Stop lying to me!", prosody=None, **kw) -> curation.Item:
     pros = prosody if prosody is not None else {"loudness": 1.3, "rate": 0.8, "pitch": 0.1, "pitch_var": 0.2,
                                                 "tension": 0.9, "roughness": -0.1}
-    return curation.Item("u1", transcript, "", tuple(CLASSES), tuple(p), pros)
+    return curation.Item("u1", transcript, "", tuple(CLASSES), tuple(p), pros, **kw)
 
 
 def lines(path: Path) -> list[dict]:
@@ -122,8 +122,20 @@ def test_template_cot_is_deterministic_well_formed_and_names_majority_and_minori
     assert all(parts[k] for k in ("keywords", "text", "audio", "synthesis"))
     assert all(f"{a}:" in parts["audio"] for a in cot.AUDIO_ASPECTS)
     assert "majority reading is anger" in parts["synthesis"] and "minority reading is neutral" in parts["synthesis"]
-    assert "much louder than the speaker's usual (cue for anger or happiness)" in parts["audio"]
+    assert "Volume: much louder than a typical voice (cue for anger or happiness)." in parts["audio"]
+    assert "Pitch: close to a typical pitch level; close to a typical pitch variation (cue for" in parts["audio"]
+    assert "speaker" not in think
     assert not any(ch.isdigit() for ch in parts["synthesis"])
+
+
+def test_template_cot_words_the_speaker_reference_when_asked():
+    audio = cot.parse_think(curation.template_cot(item(reference="speaker")))["audio"]
+    assert "Volume: much louder than the speaker's usual (cue for anger or happiness)." in audio
+    assert "close to the speaker's usual pitch level" in audio and "typical" not in audio
+    corpus = curation.template_cot(item())
+    # the same cues are cited either way: the reader's distribution does not depend on the reference
+    np.testing.assert_allclose(curation.read_template_cot(corpus, CLASSES),
+                               curation.read_template_cot(curation.template_cot(item(reference="speaker")), CLASSES))
 
 
 def test_template_synthesis_with_tied_leaders_names_no_majority():
@@ -151,6 +163,14 @@ def test_contradicted_target_is_rejected_and_agreeing_one_accepted():
     # the recorded JS is the metric's JS between the target and the recorded reader distribution
     q = np.array([[contradicted["validation"][c] for c in CLASSES]])
     assert abs(metrics.js(np.array([[0, 0, 1.0, 0]]), q)[0] - contradicted["validation_js"]) < 1e-5
+
+
+def test_writer_chat_names_the_reference_of_the_measured_prosody():
+    corpus = curation.generation_messages(item())[1]["content"]
+    assert ("Measured prosody relative to a typical voice of the corpus (openSMILE eGeMAPS): "
+            "Volume: much louder than a typical voice.") in corpus
+    speaker = curation.generation_messages(item(reference="speaker"))[1]["content"]
+    assert "relative to this speaker's usual voice" in speaker and "much louder than the speaker's usual" in speaker
 
 
 def test_no_audio_is_said_not_invented():
@@ -271,8 +291,9 @@ def test_curate_template_train_only_resumes_and_feeds_training(tmp_path):
     cots = curation.accepted_cots(cfg)
     assert set(cots) == {r["utt_id"] for r in records if r["accepted"]}
     assert json.loads((path.parent / "summary.json").read_text())["accepted"] == summary["accepted"]
+    assert {r["prosody_reference"] for r in records} == {cfg["prosody_reference"]} == {"corpus"}
     # a new prompt version curates afresh beside the old records
-    curation.curate({**cfg, "prompt_version": "v2"}, df, progress=False)
+    curation.curate({**cfg, "prompt_version": cfg["prompt_version"] + "-next"}, df, progress=False)
     assert len(lines(path)) == 2 * len(train_ids)
 
 
@@ -294,7 +315,8 @@ def test_curate_template_on_real_speech_cites_measured_prosody(tmp_path, speech)
     assert len(records) == summary["utterances"] == int((df["fold"] != 0).sum())
     audio_steps = [cot.parse_think(r["cot"])["audio"] for r in records]
     assert not any("not measured" in a for a in audio_steps)
-    assert sum("than the speaker's usual" in a for a in audio_steps) > len(records) // 2
+    assert sum("than a typical voice" in a for a in audio_steps) > len(records) // 2
+    assert not any("speaker" in a for a in audio_steps)
 
 
 def test_curate_refuses_another_writer_under_the_same_prompt_version(tmp_path):
@@ -307,6 +329,25 @@ def test_curate_refuses_another_writer_under_the_same_prompt_version(tmp_path):
 
     with pytest.raises(curation.CurationError, match="set a new prompt_version"):
         curation.curate(cfg, make_table(8), backend=Other(), progress=False)
+
+
+def test_one_prompt_version_holds_one_prosody_reference(tmp_path):
+    """Records worded against the corpus are not reused, nor trained on, under the speaker reference
+    (and a record written before the reference was recorded counts as speaker-relative)."""
+    df = make_table(6)
+    cfg = make_cfg(tmp_path)
+    curation.curate(cfg, df, progress=False)
+    speaker = {**cfg, "prosody_reference": "speaker"}
+    with pytest.raises(curation.CurationError, match=r"worded against \['corpus'\].*set a new prompt_version"):
+        curation.curate(speaker, make_table(8), progress=False)
+    with pytest.raises(curation.CurationError, match="prosody_reference='speaker'"):
+        curation.accepted_cots(speaker)
+    assert curation.accepted_cots(cfg)
+    legacy = {"utt_id": "old", "prompt_version": "v0", "status": "accepted", "accepted": True, "cot": "x"}
+    curation.CotStore(curation.store_path(cfg)).append(legacy)
+    assert curation.accepted_cots({**speaker, "prompt_version": "v0"}) == {"old": "x"}
+    with pytest.raises(curation.CurationError, match=r"\['speaker'\]"):
+        curation.accepted_cots({**cfg, "prompt_version": "v0"})
 
 
 # --- the openai backend against the local fake server ----------------------------------------------

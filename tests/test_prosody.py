@@ -117,6 +117,19 @@ def test_dimensions_are_signed_means_of_zscores_rezscored():
 
 
 @pytest.mark.parametrize("dim, z, words", [
+    ("loudness", 1.4, "much louder than a typical voice"),
+    ("rate", -0.7, "somewhat slower than a typical voice"),
+    ("pitch", 0.1, "close to a typical pitch level"),
+    ("pitch_var", -1.25, "much flatter in pitch than a typical voice"),
+    ("tension", -0.5, "somewhat breathier than a typical voice"),
+    ("roughness", 0.49, "close to a typical voice steadiness"),
+    ("roughness", float("nan"), "not measured"),
+])
+def test_describe_against_the_corpus(dim, z, words):
+    assert prosody.describe(dim, z) == prosody.describe(dim, z, "corpus") == words
+
+
+@pytest.mark.parametrize("dim, z, words", [
     ("loudness", 1.4, "much louder than the speaker's usual"),
     ("rate", -0.7, "somewhat slower than the speaker's usual"),
     ("pitch", 0.1, "close to the speaker's usual pitch level"),
@@ -124,16 +137,57 @@ def test_dimensions_are_signed_means_of_zscores_rezscored():
     ("tension", -0.5, "somewhat breathier than the speaker's usual"),
     ("roughness", float("nan"), "not measured"),
 ])
-def test_describe(dim, z, words):
-    assert prosody.describe(dim, z) == words
+def test_describe_against_the_speaker(dim, z, words):
+    assert prosody.describe(dim, z, "speaker") == words
 
 
-def test_prosody_table_with_and_without_audio(wavs, tmp_path):
+def test_reference_groups():
+    df = pd.DataFrame({"speaker": ["a", "a", "b"]})
+    assert prosody.reference_groups(df, "speaker") == ["a", "a", "b"]
+    assert prosody.reference_groups(df, "corpus") == ["corpus"] * 3
+    with pytest.raises(ValueError, match="prosody_reference='session'"):
+        prosody.reference_groups(df, "session")
+
+
+def _three_utterances(monkeypatch) -> pd.DataFrame:
+    """Three utterances of two speakers whose every eGeMAPS column is [1, 3, 8] (NaN for a fourth without audio)."""
+    df = pd.DataFrame({"utt_id": ["u1", "u2", "u3", "u4"], "speaker": ["s", "s", "t", "t"], "audio_path": ""})
+    names = prosody.feature_names()
+    values = np.repeat(np.array([[1.0], [3.0], [8.0], [np.nan]]), len(names), axis=1)
+    feats = pd.DataFrame(values, index=pd.Index(df["utt_id"], name="utt_id"), columns=names)
+    monkeypatch.setattr(prosody, "utterance_features", lambda frame, cfg: feats.loc[list(frame["utt_id"])])
+    return df
+
+
+def test_prosody_table_against_the_corpus_by_hand(monkeypatch):
+    """Corpus: mean 4, std sqrt(((1-4)^2 + (3-4)^2 + (8-4)^2) / 3) = sqrt(26/3) = 2.94392, so pitch (one
+    column, re-z-scored: unchanged) is (-3, -1, 4) / 2.94392 = (-1.01905, -0.33968, 1.35873); the
+    speaker reference gives s (-1, 1) and t, alone, 0."""
+    df = _three_utterances(monkeypatch)
+    cfg = {"prosody_cache": "unused", "prosody_workers": 1}
+    corpus = prosody.prosody_table(df, {**cfg, "prosody_reference": "corpus"})
+    np.testing.assert_allclose(corpus["pitch"][:3], [-1.01905, -0.33968, 1.35873], atol=1e-5)
+    assert list(corpus["pitch_words"]) == ["somewhat lower-pitched than a typical voice",
+                                           "close to a typical pitch level",
+                                           "much higher-pitched than a typical voice", "not measured"]
+    speaker = prosody.prosody_table(df, {**cfg, "prosody_reference": "speaker"})
+    np.testing.assert_allclose(speaker["pitch"][:3], [-1.0, 1.0, 0.0])
+    assert list(speaker["pitch_words"][:3]) == ["somewhat lower-pitched than the speaker's usual",
+                                                "somewhat higher-pitched than the speaker's usual",
+                                                "close to the speaker's usual pitch level"]
+    # a dimension with a negative sign (rate: minus mean voiced-segment length) still re-z-scores to +-1
+    np.testing.assert_allclose(corpus["rate"][:3], [-1.01905, -0.33968, 1.35873], atol=1e-5)
+
+
+@pytest.mark.parametrize("reference, than", [("speaker", "than the speaker's usual"),
+                                             ("corpus", "than a typical voice")])
+def test_prosody_table_with_and_without_audio(wavs, tmp_path, reference, than):
     df = pd.DataFrame({"utt_id": ["u1", "u2", "u3", "u4"], "speaker": ["s", "s", "s", "t"],
                        "audio_path": [str(wavs["a220"]), str(wavs["a110"]), str(wavs["soft220"]), ""]})
-    table = prosody.prosody_table(df, {"prosody_cache": str(tmp_path / "cache"), "prosody_workers": 1})
+    cfg = {"prosody_cache": str(tmp_path / "cache"), "prosody_workers": 1, "prosody_reference": reference}
+    table = prosody.prosody_table(df, cfg)
     assert list(table.index) == ["u1", "u2", "u3", "u4"]
-    assert table.loc["u1", "pitch"] > 0 > table.loc["u2", "pitch"]  # 220 Hz is higher than this speaker's usual
-    assert table.loc["u3", "loudness"] < 0 and "softer" in table.loc["u3", "loudness_words"]
+    assert table.loc["u1", "pitch"] > 0 > table.loc["u2", "pitch"]  # 220 Hz is higher than the reference
+    assert table.loc["u3", "loudness"] < 0 and table.loc["u3", "loudness_words"].endswith("softer " + than)
     assert table.loc["u4"].drop([c for c in table.columns if c.endswith("_words")]).isna().all()
     assert table.loc["u4", "loudness_words"] == "not measured"

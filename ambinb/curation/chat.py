@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ambinb import cot
+from ambinb import cot, prosody
 from ambinb.cues import describe_prosody
 from ambinb.curation.errors import AttemptError
 from ambinb.curation.items import Item
@@ -53,10 +53,10 @@ def generation_messages(item: Item, send_audio: bool = False, feedback: np.ndarr
                         audio_b64: str | None = None) -> list[dict[str, Any]]:
     """The writer's chat: instructions, then the classes, transcript, measured prosody, target split
     (and the audio as ``input_audio`` when ``send_audio``)."""
-    measured = describe_prosody(item.prosody) if item.prosody else {}
+    measured = describe_prosody(item.prosody, item.reference) if item.prosody else {}
     lines = [f"Labels: {', '.join(item.classes)}", f'Transcript: "{item.transcript}"']
     if measured and any(v != "not measured" for v in measured.values()):
-        lines.append("Measured prosody relative to this speaker's usual voice (openSMILE eGeMAPS): "
+        lines.append(f"Measured prosody relative to {prosody.REFERENCES[item.reference][2]} (openSMILE eGeMAPS): "
                      + " ".join(f"{a}: {s}." for a, s in measured.items()))
     lines.append(f"Listeners' split (JSON): {_fmt_dist(item.classes, item.p_gt)}")
     if feedback is not None:

@@ -19,7 +19,8 @@ class Item:
     audio_path: str
     classes: tuple[str, ...]
     p_gt: tuple[float, ...]
-    prosody: dict[str, float] = field(default_factory=dict)  # dimension -> speaker z (NaN: not measured)
+    prosody: dict[str, float] = field(default_factory=dict)  # dimension -> z-score (NaN: not measured)
+    reference: str = "corpus"  # what the z-scores compare with (ambinb.prosody.REFERENCES)
 
     @property
     def target(self) -> np.ndarray:
@@ -43,9 +44,9 @@ def class_names(df: pd.DataFrame) -> list[str]:
     return names
 
 
-def make_items(df: pd.DataFrame, table: pd.DataFrame | None = None) -> list[Item]:
+def make_items(df: pd.DataFrame, table: pd.DataFrame | None = None, reference: str = "corpus") -> list[Item]:
     """One :class:`Item` per row of a dataset table, with its prosody dimensions from ``table``
-    (:func:`ambinb.prosody.prosody_table`) if given."""
+    (:func:`ambinb.prosody.prosody_table`, made with ``prosody_reference`` ``reference``) if given."""
     classes = tuple(class_names(df))
     p = metrics.check_distributions(df[[f"p_{c}" for c in classes]].to_numpy(), "p_gt")
     items = []
@@ -55,5 +56,5 @@ def make_items(df: pd.DataFrame, table: pd.DataFrame | None = None) -> list[Item
         if table is not None and utt in table.index:
             pros = {d: float(table.at[utt, d]) for d in prosody.DIMENSIONS}
         items.append(Item(utt, str(row.transcript), str(row.audio_path or ""), classes,
-                          tuple(float(v) for v in p[i]), pros))
+                          tuple(float(v) for v in p[i]), pros, reference))
     return items

@@ -15,7 +15,7 @@ from ambinb.curation.attempts import add_tokens, curate_one
 from ambinb.curation.errors import CurationError
 from ambinb.curation.items import Item, make_items
 from ambinb.curation.openai_backend import OpenAIBackend
-from ambinb.curation.store import CotStore, RunLock, store_path
+from ambinb.curation.store import CotStore, RunLock, check_same_reference, store_path
 from ambinb.curation.template import TemplateBackend
 
 SUMMARY_FILE = "summary.json"
@@ -93,13 +93,12 @@ def to_curate(chosen: list[str], done: dict[tuple[str, str], dict[str, Any]], ve
 
 
 def _items(cfg: dict[str, Any], df: pd.DataFrame, rows: pd.DataFrame) -> list[Item]:
-    """The items of ``rows``, with prosody when the dataset has audio (each speaker's baseline from
-    all of that speaker's audio, never a label)."""
+    """The items of ``rows``, with prosody when the dataset has audio: z-scores against every
+    utterance of ``df`` that has audio, or of the same speaker (``prosody_reference``), never a label."""
     pros = None
     if (df["audio_path"].fillna("").astype(str) != "").any():
-        speakers = set(rows["speaker"].astype(str))
-        pros = prosody.prosody_table(df[df["speaker"].astype(str).isin(speakers)], cfg)
-    return make_items(rows, pros)
+        pros = prosody.prosody_table(df, cfg)
+    return make_items(rows, pros, cfg["prosody_reference"])
 
 
 def _curate_items(backend: Any, items: list[Item], store: CotStore, new: list[dict[str, Any]],
@@ -113,6 +112,7 @@ def _curate_items(backend: Any, items: list[Item], store: CotStore, new: list[di
     bar = progress_bar(total=len(items), desc=f"curating ({backend.name})", disable=not progress)
 
     def keep(record: dict[str, Any]) -> None:
+        record["prosody_reference"] = cfg["prosody_reference"]  # the wording of its audio step
         store.append(record)
         new.append(record)
         bar.update(1)
@@ -183,6 +183,7 @@ def curate(cfg: dict[str, Any], df: pd.DataFrame | None = None, subset: str | No
         store.repair()
         done = store.latest()
         check_same_writer(done, backend, version, path)
+        check_same_reference(done.values(), cfg["prosody_reference"], version, path)
         todo, retried = to_curate(chosen_ids, done, version, bool(cfg["redo_failed"]))
         if todo:
             items = _items(cfg, df, chosen[chosen["utt_id"].astype(str).isin(set(todo))])

@@ -3,7 +3,8 @@
 Records are keyed by ``(utt_id, prompt_version)``; they are appended with flush and fsync, a rerun
 skips finished keys, and a truncated last line left by a crash is dropped and redone
 (:class:`CotStore`). :class:`RunLock` keeps two runs from appending at once; training reads the
-accepted think blocks through :func:`accepted_cots`.
+accepted think blocks through :func:`accepted_cots`. Each record names the ``prosody_reference`` its
+audio step was worded against; one prompt version holds one reference (:func:`check_same_reference`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 
 STORE_FILE = "cot.jsonl"
 RECORD_COLUMNS = ["utt_id", "prompt_version", "status", "accepted", "cot", "p_gt", "validation", "validation_js",
-                  "attempts", "backend", "model", "tokens", "error", "time"]
+                  "attempts", "backend", "model", "tokens", "error", "time", "prosody_reference"]
+LEGACY_REFERENCE = "speaker"  # the prosody_reference of records written before it was recorded
 
 
 class CotStore:
@@ -136,8 +139,28 @@ def load_curated(path: str | os.PathLike, prompt_version: str | None = None) -> 
     return pd.DataFrame(rows, columns=RECORD_COLUMNS) if rows else pd.DataFrame(columns=RECORD_COLUMNS)
 
 
+def check_same_reference(records: Iterable[dict[str, Any]], reference: str, version: str, path: Path) -> None:
+    """Refuse records of ``version`` whose prosody was worded against another ``prosody_reference``.
+
+    A record without the field was written before it was recorded (:data:`LEGACY_REFERENCE`).
+    Example: records of v2 written with ``speaker``, ``reference="corpus"`` -> CurationError.
+    """
+    other = {r.get("prosody_reference", LEGACY_REFERENCE) for r in records if r["prompt_version"] == version}
+    other -= {reference}
+    if other:
+        raise CurationError(f"{path} holds prompt_version {version!r} records whose prosody is worded against "
+                            f"{sorted(other)}, not prosody_reference={reference!r}: set a new prompt_version "
+                            "for this reference (or another run_root)")
+
+
 def accepted_cots(cfg: dict[str, Any]) -> dict[str, str]:
-    """``utt_id -> think block`` of the accepted records of ``cfg["prompt_version"]`` (for training)."""
-    df = load_curated(store_path(cfg), cfg["prompt_version"])
+    """``utt_id -> think block`` of the accepted records of ``cfg["prompt_version"]`` (for training).
+
+    Raises:
+        CurationError: the records were worded against another ``prosody_reference`` than ``cfg``'s.
+    """
+    path = store_path(cfg)
+    check_same_reference(CotStore(path).latest().values(), cfg["prosody_reference"], cfg["prompt_version"], path)
+    df = load_curated(path, cfg["prompt_version"])
     df = df[df["accepted"].astype(bool)] if len(df) else df
     return dict(zip(df["utt_id"].astype(str), df["cot"].astype(str), strict=True))

@@ -1,8 +1,9 @@
 """The offline ``template`` backend: a deterministic writer and a reader that never sees the target.
 
 The writer builds the steps from emotion words found in the transcript
-(:data:`ambinb.cues.LEXICON`) and the speaker-relative prosody of :mod:`ambinb.prosody`, marks each
-cue with the classes it supports (:data:`ambinb.cues.PROTOTYPES`), and writes a synthesis whose
+(:data:`ambinb.cues.LEXICON`) and the measured prosody of :mod:`ambinb.prosody`, worded against the
+item's reference voice (by default a typical voice of the corpus, which one clip carries), marks
+each cue with the classes it supports (:data:`ambinb.cues.PROTOTYPES`), and writes a synthesis whose
 hedges follow p_gt (:data:`ambinb.curation.hedges.HEDGES`). Attempt 1 cites every measured cue,
 attempt 2 only cues for classes in the target, attempt 3 also states that the remaining cues are
 outweighed.
@@ -71,8 +72,12 @@ def text_step(item: Item, allowed: set[str] | None = None) -> tuple[list[str], s
 
 
 def audio_step(item: Item, allowed: set[str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """Keywords and step 2: one clause per prosody dimension, grouped by audio aspect, each marked
-    with the classes it supports (only those in ``allowed``; None: every class)."""
+    """Keywords and step 2: one clause per prosody dimension, grouped by audio aspect, worded against
+    ``item.reference`` and marked with the classes it supports (only those in ``allowed``; None: every class).
+
+    Example: loudness z = +1.4 over (anger, happiness, sadness, neutral), corpus reference ->
+    Volume ``"much louder than a typical voice (cue for anger or happiness)."``, keyword ``loud``.
+    """
     classes = list(item.classes)
     keywords: list[str] = []
     audio = {}
@@ -84,7 +89,8 @@ def audio_step(item: Item, allowed: set[str] | None = None) -> tuple[list[str], 
         clauses = []
         for d in dims:
             z = item.prosody.get(d, float("nan"))
-            clauses.append(prosody.describe(d, z) + _cue_mark(_kept(supported_classes(d, z, classes), allowed)))
+            marked = _cue_mark(_kept(supported_classes(d, z, classes), allowed))
+            clauses.append(prosody.describe(d, z, item.reference) + marked)
             if math.isfinite(z) and abs(z) >= prosody.NEAR:
                 keywords.append(SHORT_WORDS[d][0 if z > 0 else 1])
         audio[aspect] = "; ".join(clauses) + "."
