@@ -3,8 +3,10 @@
 ``<book>/generated/`` is rebuilt from scratch each time: one page per chapter in ``CHAPTERS``
 (the executed notebook when its run exists, its outputs cleaned by :mod:`ambinb.outputs`: no
 progress-bar refreshes, stderr once, no absolute paths; else a page that says which command makes
-it) and a reproducibility appendix listing, per run folder, the parameters, versions, git commit and
-wall time recorded there (paths in it relative too).
+it), a reproducibility appendix listing, per run folder, the parameters, versions, git commit and
+wall time recorded there (paths in it relative too), and the tables that hand-written pages include:
+``standin_perception.md`` (``book/standin.md``, :func:`standin_perception`) and
+``benchmark_tables.md`` (``book/benchmarks.md``).
 
 The book folder is ``book/`` in the checkout, or ``$AMBINB_BOOK_DIR`` when set (a test builds a
 copy made by :func:`copy_sources` there, so it never overwrites the user's built book)::
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ambinb import benchpage, config, outputs
+from ambinb import aggregate, benchpage, config, outputs
 from ambinb.paths import display_path, project_root, resolve_path
 
 BOOK_DIR_ENV = "AMBINB_BOOK_DIR"
@@ -214,6 +216,21 @@ def reproducibility_page(run_root: Path) -> str:
     return page
 
 
+def standin_perception(run_root: Path, dataset: str) -> str:
+    """The table of ``book/standin.md``: what the untrained stand-in hears, :func:`ambinb.aggregate.perception`
+    over every finished fold of ``<run_root>/<dataset>/base/``, or a note saying which runs make it."""
+    folds = aggregate.finished_folds(str(run_root), dataset, "base")
+    table = aggregate.perception(str(run_root), dataset, folds) if folds else None
+    if table is None or table.empty or not table["n"].any():
+        return (f":::{{note}}\nNo finished base run of `{dataset}` whose think blocks can be compared with the "
+                f"curated ones yet. `make report` makes them (`{dataset}/base/fold<k>/` under the run root, "
+                "and the curated store of the training runs).\n:::\n")
+    shown = table.reset_index().round({"agree": 2, "chance": 2, "unstated": 2})
+    return (f"Base runs of `{dataset}`, held-out folds {', '.join(map(str, folds))} pooled; `n` counts the "
+            "utterances whose curated think block states the dimension.\n\n"
+            + shown.to_markdown(index=False) + "\n")
+
+
 def assemble(run_root: str = "runs", dataset: str = "toy", fold: int = 0,
              book: str | os.PathLike | None = None) -> Path:
     """Write ``<book>/generated/`` from the run folders (chapters 03-05 show fold ``fold``); return it."""
@@ -229,6 +246,7 @@ def assemble(run_root: str = "runs", dataset: str = "toy", fold: int = 0,
             (gen / f"{name}.md").write_text(_placeholder(name, display_path(executed, root)))
     (gen / "reproducibility.md").write_text(outputs.relative_text(reproducibility_page(root), root))
     (gen / "benchmark_tables.md").write_text(benchpage.bench_tables())  # included by benchmarks.md
+    (gen / "standin_perception.md").write_text(standin_perception(root, dataset))  # included by standin.md
     return gen
 
 

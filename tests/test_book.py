@@ -25,7 +25,7 @@ from browser import chromium
 from bs4 import BeautifulSoup
 from PIL import Image
 
-from ambinb import aggregate, book, metrics, notebook, results
+from ambinb import aggregate, book, curation, metrics, notebook, prosody, results
 from ambinb.paths import run_dir
 
 FIXTURES = (chromium,)  # a pytest fixture from browser, used by name below
@@ -38,6 +38,7 @@ NOISE = {"base": 0.8, "classical": 0.5, "sft": 0.3, "sft_ce": 0.5, "sft_nocot": 
          "grpo": 0.6}
 CROSS = aggregate.cross_name("crema_d", "iemocap")
 CROSS_NOISE = {"sft": 0.5, "sft_nocot": 0.7}
+DIMS = tuple(prosody.WORDS)
 SCREEN = (1280, 2000)
 INLINE = "module://matplotlib_inline.backend_inline"
 
@@ -53,8 +54,39 @@ def _prediction(dataset: str, strategy: str, fold: int, noise: float) -> np.ndar
     return (1 - noise) * _truth(dataset, fold) + noise * mix
 
 
+def _heard(k: int, i: int, said: bool) -> dict[str, float]:
+    """The prosody z-scores of toy utterance ``i`` of fold ``k`` (``said``: as the base model's think block
+    words them, which gets every third utterance's loudness and rate wrong)."""
+    z = dict(zip(DIMS, np.random.default_rng(100 * k + i).normal(0, 1.2, size=len(DIMS)), strict=True))
+    if said and i % 3 == 0:
+        z.update(loudness=-z["loudness"] if abs(z["loudness"]) >= prosody.NEAR else 2.0, rate=0.0)
+    return z
+
+
+def _think(k: int, i: int, said: bool) -> str:
+    item = curation.Item(f"toy-f{k}-u{i}", "I am here.", "", tuple(CLASSES), tuple(_truth("toy", k)[i]),
+                         _heard(k, i, said))
+    return curation.template_cot(item)
+
+
+def write_base_cots(root: Path) -> list[str]:
+    """The base runs' completions (fold-major) and the curated store's think blocks of the same utterances."""
+    store = curation.CotStore(root / "toy" / "curation" / curation.STORE_FILE)
+    for k in FOLDS:
+        for i in range(N_UTT):
+            store.append({"utt_id": f"toy-f{k}-u{i}", "prompt_version": "v1", "status": "accepted",
+                          "accepted": True, "cot": _think(k, i, said=False)})
+    return [_think(k, i, said=True) + "\n<answer>anger</answer>" for k in FOLDS for i in range(N_UTT)]
+
+
+def _bin(z: float) -> int:
+    return 0 if abs(z) < prosody.NEAR else int(np.sign(z))
+
+
 def write_fake_sweep(root: Path) -> list[Path]:
-    """Run folders like a toy sweep's (every strategy in NOISE, folds 0-1) and a cross-domain SFT pair."""
+    """Run folders like a toy sweep's (every strategy in NOISE, folds 0-1) and a cross-domain SFT pair; the base
+    runs wrote think blocks, and the curated store holds those of their utterances."""
+    base_cots = write_base_cots(root)
     folders = []
     plan = [("toy", st, noise) for st, noise in NOISE.items()] + [(CROSS, st, n) for st, n in CROSS_NOISE.items()]
     for dataset, strategy, noise in plan:
@@ -64,9 +96,13 @@ def write_fake_sweep(root: Path) -> list[Path]:
                    "run_root": str(root), "lr": 1e-4, "layers": ["defaults.yaml", f"strategies/{strategy}.yaml"]}
             if dataset == CROSS:
                 cfg.update(train_dataset="crema_d", test_dataset="iemocap")
+            said = base_cots[k * N_UTT: (k + 1) * N_UTT] if strategy == "base" else None
+            if said:
+                cfg.update(prompt_version="v1")
             results.write_evaluation(out, [f"{dataset}-f{k}-u{i}" for i in range(N_UTT)], CLASSES,
                                      _truth(dataset, k), _prediction(dataset, strategy, k, noise),
-                                     np.full(len(CLASSES), 0.25), cfg, extra={"wall_time_s": 12.0 + k})
+                                     np.full(len(CLASSES), 0.25), cfg, completions=said,
+                                     extra={"wall_time_s": 12.0 + k})
             folders.append(out)
     return folders
 
@@ -181,7 +217,7 @@ def test_book_dir_is_configurable(monkeypatch, tmp_path):
 def test_every_page_is_built(built):
     html, _, _, _ = built
     assert (html / "index.html").exists()
-    for page in ("intro", "method", "running-at-scale", "troubleshooting"):
+    for page in ("intro", "method", "standin", "running-at-scale", "troubleshooting"):
         assert (html / f"{page}.html").exists(), page
     for name in [*book.CHAPTERS, "reproducibility"]:
         assert (html / "generated" / f"{name}.html").exists(), name
@@ -239,6 +275,39 @@ def test_results_page_ends_with_the_summary_of_the_runs(built):
     text = _section(_page(html, "06_ablations"), "Summary").get_text(" ", strip=True)
     best = min(NOISE, key=lambda s: _fold_mean_sd("toy", s, "js")[0])
     assert f"Lowest mean JS: {best} ({_fold_mean_sd('toy', best, 'js')[0]:.3f}; the prior:" in text, text
+
+
+def test_standin_page_shows_what_the_base_runs_hear(built):
+    """The stand-in page's table comes from the base runs' think blocks and the curated store, at build time."""
+    html, root, _, _ = built
+    soup = BeautifulSoup((html / "standin.html").read_text(), "html.parser")
+    assert soup.find("h1").get_text(strip=True).startswith("The stand-in")
+    assert soup.find("a", href=re.compile(r"^method\.html"))          # the build story stays in the method page
+    table = _section(soup, "What it perceives").find("table")
+    assert table is not None, "the perception table is not rendered as a table"
+    head = [th.get_text(strip=True) for th in table.find("thead").find_all("th")]
+    assert head == ["aspect", "dimension", "agree", "chance", "n", "unstated"]
+    rows = {tr.find_all("td")[1].get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")]
+            for tr in table.find("tbody").find_all("tr")}
+    assert set(rows) == set(DIMS)
+    for dim in DIMS:   # against the z-scores the fake runs were written from
+        said = [_bin(_heard(k, i, True)[dim]) for k in FOLDS for i in range(N_UTT)]
+        gold = [_bin(_heard(k, i, False)[dim]) for k in FOLDS for i in range(N_UTT)]
+        agree = np.mean(np.array(said) == np.array(gold))
+        chance = max(gold.count(v) for v in set(gold)) / len(gold)
+        assert rows[dim][2:] == [f"{agree:.2f}".rstrip("0").rstrip("."), f"{chance:.2f}".rstrip("0").rstrip("."),
+                                 str(len(gold)), "0"], dim
+    assert float(rows["loudness"][2]) < 1 and float(rows["pitch"][2]) == 1   # the wrong third shows
+    direct = aggregate.perception(str(root), "toy", FOLDS)
+    assert direct.loc[("Volume", "loudness"), "agree"] == pytest.approx(float(rows["loudness"][2]), abs=0.005)
+    # 06 shows the same check beside the reasoning check
+    section = _section(_page(html, "06_ablations"), "Does the base model hear the prosody?")
+    assert section.find("table") is not None
+
+
+def test_standin_table_says_which_runs_make_it_when_there_are_none(tmp_path):
+    text = book.standin_perception(tmp_path / "runs", "toy")
+    assert "No finished base run of `toy`" in text and "make report" in text
 
 
 def test_reproducibility_page_lists_every_run_folder(built):
