@@ -1,0 +1,149 @@
+"""The tower probe: can a linear read-out of one clip's audio-tower output tell its prosody words?
+
+The curator words each prosody dimension as below, close to, or above a reference voice
+(:func:`ambinb.prosody.describe`: ``|z| < NEAR`` is "close to"). A model can only learn words its
+audio carries. The probe asks, per dimension, whether the frozen tower's output of one clip
+predicts that three-way bin (-1, 0, +1) of the gold z-score:
+
+1. :func:`pool` summarises each utterance's tower output (n_i frames x d) by its mean and
+   standard deviation over frames (2d features);
+2. :func:`probe_dimension` fits a standardised logistic regression on all groups but one (a
+   session, or a speaker: the held-out voices are never seen) and scores the held-out group, for
+   every group in turn;
+3. :func:`probe` does this for every dimension and sets each accuracy beside its chance: on each
+   held-out group, the share of rows in the training groups' majority bin.
+
+:func:`tower_features` computes the pooled tower outputs of a dataset table with the run's model
+and feature cache (``feature_cache_dir``), so later chapters reuse what it computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ambinb import prosody
+
+C = 1.0  # the logistic regression's inverse L2 strength (on standardised features)
+
+
+def pool(features: Sequence[Any]) -> np.ndarray:
+    """Mean and standard deviation (ddof 0) over frames of each utterance's tower output.
+
+    Args:
+        features: one (n_i, d) array or tensor per utterance.
+
+    Returns:
+        (N, 2d) float64: the d means, then the d standard deviations.
+
+    Example: one utterance ``[[1, 2], [3, 2]]`` -> ``[[2, 2, 1, 0]]``.
+    """
+    rows = []
+    for f in features:
+        a = f.detach().float().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)
+        a = a.astype(np.float64)
+        rows.append(np.concatenate([a.mean(axis=0), a.std(axis=0)]))
+    return np.stack(rows)
+
+
+def bins(z: Any) -> np.ndarray:
+    """The three-way bin of z-scores: 0 when ``|z| < prosody.NEAR``, else the sign (NaN stays NaN).
+
+    Example: ``[1.4, -0.7, 0.1, 0.5]`` -> ``[1, -1, 0, 1]``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    return np.where(np.isnan(z), np.nan, np.where(np.abs(z) < prosody.NEAR, 0.0, np.sign(z)))
+
+
+def held_out_predictions(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's and the majority class's predictions for the rows outside ``train`` (a boolean mask).
+
+    The probe is ``StandardScaler`` then multinomial ``LogisticRegression(C=C)`` fit on the training
+    rows; with one class among them it predicts that class. Example: training bins ``[0, 0, 1]`` ->
+    the majority prediction is 0 for every held-out row.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    values, counts = np.unique(y[train], return_counts=True)
+    majority = np.full(int((~train).sum()), values[int(np.argmax(counts))])
+    if len(values) == 1:
+        return majority.copy(), majority
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+    model.fit(x[train], y[train])
+    return model.predict(x[~train]), majority
+
+
+def probe_dimension(x: np.ndarray, z: Any, groups: Any) -> dict[str, float]:
+    """Leave-one-group-out accuracy of the probe on the bins of ``z`` (rows with NaN ``z`` are left out).
+
+    Args:
+        x: (N, k) features (e.g. :func:`pool`).
+        z: (N,) gold z-scores of one dimension.
+        groups: (N,) the held-out unit of each row (session or speaker).
+
+    Returns:
+        ``accuracy`` and ``chance`` (the training majority's accuracy) over every held-out row, and ``n``.
+
+    Example: features equal to the bins, two groups -> accuracy 1.0.
+    """
+    y = bins(z)
+    keep = ~np.isnan(y)
+    x, y, groups = np.asarray(x, dtype=np.float64)[keep], y[keep].astype(int), np.asarray(groups)[keep]
+    right = chance = n = 0
+    for g in pd.unique(groups):
+        train = groups != g
+        if not train.any():  # one group: nothing to hold out
+            continue
+        predicted, majority = held_out_predictions(x, y, train)
+        right += int((predicted == y[~train]).sum())
+        chance += int((majority == y[~train]).sum())
+        n += int((~train).sum())
+    return {"accuracy": right / n if n else float("nan"), "chance": chance / n if n else float("nan"), "n": n}
+
+
+def probe(x: np.ndarray, table: pd.DataFrame, groups: Any) -> pd.DataFrame:
+    """:func:`probe_dimension` for every prosody dimension of ``table`` (:func:`ambinb.prosody.prosody_table`,
+    rows in the order of ``x``).
+
+    Returns:
+        One row per dimension: ``accuracy``, ``chance``, ``gain`` (accuracy - chance) and ``n``.
+    """
+    rows = {dim: probe_dimension(x, table[dim].to_numpy(), groups) for dim in prosody.DIMENSIONS}
+    out = pd.DataFrame(rows).T[["accuracy", "chance", "n"]]
+    out.insert(2, "gain", out["accuracy"] - out["chance"])
+    out["n"] = out["n"].astype(int)
+    out.index.name = "dimension"
+    return out
+
+
+def probe_groups(df: pd.DataFrame) -> np.ndarray:
+    """The held-out unit of each row of a dataset table: its ``session`` if the table has one, else its ``speaker``."""
+    column = "session" if "session" in df.columns else "speaker"
+    return df[column].astype(str).to_numpy()
+
+
+def tower_features(df: pd.DataFrame, cfg: dict[str, Any], progress: bool = True) -> np.ndarray:
+    """:func:`pool` of the frozen tower's output for every row of a dataset table (each needs audio).
+
+    The model is the run's (:func:`ambinb.model.load_model`); the outputs go through the run's
+    feature cache (:func:`ambinb.evaluate.feature_cache`), so a later chapter reads them back.
+    """
+    from ambinb import audio, evaluate
+    from ambinb import model as model_mod
+    from ambinb.progress import bar
+
+    model, processor = model_mod.load_model(cfg)
+    cache = evaluate.feature_cache(model, processor, cfg)
+    records = df.to_dict("records")
+    pooled = []
+    step = 64
+    for start in bar(range(0, len(records), step), desc="tower outputs", disable=not progress):
+        chunk = records[start: start + step]
+        waves = [audio.load_row_audio(r, cfg) for r in chunk]
+        pooled.append(pool(cache.features([str(r["utt_id"]) for r in chunk], waves)))
+    return np.concatenate(pooled)
