@@ -11,7 +11,8 @@ predicts that three-way bin (-1, 0, +1) of the gold z-score:
    session, or a speaker: the held-out voices are never seen) and scores the held-out group, for
    every group in turn;
 3. :func:`probe` does this for every dimension and sets each accuracy beside its chance: on each
-   held-out group, the share of rows in the training groups' majority bin.
+   held-out group, the share of rows in the training groups' majority bin; :func:`by_reference`
+   does it for the bins against the corpus and against the speaker, side by side.
 
 :func:`tower_features` computes the pooled tower outputs of a dataset table with the run's model
 and feature cache (``feature_cache_dir``), so later chapters reuse what it computed.
@@ -119,6 +120,20 @@ def probe(x: np.ndarray, table: pd.DataFrame, groups: Any) -> pd.DataFrame:
     out["n"] = out["n"].astype(int)
     out.index.name = "dimension"
     return out
+
+
+def by_reference(x: np.ndarray, df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame:
+    """:func:`probe` of the gold bins under each ``prosody_reference`` (:data:`ambinb.prosody.REFERENCES`),
+    side by side: columns (reference, metric), one row per dimension.
+
+    ``df`` holds the rows of ``x`` in order, each with audio (the corpus reference is every one of
+    them); the groups are :func:`probe_groups`. The corpus bins are the words a clip can carry; the
+    speaker bins need the speaker's usual voice, so a probe of one clip should find less of them.
+    """
+    groups = probe_groups(df)
+    utts = df["utt_id"].astype(str)
+    return pd.concat({ref: probe(x, prosody.prosody_table(df, {**cfg, "prosody_reference": ref}).loc[utts], groups)
+                      for ref in prosody.REFERENCES}, axis=1)
 
 
 def probe_groups(df: pd.DataFrame) -> np.ndarray:

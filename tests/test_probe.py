@@ -86,6 +86,31 @@ def test_probe_table_has_one_row_per_dimension():
     assert out.loc["loudness", "accuracy"] == out.loc["loudness", "chance"] == 1.0  # every bin 0
 
 
+def test_by_reference_sets_corpus_and_speaker_bins_side_by_side(monkeypatch):
+    """Speakers s and t, two sessions; every eGeMAPS column is 1, 2, 3 for s and 11, 12, 13 for t in
+    each session. Against the speaker the bins are (-1, 0, +1) for both, the middle one 0 (|z| = 0);
+    against the corpus s is all -1 and t all +1 (|z| >= 0.9). Features that say the speaker find
+    the corpus bins, and chance for the speaker bins."""
+    df = pd.DataFrame({"utt_id": [f"u{i}" for i in range(12)], "speaker": (["s"] * 3 + ["t"] * 3) * 2,
+                       "session": [1] * 6 + [2] * 6, "audio_path": "x.wav"})
+    values = np.tile([1.0, 2.0, 3.0, 11.0, 12.0, 13.0], 2)
+    feats = pd.DataFrame(np.repeat(values[:, None], len(prosody.feature_names()), axis=1),
+                         index=pd.Index(df["utt_id"], name="utt_id"), columns=prosody.feature_names())
+    monkeypatch.setattr(prosody, "utterance_features", lambda frame, cfg: feats.loc[list(frame["utt_id"])])
+    x = (df["speaker"] == "t").to_numpy(dtype=float)[:, None]
+    out = probe.by_reference(x, df, {"prosody_cache": "unused", "prosody_workers": 1})
+    assert list(out.columns.get_level_values(0).unique()) == ["corpus", "speaker"]
+    signed = out.drop(index="tension")  # tension's columns (two + and two -) cancel: every bin 0
+    assert (out.loc["tension"] == [1.0, 1.0, 0.0, 12] * 2).all()
+    # corpus z of (1, 2, 3, 11, 12, 13): (x - 7) / 5.066, |z| >= 0.79; the training majority is a
+    # tie (the lowest bin, -1), right on half the held-out rows
+    assert (signed[("corpus", "accuracy")] == 1.0).all() and (signed[("corpus", "chance")] == 0.5).all()
+    # speaker bins (-1, 0, 1) per speaker: the tie's -1 is right 1 in 3, and so is any prediction
+    # that depends on the speaker alone
+    np.testing.assert_allclose(signed[("speaker", "chance")], 1 / 3)
+    np.testing.assert_allclose(signed[("speaker", "accuracy")], 1 / 3)
+
+
 def test_probe_groups_prefer_the_session():
     df = pd.DataFrame({"speaker": ["s1", "s2"], "session": [1, 1]})
     np.testing.assert_array_equal(probe.probe_groups(df), ["1", "1"])
