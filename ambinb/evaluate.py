@@ -6,10 +6,15 @@ format failure), and writes ``predictions.jsonl`` and ``metrics.json`` through
 :func:`ambinb.results.write_evaluation`, with the training-prior predictor scored beside it.
 :func:`run_base` is the whole ``base`` strategy: load the data and the model, evaluate untouched.
 
-Extra entries in ``metrics.json``: ``format_rate`` (share passing the variant's format check,
-:func:`ambinb.cot.well_formed`: think block then answer, or the answer alone for ``use_cot: false``;
-``format_check`` names which, ``cot`` or ``answer``),
-``answer_tag_rate`` (share where the model wrote the answer tag itself), ``mean_completion_tokens``,
+A model trained without a think block (``use_cot: false``) is read out right after the prompt and
+the answer tag (:func:`direct_readout`), and separately writes a short greedy completion from the
+prompt alone (:func:`generate_answers`), which is what its format check judges.
+
+Extra entries in ``metrics.json``: ``format_rate`` (share of the generated completions passing the
+variant's format check, :func:`ambinb.cot.well_formed`: think block then answer, or the answer alone
+for ``use_cot: false``; ``format_check`` names which, ``cot`` or ``answer``),
+``answer_tag_rate`` (share where the model wrote the answer tag itself; for ``use_cot: false``, a
+class name inside the answer tags), ``mean_completion_tokens``,
 ``seconds`` (generation, readout, total) and ``tower_calls`` (utterances the audio encoder saw).
 """
 
@@ -30,6 +35,8 @@ from ambinb.progress import bar as progress_bar
 
 # use_cot -> the name of the format check metrics.json records beside format_rate
 FORMAT_CHECKS = {True: "cot", False: "answer"}
+# tokens a use_cot: false completion may write beyond the longest <answer>class</answer><|im_end|>
+NOCOT_SLACK_TOKENS = 4
 
 
 def classes_of(df: pd.DataFrame) -> list[str]:
@@ -65,14 +72,56 @@ def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], cl
     return p.astype(np.float64), texts
 
 
+def nocot_budget(tokenizer: Any, classes: list[str], fmt: cot.OutputFormat) -> int:
+    """Tokens a ``use_cot: false`` completion is given: the longest ``<answer>class</answer><|im_end|>``
+    over ``classes`` plus :data:`NOCOT_SLACK_TOKENS` (room to show it would write more)."""
+    return max(len(prompt.completion_ids(tokenizer, "", c, fmt).ids) for c in classes) + NOCOT_SLACK_TOKENS
+
+
+def generate_answers(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str],
+                     cfg: dict[str, Any]) -> list[tuple[str, list[int]]]:
+    """What a ``use_cot: false`` model writes from the prompt alone: one greedy completion per utterance
+    through the rollout path (:func:`ambinb.rollout.generate_group`, K = 1, LoRA merged as
+    ``rollout_merge_lora`` says), with ``max_new_tokens`` overridden by :func:`nocot_budget`; it stops
+    at the answer close tag or ``<|im_end|>``.
+
+    Returns:
+        ``[(text, generated ids)]`` per utterance, the text decoded without special tokens.
+    """
+    from ambinb.merge import merged_lora
+
+    tok = processor.tokenizer
+    fmt = cot.get_format(cfg["prompt_preset"])
+    was_training = model.training
+    model.eval()
+    with merged_lora(model, bool(cfg["rollout_merge_lora"])):
+        groups = rollout.generate_group(model, tok, encoded, 1, nocot_budget(tok, classes, fmt), greedy=True,
+                                        fmt=fmt, decode=str(cfg["rollout_decode"]))
+    if was_training:
+        model.train()
+    out = []
+    for e, ((ids, stop),) in zip(encoded, groups):
+        out.append((rollout.make_trajectory(tok, e.utt_id, ids, stop, classes, fmt).text, list(ids)))
+    return out
+
+
+def answer_found(completion: str, classes: list[str], fmt: cot.OutputFormat) -> bool:
+    """Whether ``completion`` holds a class name (case-insensitive) between the answer tags, wherever
+    they sit; :func:`ambinb.cot.answer_ok` also asks that nothing else surrounds them."""
+    answer = cot.split_output(completion, fmt)[1]
+    return answer is not None and answer.lower() in {c.lower() for c in classes}
+
+
 def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
             cache: audio_mod.AudioFeatureCache | None = None, progress: bool = True) -> dict[str, Any]:
     """Greedy CoT and p_hat for every row of ``df``.
 
     A model trained without a think block (``use_cot: false``, the ``sft_nocot`` strategy) is read
-    out right after the prompt and the answer tag, as it was trained; it generates nothing, and its
-    completion ``<answer>top class</answer>`` is judged by :func:`ambinb.cot.answer_ok` (it passes by
-    construction: the read-out slot is always found).
+    out right after the prompt and the answer tag, as it was trained (p_hat, :func:`direct_readout`).
+    Its completion is what it writes itself: a short greedy generation from the prompt alone
+    (:func:`generate_answers`, a few tokens beyond the longest ``<answer>class</answer><|im_end|>``),
+    judged by :func:`ambinb.cot.answer_ok`; ``answer_found`` says whether it holds a class name in
+    the answer tags, ``tokens`` counts its generated ids.
 
     Returns:
         ``{"p_hat": (N, C) array, "completions": [...], "format_ok": [...], "answer_found": [...],
@@ -91,15 +140,21 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
         encoded = prompt.encode_rows(batch, prompt_classes, processor, cache, cfg)
         seconds["encode"] += time.perf_counter() - t0
         if not cfg["use_cot"]:
+            fmt = cot.get_format(cfg["prompt_preset"])
             t0 = time.perf_counter()
-            p, text = direct_readout(model, processor, encoded, classes, cfg)
-            seconds["readout"] += time.perf_counter() - t0
+            p, _ = direct_readout(model, processor, encoded, classes, cfg)
+            t1 = time.perf_counter()
+            written = generate_answers(model, processor, encoded, classes, cfg)
+            seconds["readout"] += t1 - t0
+            seconds["generate"] += time.perf_counter() - t1
             p_hat.append(p)
-            texts += text
-            ok += [cot.well_formed(t, classes, cot.get_format(cfg["prompt_preset"]), use_cot=False) for t in text]
-            found += [True] * len(text)
-            tokens += [0] * len(text)
+            for text, ids in written:
+                texts.append(text)
+                ok.append(cot.well_formed(text, classes, fmt, use_cot=False))
+                found.append(answer_found(text, classes, fmt))
+                tokens.append(len(ids))
             bar.update(len(batch))
+            bar.set_postfix(format=f"{np.mean(ok):.2f}")
             continue
         group = rollout.rollout(model, processor, encoded, classes, cfg, k=1, greedy=True)
         for key in ("generate", "readout"):

@@ -62,17 +62,60 @@ def test_the_format_check_fits_the_variant():
     assert rewards.format_reward([WITH_COT, NOCOT], classes=CLASSES) == [1.0, 0.0]
 
 
-def test_a_model_without_cot_is_judged_by_the_answer_alone(tiny, toy_corpus, tmp_path):
+def test_a_model_without_cot_is_judged_by_what_it_writes(tiny, toy_corpus, tmp_path):
+    """use_cot: false: p_hat is read out after prompt + answer tag, but the completion (and the format
+    check) is the model's own short greedy generation, not an ``<answer>top class</answer>`` made up
+    from p_hat. The untrained stand-in starts a think block, so it fails the answer-alone check."""
     model, processor = tiny
     _, df = toy_corpus
     train, test = labels.split(df, 0)
+    rows = test.iloc[:4]
     cfg = _cfg(tmp_path, use_cot=False, strategy="sft_nocot")
     out = tmp_path / "runs" / "toy" / "sft_nocot" / "fold0"
-    saved = evaluate.evaluate(model, processor, test.iloc[:4], cfg, out,
+    saved = evaluate.evaluate(model, processor, rows, cfg, out,
                               results.prior_distribution(labels.p_matrix(train)), progress=False)
-    completions = results.read_predictions(out)["completion"]
-    assert all(cot.answer_ok(c, CLASSES) for c in completions)
-    assert saved["format_rate"] == 1.0 and saved["format_check"] == "answer"
+    preds = results.read_predictions(out)
+    completions = list(preds["completion"])
+    encoded = prompt.encode_rows(rows, CLASSES, processor, A.AudioFeatureCache(model, processor.feature_extractor), cfg)
+    p_direct, synthesized = evaluate.direct_readout(model, processor, encoded, CLASSES, cfg)
+    written = evaluate.generate_answers(model, processor, encoded, CLASSES, cfg)
+    assert completions == [text for text, _ in written]           # generated, and recorded as such
+    assert completions != synthesized
+    budget = evaluate.nocot_budget(processor.tokenizer, CLASSES, cot.AMBINB)
+    assert all(0 < len(ids) <= budget for _, ids in written) and budget < cfg["max_new_tokens"]
+    assert saved["format_check"] == "answer"
+    assert saved["format_rate"] == pytest.approx(np.mean([cot.answer_ok(c, CLASSES) for c in completions]))
+    assert saved["answer_tag_rate"] == pytest.approx(
+        np.mean([evaluate.answer_found(c, CLASSES, cot.AMBINB) for c in completions]))
+    assert saved["mean_completion_tokens"] == pytest.approx(np.mean([len(ids) for _, ids in written]))
+    # p_hat is still the read-out after prompt + answer tag
+    p_hat = np.array(preds["p_hat"].tolist())
+    assert np.allclose(p_hat, p_direct / p_direct.sum(axis=1, keepdims=True), atol=1e-5)
+
+
+def test_a_malformed_generation_fails_the_no_cot_format_check(tiny, toy_corpus, tmp_path, monkeypatch):
+    """With generation forced to write a malformed answer for the first utterance and a well-formed
+    one for the second, format_ok and answer_found follow the text; p_hat does not depend on it."""
+    model, processor = tiny
+    tok = processor.tokenizer
+    _, df = toy_corpus
+    rows = labels.split(df, 0)[1].iloc[:2]
+    cfg = _cfg(tmp_path, use_cot=False, strategy="sft_nocot")
+    written = {"sadness</answer>": "budget", "<answer>sadness</answer>": "answer_close"}
+    budgets = []
+
+    def fake_generate_group(model, tokenizer, encoded, k, max_new_tokens, **kwargs):
+        budgets.append(max_new_tokens)
+        return [[(tok.encode(text, add_special_tokens=False), stop)] for text, stop in written.items()]
+
+    monkeypatch.setattr(evaluate.rollout, "generate_group", fake_generate_group)
+    out = evaluate.predict(model, processor, rows, cfg, progress=False)
+    assert out["completions"] == list(written)
+    assert out["format_ok"] == [False, True]
+    assert out["answer_found"] == [False, True]
+    assert budgets == [evaluate.nocot_budget(tok, CLASSES, cot.AMBINB)]
+    encoded = prompt.encode_rows(rows, CLASSES, processor, A.AudioFeatureCache(model, processor.feature_extractor), cfg)
+    assert np.allclose(out["p_hat"], evaluate.direct_readout(model, processor, encoded, CLASSES, cfg)[0], atol=1e-6)
 
 
 def test_run_base_evaluates_the_untouched_model_into_its_run_folder(toy_corpus, tmp_path):
