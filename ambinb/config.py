@@ -182,7 +182,8 @@ RULES: dict[str, Rule] = {
     "tiny_layers": _at_least(1), "tiny_heads": _at_least(1), "tiny_kv_heads": _at_least(1),
     "tiny_intermediate_size": _at_least(1), "tiny_audio_hidden_size": _at_least(1),
     "tiny_audio_layers": _at_least(1), "tiny_audio_heads": _at_least(1), "tiny_audio_ffn_size": _at_least(1),
-    "tiny_warmup_steps": _at_least(0), "tiny_warmup_batch_size": _at_least(1), "tiny_warmup_lr": _positive(),
+    "tiny_recordings": _at_least(2), "tiny_tower_lr": _positive(),
+    "tiny_warmup_steps": _at_least(0), "tiny_warmup_batch_size": _at_least(2), "tiny_warmup_lr": _positive(),
     # training engine
     "lr": _positive(), "lr_scale": _positive(), "weight_decay": _at_least(0), "warmup_ratio": _share(),
     "epochs": _positive(), "max_steps": _at_least(0), "batch_size": _at_least(1), "grad_accum": _at_least(1),

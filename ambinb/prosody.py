@@ -128,11 +128,16 @@ def measure(path: str | os.PathLike) -> np.ndarray:
     bad = int((~np.isfinite(samples)).sum())
     if bad:  # openSMILE would turn them into NaN functionals, silently
         raise ValueError(f"{path}: {bad} samples are NaN or inf; fix or replace the file")
+    # process_signal on samples read here is about twice as fast as process_file
+    return measure_samples(samples.mean(axis=1), rate, str(path))
+
+
+def measure_samples(samples: np.ndarray, rate: int, source: str) -> np.ndarray:
+    """The 88 eGeMAPS functionals of mono float samples, float64; ``source`` names them in errors."""
     try:
-        # process_signal on samples read here is about twice as fast as process_file
-        frame = _smile().process_signal(samples.mean(axis=1), rate)
+        frame = _smile().process_signal(samples, rate)
     except Exception as err:
-        raise ValueError(f"{path}: openSMILE could not measure this file: {err}") from err
+        raise ValueError(f"{source}: openSMILE could not measure this file: {err}") from err
     return frame.to_numpy(dtype=np.float64)[0]
 
 

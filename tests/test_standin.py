@@ -11,12 +11,24 @@ import torch
 from conftest_model import CLASSES, audio_logits, encode_waves, tiny, tiny_dir, tone
 
 from ambinb import audio as A
-from ambinb import config, rollout
+from ambinb import config, prosody, rollout
 from ambinb import model as M
 from ambinb import standin as S
-from ambinb.standin import batches, build, chats, completions, drills, pretrain, speech, words
+from ambinb.standin import (
+    batches,
+    build,
+    chats,
+    descriptions,
+    drills,
+    listening,
+    pretrain,
+    recordings,
+    speech,
+    words,
+)
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+SMALL_RECORDINGS = 12  # the small builds' speech corpus
 
 
 def tiny_args(**over) -> dict:
@@ -43,7 +55,7 @@ def small_build():
         for module, name in ((soundfile, "read"), (labels, "load_dataset"), (labels, "make_toy"), (toy, "make_toy"),
                              (toy, "ensure_toy"), (toy.corpus, "make_toy"), (toy.corpus, "ensure_toy")):
             patch.setattr(module, name, _refuse)
-        return S.make_tiny(**tiny_args(warmup_steps=3))
+        return S.make_tiny(**tiny_args(warmup_steps=3, recordings=SMALL_RECORDINGS, warmup_batch_size=4))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +103,7 @@ def test_tiny_has_the_real_classes_tokens_and_template(small_build):
 
 def test_build_is_deterministic_for_a_seed(small_build, fresh_build):
     model, processor, _ = small_build
-    again, processor2, _ = S.make_tiny(**tiny_args(warmup_steps=3))
+    again, processor2, _ = S.make_tiny(**tiny_args(warmup_steps=3, recordings=SMALL_RECORDINGS, warmup_batch_size=4))
     assert processor.tokenizer.get_vocab() == processor2.tokenizer.get_vocab()
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -107,12 +119,10 @@ def test_warm_up_sees_no_corpus_audio_and_no_labels(small_build):
 
 
 def test_the_warmed_up_stand_in_speaks_the_format(tiny):
-    """Sampled at temperature 1 on speech-like clips it has not heard (pure tones, unlike any speech,
-    pass about a third of the time: the warm-up hears speech only)."""
+    """Sampled at temperature 1 on recordings it has not heard (another seed than its own corpus's)."""
     model, processor = tiny
-    rng = np.random.default_rng(7)  # not the warm-up's clips (seed 0)
-    waves = [speech.synthetic_speech(rng, speech.draw_prosody(rng)) for _ in range(2)]
-    enc = encode_waves(model, processor, waves, ["I told you already.", "Fine."])
+    rec = recordings.record(2, seed=7)
+    enc = encode_waves(model, processor, rec.waves, rec.transcripts)
     cfg = config.resolve(overrides={"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "seed": 0})
     group = rollout.rollout(model, processor, enc, CLASSES, cfg, k=4)
     rate = np.mean([t.format_ok for t in group.flat()])
@@ -166,74 +176,75 @@ def test_a_concurrent_build_of_the_same_spec_is_kept_and_another_spec_replaced(t
     assert (out / "marker").read_text() == "third" and sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
 
 
-# --- the warm-up's synthetic data: what the think blocks say is what the audio and transcript hold ---
+# --- the pretraining data: what the answers say is what the audio and transcript hold ---------------
 
-def _frames(wave: np.ndarray, size: int = 640, hop: int = 160) -> np.ndarray:
-    n = 1 + max(0, len(wave) - size) // hop
-    return np.stack([wave[i * hop: i * hop + size] for i in range(n)])
+def test_the_speech_corpus_uses_no_toy_voice_and_no_toy_sentence():
+    from ambinb.toy.design import SENTENCES, SPEAKERS
 
-
-def _measure(wave: np.ndarray, sr: int = 16_000) -> dict[str, float]:
-    """Our own rough measurements: level (dB), median F0 (autocorrelation), F0 spread (semitones),
-    voiced segments per second (10 ms envelope above 20 % of its peak)."""
-    frames = _frames(wave)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    voiced = rms > 0.3 * rms.max()
-    level = 20 * np.log10(np.sqrt((wave[np.abs(wave) > 1e-3] ** 2).mean()))
-    f0s = []
-    for f in frames[voiced]:
-        f = f - f.mean()
-        ac = np.correlate(f, f, "full")[len(f) - 1:]
-        lo, hi = sr // 400, sr // 60
-        f0s.append(sr / (lo + int(np.argmax(ac[lo:hi]))))
-    semis = 12 * np.log2(np.asarray(f0s))
-    env = np.sqrt((_frames(wave, 160, 160) ** 2).mean(axis=1)) > 0.2 * rms.max()
-    onsets = int(env[0]) + int(np.sum(env[1:] & ~env[:-1]))
-    spread = float(np.percentile(semis, 90) - np.percentile(semis, 10))
-    return {"level": level, "f0": float(np.median(f0s)), "spread": spread, "rate": onsets / (len(wave) / sr)}
+    voices = recordings.pretraining_voices()
+    assert len(voices) > 150 and not {s.voice for s in SPEAKERS} & set(voices)
+    rec = recordings.record(6, seed=3)
+    bank = {s.lower() for sentences in SENTENCES.values() for s in sentences}
+    assert not {t.lower() for t in rec.transcripts} & bank
+    assert all(1.0 <= len(w) / 16_000 <= recordings.MAX_SECONDS for w in rec.waves)
+    assert rec.functionals.shape == (6, 88) and list(rec.prosody.columns) == list(prosody.DIMENSIONS)
 
 
-def test_speech_settings_worked_example():
-    s = speech.speech_settings({"loudness": 1.0, "pitch": -1.0})
-    assert s["level_db"] == pytest.approx(-19.0) and s["f0"] == pytest.approx(150 * 2 ** (-3 / 12))
-    assert s["rate"] == pytest.approx(4.0) and s["range_st"] == pytest.approx(3.0) and s["tilt"] == pytest.approx(1.3)
-    assert speech.speech_settings({"rate": 9.0})["rate"] == pytest.approx(4.0 * 1.3**2.5)  # clipped at 2.5
+def test_recordings_are_measured_as_the_curator_measures():
+    """Louder eSpeak settings are heard louder and higher ones higher: the measured dimensions
+    follow the settings (rank correlation over 24 recordings)."""
+    from scipy.stats import spearmanr
+
+    rec = recordings.record(24, seed=5)
+    assert spearmanr(rec.settings["volume"], rec.prosody["loudness"]).statistic > 0.6
+    assert spearmanr(rec.settings["rate"], rec.prosody["rate"]).statistic > 0.3
+    assert abs(rec.prosody["loudness"].mean()) < 1e-9 and rec.prosody["loudness"].std(ddof=0) == pytest.approx(1.0)
 
 
-def test_synthetic_speech_is_heard_as_its_prosody():
-    """Opposite z-scores give measurably opposite clips, by the amounts the settings promise."""
+def test_recordings_are_kept_and_read_back(tmp_path):
+    rec = recordings.ensure_recordings(3, seed=11, cache_dir=tmp_path)
+    again = recordings.ensure_recordings(3, seed=11, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("recordings-*.npz"))) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(rec.waves, again.waves)) and rec.transcripts == again.transcripts
+    assert np.array_equal(rec.functionals, again.functionals) and rec.prosody.equals(again.prosody)
+
+
+def test_description_words_the_measured_prosody():
+    z = {"loudness": 1.4, "rate": 0.1, "pitch": -0.7, "pitch_var": 0.0, "tension": 2.0, "roughness": -2.0}
+    assert descriptions.description(z) == (
+        "Volume: much louder than a typical voice. Speed: close to a typical speaking rate. "
+        "Pitch: somewhat lower-pitched than a typical voice; close to a typical pitch variation. "
+        "Tone: much tenser than a typical voice; much steadier than a typical voice.")
+
+
+def test_listening_bins_and_loss():
+    assert listening.bins(np.array([-0.7, -0.5, 0.2, 0.49, 0.5])).tolist() == [0, 0, 1, 1, 2]
+    torch.manual_seed(0)
+    head = listening.ListeningHead(4, 3, 2)
+    outputs = [torch.randn(5, 4), torch.randn(7, 4)]
+    pooled = listening.pooled(outputs)
+    assert pooled.shape == (2, 8) and torch.allclose(pooled[0, :4], outputs[0].mean(0))
+    with torch.no_grad():  # a head that predicts the targets exactly leaves the mse term at 0
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 0, 0, 0, 0, 0, 0]))
+    loss = listening.listening_loss(head, outputs, torch.tensor([[1.0, 2.0, 3.0]] * 2), torch.tensor([[0, 2]] * 2))
+    assert loss.item() == pytest.approx(np.log(3.0), abs=1e-6)  # uniform bin logits
+
+
+def test_stacked_clip_mels_give_the_full_tower_outputs(small_build):
+    model, processor, _ = small_build
     rng = np.random.default_rng(0)
-
-    def mean_measure(z):
-        return {k: np.mean([_measure(speech.synthetic_speech(rng, z))[k] for _ in range(6)])
-                for k in ("level", "f0", "spread", "rate")}
-
-    for dim, key, low_high in (("loudness", "level", (-29.0, -19.0)), ("pitch", "f0", (126.1, 178.4))):
-        lo, hi = mean_measure({dim: -1.0}), mean_measure({dim: 1.0})
-        assert lo[key] == pytest.approx(low_high[0], rel=0.05) and hi[key] == pytest.approx(low_high[1], rel=0.05)
-    lo, hi = mean_measure({"pitch_var": -1.5}), mean_measure({"pitch_var": 1.5})
-    assert hi["spread"] > 2 * lo["spread"]
-    lo, hi = mean_measure({"rate": -1.5}), mean_measure({"rate": 1.5})
-    assert hi["rate"] > 1.6 * lo["rate"]
+    waves = [speech.synthetic_wave(rng) for _ in range(3)]
+    feats, masks = A.mel_features(processor.feature_extractor, waves)
+    full = A.run_tower(model, feats, masks, windowed=False)
+    short = A.run_tower(model, *speech.stack_mels([speech.clip_mels(processor.feature_extractor, w) for w in waves]))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full, short))
 
 
-def test_warm_up_prosody_words_match_the_measured_audio():
-    """The template think block of a warm-up item names loud/soft, high/low pitch and fast/slow on
-    the side of the reference voice where our own measurement of its clip falls."""
-    rng, np_rng = __import__("random").Random(0), np.random.default_rng(1)
-    ref = {"loud": ("level", -24.0, 1), "soft": ("level", -24.0, -1), "high pitch": ("f0", 150.0, 1),
-           "low pitch": ("f0", 150.0, -1)}
-    checked = 0
-    for _ in range(30):
-        z = speech.draw_prosody(np_rng)
-        measured = _measure(speech.synthetic_speech(np_rng, z))
-        think, _ = completions.template_completion(rng, "Fine.", list(CLASSES), z)
-        keywords = [k.strip() for k in think.split("Keywords:")[1].split("\n")[0].split(",")]
-        for word, (key, centre, side) in ref.items():
-            if word in keywords:
-                assert side * (measured[key] - centre) > 0, (word, z, measured)
-                checked += 1
-    assert checked >= 15
+def test_the_warm_up_trains_the_tower_and_freezes_it_after(small_build, fresh_build):
+    model, _, _ = small_build
+    assert A.tower_is_frozen(model)
+    assert A.tower_hash(model) != A.tower_hash(fresh_build[0])
 
 
 def test_warm_up_keywords_quote_the_emotion_words_of_the_transcript():
@@ -249,7 +260,8 @@ def test_warm_up_keywords_quote_the_emotion_words_of_the_transcript():
         transcript = S.cued_transcript(rng, classes, vocabulary)
         cues = [w for ws in text_cues(transcript, classes).values() for w in ws]
         cued += bool(cues)
-        think, answer = S.synthetic_completion(rng, transcript, classes, speech.draw_prosody(np.random.default_rng(0)))
+        z = {d: float(v) for d, v in zip(prosody.DIMENSIONS, np.random.default_rng(0).normal(size=6))}
+        think, answer = S.synthetic_completion(rng, transcript, classes, z)
         assert answer in classes
         line = think.split("Keywords:")[1].split("\n")[0]
         quoted = [q for q in line.split('"')[1::2]]
@@ -262,7 +274,7 @@ def test_warm_up_keywords_quote_the_emotion_words_of_the_transcript():
 def test_quick_mel_equals_the_full_feature_extraction(small_build):
     _, processor, _ = small_build
     rng = np.random.default_rng(0)
-    waves = [speech.synthetic_speech(rng, speech.draw_prosody(rng)) for _ in range(2)]
+    waves = [speech.synthetic_wave(rng) for _ in range(2)]
     feats, masks = A.mel_features(processor.feature_extractor, waves)
     for i, w in enumerate(waves):
         f, m = speech.quick_mel(processor.feature_extractor, w)

@@ -9,18 +9,17 @@ What it is:
   transcript words) with Qwen's pre-tokeniser and special tokens, and a real
   ``Qwen2AudioProcessor`` (Whisper features, 128 mel bins, 16 kHz, 3,000 frames) carrying
   Qwen2-Audio-7B-Instruct's chat template;
-* pretrained briefly and deterministically (the warm-up) on synthetic chats only: speech-like
-  clips whose loudness, rate, pitch, pitch variation, tension and roughness are drawn at random as
-  z-scores; random transcripts (the toy corpus's *words*, never its sentences) into which words of
-  the curator's emotion lexicon are inserted at random; a random class list; and think blocks
-  (most in the curator's wording) whose keywords and text step quote the transcript's emotion
-  words and whose audio step describes the clip's z-scores. Their synthesis names a random class
-  split and the answer follows it: no emotion label exists for a synthetic item, so the stand-in
-  learns the format, to quote and to hear, and self-consistency, never which emotion a cue means.
-  Two aids make quoting learnable in a few hundred steps: each word token starts from the
-  embedding of its space-prefixed twin, and every step adds a batch of text-only quoting drills.
-  The audio tower stays at its random initialisation and frozen (the paper's setting); everything
-  else trains;
+* pretrained deterministically, before any strategy touches it, as a small audio-language model
+  (:mod:`~ambinb.standin.pretrain`) on a speech corpus of its own (:mod:`~ambinb.standin.recordings`):
+  eSpeak NG recordings of random word strings (the toy corpus's *words*, never its sentences) in
+  voices no toy speaker uses, at random prosody settings, each measured as the curator measures a
+  dataset (eGeMAPS, six dimensions against a typical voice of the corpus). It learns to hear (a
+  listening head on the tower predicts each recording's acoustics), to describe a voice in the
+  curator's words, to quote a transcript, and to answer the emotion prompt in the think/answer
+  format, where the audio step describes the recording and the synthesis and answer are random: no
+  emotion label or distribution exists for a recording, so it never learns which emotion a cue
+  means. The audio tower trains in this stage only and is frozen afterwards, as in the paper;
+  word tokens start from the embedding of their space-prefixed twin;
 * saved as an ordinary checkpoint folder (``from_pretrained`` loads it) under ``tiny_dir``, with
   ``ambinb_tiny.json`` recording the build spec; :func:`ensure_tiny` rebuilds when the spec
   differs. A build is bit-identical across rebuilds with the same spec on one machine.
@@ -30,11 +29,13 @@ The package, by noun:
 * :mod:`~ambinb.standin.words`: class names and lists, think-block words, transcript vocabulary;
 * :mod:`~ambinb.standin.transcripts`: random transcripts, some carrying emotion words;
 * :mod:`~ambinb.standin.completions`: think blocks and answers for synthetic items;
-* :mod:`~ambinb.standin.speech`: speech-like audio of given prosody, and its Whisper features;
+* :mod:`~ambinb.standin.recordings`: the stand-in's own speech corpus, spoken and measured;
+* :mod:`~ambinb.standin.speech`: test signals, and the Whisper features of short clips;
 * :mod:`~ambinb.standin.tokenizer`: the BPE, its training text, and the processor;
 * :mod:`~ambinb.standin.architecture`: the tiny ``Qwen2AudioConfig`` and the word-embedding prior;
 * :mod:`~ambinb.standin.batches`: padding and target logits, shared by the pretraining tasks;
-* :mod:`~ambinb.standin.chats` and :mod:`~ambinb.standin.drills`: the pretraining tasks;
+* :mod:`~ambinb.standin.listening`, :mod:`~ambinb.standin.descriptions`,
+  :mod:`~ambinb.standin.chats` and :mod:`~ambinb.standin.drills`: the pretraining tasks;
 * :mod:`~ambinb.standin.pretrain`: the warm-up loop over the tasks;
 * :mod:`~ambinb.standin.build`: the spec, the build, its folder and the cache with its lock.
 
@@ -56,12 +57,13 @@ from ambinb.standin.build import (
 )
 from ambinb.standin.completions import synthetic_completion
 from ambinb.standin.pretrain import warm_up
-from ambinb.standin.speech import draw_prosody, synthetic_speech, synthetic_wave
+from ambinb.standin.recordings import Recordings, ensure_recordings, pretraining_voices
+from ambinb.standin.speech import synthetic_wave
 from ambinb.standin.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 from ambinb.standin.transcripts import cued_transcript, synthetic_transcript
 
 __all__ = [
-    "CHAT_TEMPLATE", "SPECIAL_TOKENS", "TINY_BUILDER_VERSION", "TINY_KEYS", "TINY_SPEC_FILE", "build_tiny",
-    "built_spec", "cued_transcript", "draw_prosody", "ensure_tiny", "make_tiny", "synthetic_completion",
-    "synthetic_speech", "synthetic_transcript", "synthetic_wave", "tiny_spec", "warm_up",
+    "CHAT_TEMPLATE", "SPECIAL_TOKENS", "TINY_BUILDER_VERSION", "TINY_KEYS", "TINY_SPEC_FILE", "Recordings",
+    "build_tiny", "built_spec", "cued_transcript", "ensure_recordings", "ensure_tiny", "make_tiny",
+    "pretraining_voices", "synthetic_completion", "synthetic_transcript", "synthetic_wave", "tiny_spec", "warm_up",
 ]

@@ -16,21 +16,23 @@ from typing import Any
 
 import torch
 
+from ambinb import audio as audio_mod
 from ambinb import prompt
 from ambinb.paths import resolve_path
 from ambinb.standin.architecture import share_word_embeddings, tiny_config
 from ambinb.standin.pretrain import warm_up
+from ambinb.standin.recordings import ensure_recordings
 from ambinb.standin.tokenizer import make_processor, tokenizer_corpus, train_tokenizer
 from ambinb.standin.words import extra_corpus_words
 
 log = logging.getLogger(__name__)
 
 TINY_SPEC_FILE = "ambinb_tiny.json"
-TINY_BUILDER_VERSION = 4  # bump whenever a change alters the built weights or tokenizer
+TINY_BUILDER_VERSION = 5  # bump whenever a change alters the built weights or tokenizer
 # The build's arguments; each is the param ``tiny_<key>`` of params/defaults.yaml.
 TINY_KEYS = ("seed", "vocab_size", "hidden_size", "layers", "heads", "kv_heads", "intermediate_size",
-             "audio_hidden_size", "audio_layers", "audio_heads", "audio_ffn_size", "warmup_steps",
-             "warmup_batch_size", "warmup_lr")
+             "audio_hidden_size", "audio_layers", "audio_heads", "audio_ffn_size", "recordings", "warmup_steps",
+             "warmup_batch_size", "warmup_lr", "tower_lr")
 
 
 def tiny_spec(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +46,10 @@ def tiny_spec(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def make_tiny(*, seed: int, vocab_size: int, hidden_size: int, layers: int, heads: int, kv_heads: int,
               intermediate_size: int, audio_hidden_size: int, audio_layers: int, audio_heads: int,
-              audio_ffn_size: int, warmup_steps: int, warmup_batch_size: int, warmup_lr: float
-              ) -> tuple[Any, Any, dict[str, float]]:
-    """Build the tiny stand-in in memory: tokenizer, processor, random model, warm-up.
+              audio_ffn_size: int, recordings: int, warmup_steps: int, warmup_batch_size: int, warmup_lr: float,
+              tower_lr: float) -> tuple[Any, Any, dict[str, float]]:
+    """Build the tiny stand-in in memory: tokenizer, processor, random model, its speech corpus of
+    ``recordings`` clips (:func:`ambinb.standin.recordings.ensure_recordings`), warm-up.
 
     Runs on one torch thread, so that float sums are the same whatever the core count.
 
@@ -68,8 +71,12 @@ def make_tiny(*, seed: int, vocab_size: int, hidden_size: int, layers: int, head
         share_word_embeddings(model, tok)
         model.generation_config.eos_token_id = prompt.eos_ids(tok)
         model.generation_config.pad_token_id = tok.pad_token_id
-        stats = warm_up(model, processor, steps=warmup_steps, batch_size=warmup_batch_size, lr=warmup_lr,
-                        seed=seed) if warmup_steps else {}
+        audio_mod.core(model).audio_tower.requires_grad_(False)
+        stats = {}
+        if warmup_steps:
+            rec = ensure_recordings(recordings, seed)
+            stats = warm_up(model, processor, rec, steps=warmup_steps, batch_size=warmup_batch_size, lr=warmup_lr,
+                            tower_lr=tower_lr, seed=seed)
     finally:
         torch.set_num_threads(threads)
     return model, processor, stats

@@ -3,7 +3,7 @@
 :data:`P_TEMPLATE` of them are in the offline curator's wording (its template writer, for a
 synthetic item), the rest free-form. What a pretrained model could know is grounded: the keyword
 line and text step quote the emotion words that occur in the transcript, and the audio step
-describes the prosody z-scores the clip was made with. The synthesis and the answer, which follows
+describes the prosody z-scores measured in the clip. The synthesis and the answer, which follows
 it, are drawn at random: no emotion label exists for a synthetic item.
 """
 
@@ -77,7 +77,7 @@ def free_completion(rng: random.Random, transcript: str, classes: list[str],
 def template_completion(rng: random.Random, transcript: str, classes: list[str],
                         z: dict[str, float] | None = None) -> tuple[str, str]:
     """A think block in the offline curator's wording (``ambinb.curation.template_cot``) for a
-    *synthetic* item: the prosody z-scores its audio was made with (random ones when ``z`` is None)
+    *synthetic* item: the prosody z-scores its audio was measured with (random ones when ``z`` is None)
     and a random target split, never a corpus label. The answer is the split's largest class."""
     from ambinb import curation  # the template writer; curation itself never imports the stand-in
 
@@ -95,8 +95,8 @@ def synthetic_completion(rng: random.Random, transcript: str, classes: list[str]
     :data:`P_TEMPLATE` are in the offline curator's wording (:func:`template_completion`), the rest
     free-form (:func:`free_completion`), so the stand-in's tokenizer and fluency cover the text it is
     later fine-tuned on. The keywords and text step quote the emotion words that occur in the
-    transcript; the audio step describes the prosody ``z`` the audio was made with
-    (:func:`ambinb.standin.speech.synthetic_speech`). The synthesis and the answer are drawn at random,
+    transcript; the audio step describes the prosody ``z`` measured in the recording
+    (:mod:`ambinb.standin.recordings`). The synthesis and the answer are drawn at random,
     so the warm-up teaches the format, hearing and quoting, and self-consistency, never which emotion
     the cues mean.
     """

@@ -9,9 +9,10 @@ from ambinb import cues
 from ambinb.standin.words import TRANSCRIPT_WORDS
 
 
-def synthetic_transcript(rng: random.Random, vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS) -> str:
-    """A random sequence of 3-10 words from ``vocabulary`` (no corpus sentence, no label)."""
-    words = [rng.choice(vocabulary) for _ in range(rng.randint(3, 10))]
+def synthetic_transcript(rng: random.Random, vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS,
+                         max_words: int = 10) -> str:
+    """A random sequence of 3 to ``max_words`` words from ``vocabulary`` (no corpus sentence, no label)."""
+    words = [rng.choice(vocabulary) for _ in range(rng.randint(3, max_words))]
     return (" ".join(words).capitalize() + rng.choice((".", ".", "?", "!"))).replace(" i ", " I ")
 
 
@@ -20,13 +21,13 @@ P_CUE_IN_LIST = 0.8  # ... drawn from the prompt's classes (else from any class:
 
 
 def cued_transcript(rng: random.Random, classes: list[str],
-                    vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS) -> str:
+                    vocabulary: tuple[str, ...] = TRANSCRIPT_WORDS, max_words: int = 10) -> str:
     """A random transcript (:func:`synthetic_transcript`) that, for :data:`P_CUED` of calls, carries
     1-2 words or phrases of the curator's emotion lexicon (x) at random
     places, so that the warm-up's think blocks practise quoting them. No corpus sentence, no label:
     which emotion words appear is random and the think block's answer does not depend on them.
     """
-    words = synthetic_transcript(rng, vocabulary).split()
+    words = synthetic_transcript(rng, vocabulary, max_words).split()
     if rng.random() >= P_CUED:
         return " ".join(words)
     end = words[-1][-1]
