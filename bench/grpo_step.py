@@ -107,7 +107,7 @@ def time_path(path: str, k: int, model: Any, processor: Any, examples: list[Exam
         model.train()
         common.train_step(strategy, model, optimizer, indices, 0, device)  # warm-up
         tower_rows: list[int] = []  # utterances the audio encoder processes during the timed step
-        hook = A.core(model).audio_tower.register_forward_hook(lambda m, a, o: tower_rows.append(a[0].shape[0]))
+        hook = A.core(model).audio_tower.conv1.register_forward_hook(lambda m, a, o: tower_rows.append(a[0].shape[0]))
         seconds, stats = common.train_step(strategy, model, optimizer, indices, 1, device)
         hook.remove()
     finally:

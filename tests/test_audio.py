@@ -99,7 +99,8 @@ class _TowerCounter:
 
     def __init__(self, model):
         self.rows = 0
-        self.handle = A.core(model).audio_tower.register_forward_hook(self._hook)
+        # conv1 is the first module of every tower path (the encoder's own forward and the windowed one)
+        self.handle = A.core(model).audio_tower.conv1.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         self.rows += int(args[0].shape[0])
@@ -239,3 +240,19 @@ def test_a_cache_file_holds_its_own_utterance_only(tiny, tmp_path):
         assert torch.equal(torch.load(stored), f)
     fresh = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
     assert all(torch.equal(x, y) for x, y in zip(fresh.features(["a", "b", "c"], waves), feats))
+
+
+def test_windowed_tower_equals_the_encoders_own_forward(tiny):
+    """run_tower on the first tower_window frames gives the kept outputs of the encoder's own forward
+    over all 3,000 frames, for clips of different lengths in one batch (one of them at full length)."""
+    model, processor = tiny
+    waves = [tone(1.0, 220), tone(2.7, 440), tone(0.3, 180)]
+    feats, masks = A.mel_features(processor.feature_extractor, waves)
+    assert A.tower_window(masks) == int(masks.sum(-1).max()) + 4
+    with torch.no_grad():
+        full = A.run_tower(model, feats, masks, windowed=False)
+        short = A.run_tower(model, feats, masks)
+    assert [f.shape for f in full] == [s.shape for s in short]
+    assert all(torch.allclose(f, s, atol=1e-5) for f, s in zip(full, short))
+    whole = torch.ones(1, A.N_FRAMES, dtype=torch.long)
+    assert A.tower_window(whole) == A.N_FRAMES

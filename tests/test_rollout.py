@@ -28,7 +28,7 @@ def _waves():
 def test_encoder_runs_once_per_utterance_in_a_group_rollout(tiny):
     model, processor = tiny
     rows = []
-    handle = A.core(model).audio_tower.register_forward_hook(lambda m, a, o: rows.append(int(a[0].shape[0])))
+    handle = A.core(model).audio_tower.conv1.register_forward_hook(lambda m, a, o: rows.append(int(a[0].shape[0])))
     enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
     group = rollout.rollout(model, processor, enc, CLASSES, CFG, k=8)
     assert sum(rows) == 3  # three utterances, 24 trajectories

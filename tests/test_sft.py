@@ -72,7 +72,7 @@ def test_audio_reaches_the_training_forward_from_the_cache(tiny):
     lm = audio_mod.core(model).language_model
     h1 = lm.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"].detach()),
                                       with_kwargs=True)
-    h2 = audio_mod.core(model).audio_tower.register_forward_hook(lambda *a: tower_calls.append(1))
+    h2 = audio_mod.core(model).audio_tower.conv1.register_forward_hook(lambda *a: tower_calls.append(1))
     try:
         strategy.loss(model, [0, 1, 2], step=0)
     finally:
