@@ -1,7 +1,7 @@
 """Rebuild the tiny stand-in from the default params: ``python -m ambinb.standin [--out DIR]``.
 
 The repository ships the stand-in it builds (``models/tiny``, about 2 MB), so a fresh checkout
-needs no three-minute build; this command rebuilds it from scratch (bit-identical for the same
+needs no build (about 13 minutes on 2 cores); this command rebuilds it from scratch (bit-identical for the same
 spec and seed; ``tests/test_standin.py::test_default_build_is_reproducible`` checks that).
 """
 
