@@ -188,12 +188,25 @@ def _notebook_params(run: Run) -> dict[str, Any]:
     return params
 
 
+def limit_threads(threads: int) -> None:
+    """Hold this process and the kernels it starts to ``threads`` CPU threads.
+
+    ``OMP_NUM_THREADS`` reaches a notebook's kernel (a new process) but not a torch this process has
+    already imported, and a worker process may have imported torch before its first run (a spawned
+    worker re-imports the caller's main module): torch is told directly as well. Two workers of two
+    threads each on two cores ran ten to twenty times slower than two of one.
+    """
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def execute_run(run: Run, threads: int | None = None) -> Run:
     """Run one (dataset, strategy, fold); never raises: the error lands in ``run.error``."""
     start = time.time()
     if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        os.environ["AMBINB_NUM_THREADS"] = str(threads)
+        limit_threads(threads)
     try:
         runner = run.config()["runner"]
         if ":" in runner:

@@ -23,3 +23,11 @@ def slow_run(cfg):
 
     time.sleep(0.5)
     fake_run(cfg)
+
+
+def threads_run(cfg):
+    """fake_run that records how many threads torch would use in this run's process."""
+    import torch
+
+    fake_run(cfg)
+    (run_folder(cfg) / "threads.txt").write_text(str(torch.get_num_threads()))

@@ -19,6 +19,7 @@ def project(tmp_path, monkeypatch):
     shutil.copytree(params_dir(), tmp_path / "params")
     (tmp_path / "params" / "strategies" / "fake.yaml").write_text("runner: sweep_runners:fake_run\n")
     (tmp_path / "params" / "strategies" / "slow.yaml").write_text("runner: sweep_runners:slow_run\n")
+    (tmp_path / "params" / "strategies" / "threads.yaml").write_text("runner: sweep_runners:threads_run\n")
     (tmp_path / "params" / "strategies" / "nonb.yaml").write_text("runner: 99_missing\n")
     monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # job processes import sweep_runners
@@ -41,6 +42,22 @@ def test_runs_skips_finished_and_reports(project, capsys):
     assert "JS" in table and "done" in table
     sweep.main([str(sweep_file), "--dry-run"])
     assert capsys.readouterr().out.count("finished, skip") == 3
+
+
+def test_threads_per_run_holds_a_worker_that_imported_torch_already(project):
+    """A worker's torch was imported (here: by the test process itself) before OMP_NUM_THREADS was set."""
+    import torch
+
+    root, sweep_file = project
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sweep_file.write_text(sweep_file.read_text().replace("[fake]", "[threads]").replace("[0, 1, 2]", "[0]"))
+        runs = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file)), threads_per_run=1, progress=False)
+        assert [r.status for r in runs] == ["done"]
+        assert (root / "runs/toy/threads/fold0/threads.txt").read_text() == "1"
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_failing_run_does_not_stop_the_others(project):
