@@ -35,7 +35,7 @@ book: $(STAMP)  ## build the book from what the runs already hold (no training)
 lab: $(STAMP)  ## open JupyterLab on the notebooks with the project's kernel (progress bars show as widgets)
 	$(BIN)/jupyter lab --MappingKernelManager.default_kernel_name=$(KERNEL) notebooks
 
-standin: $(STAMP)  ## rebuild the tiny stand-in that models/tiny ships (about 13 min, +5 the first time for its recordings; bit-identical for its spec)
+standin: $(STAMP)  ## rebuild the tiny stand-in that models/tiny ships (about 8-13 min, +5 the first time for its recordings; bit-identical on the same CPU and torch)
 	$(BIN)/python -m ambinb.standin
 
 lint: $(STAMP)  ## ruff

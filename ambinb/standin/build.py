@@ -98,7 +98,7 @@ def build_tiny(out_dir: str | os.PathLike, **spec: Any) -> Path:
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        info = {"spec": spec, "warmup": stats, "build_seconds": time.perf_counter() - start}
+        info = {"spec": spec, "warmup": stats, "build_seconds": time.perf_counter() - start, "machine": machine()}
         (tmp / TINY_SPEC_FILE).write_text(json.dumps(info, indent=2) + "\n")
         install_build(tmp, out_dir, spec)
     except BaseException:
@@ -124,12 +124,38 @@ def install_build(tmp: Path, out_dir: Path, spec: dict[str, Any]) -> None:
     shutil.rmtree(stale, ignore_errors=True)
 
 
+def machine() -> dict[str, str]:
+    """What a build's float rounding depends on: the CPU (model and instruction-set flags) and torch.
+
+    Two builds of one spec agree bit for bit where these agree (one torch thread either way). On
+    another CPU the kernels round differently, and 1,200 warm-up steps carry that into every weight.
+    """
+    import hashlib
+    import platform
+
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "flags") and key.strip() not in info:
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    flags = hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:12]
+    return {"cpu": info.get("model name", platform.processor()), "cpu_flags": flags, "torch": torch.__version__}
+
+
+def built_info(folder: Path) -> dict[str, Any]:
+    """``folder``'s ``ambinb_tiny.json`` (spec, warm-up stats, build time, machine), or {} when unreadable."""
+    try:
+        return json.loads((folder / TINY_SPEC_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def built_spec(folder: Path) -> dict[str, Any] | None:
     """The spec recorded in ``folder``'s ``ambinb_tiny.json``, or None when there is none (or unreadable)."""
-    try:
-        return json.loads((folder / TINY_SPEC_FILE).read_text()).get("spec")
-    except (OSError, ValueError):
-        return None
+    return built_info(folder).get("spec")
 
 
 def ensure_tiny(cfg: dict[str, Any]) -> Path:

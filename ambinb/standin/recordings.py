@@ -165,5 +165,6 @@ def load(path: Path) -> Recordings:
     with np.load(path) as f:
         cuts = np.cumsum(f["lengths"])[:-1]
         waves = list(np.split(f["waves"].astype(np.float32) / 32768.0, cuts))
-        return Recordings(waves, [str(t) for t in f["transcripts"]], [str(v) for v in f["voices"]], pd.DataFrame(f["settings"], columns=list(f["setting_names"])),
+        settings = pd.DataFrame(f["settings"], columns=list(f["setting_names"]))
+        return Recordings(waves, [str(t) for t in f["transcripts"]], [str(v) for v in f["voices"]], settings,
                           f["functionals"], pd.DataFrame(f["prosody"], columns=[str(d) for d in f["dims"]]))
