@@ -92,13 +92,9 @@ def generate_answers(model: Any, processor: Any, encoded: list[prompt.Encoded], 
 
     tok = processor.tokenizer
     fmt = cot.get_format(cfg["prompt_preset"])
-    was_training = model.training
-    model.eval()
-    with merged_lora(model, bool(cfg["rollout_merge_lora"])):
+    with rollout.eval_mode(model), merged_lora(model, bool(cfg["rollout_merge_lora"])):
         groups = rollout.generate_group(model, tok, encoded, 1, nocot_budget(tok, classes, fmt), greedy=True,
                                         fmt=fmt, decode=str(cfg["rollout_decode"]))
-    if was_training:
-        model.train()
     out = []
     for e, ((ids, stop),) in zip(encoded, groups):
         out.append((rollout.make_trajectory(tok, e.utt_id, ids, stop, classes, fmt).text, list(ids)))

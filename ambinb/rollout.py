@@ -37,6 +37,8 @@ Results in ``bench/results/rollouts_*.json``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,6 +354,18 @@ def make_trajectory(tokenizer: Any, utt_id: str, ids: list[int], stop: str, clas
     return Trajectory(utt_id, list(ids), text, readout_ids, slot is not None, cot.format_ok(text, classes, fmt), stop)
 
 
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """The model in eval mode for the block; its training mode comes back after, also on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
 def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str], cfg: dict[str, Any],
             k: int | None = None, greedy: bool = False, generator: torch.Generator | None = None,
             timings: dict[str, float] | None = None) -> GroupRollout:
@@ -371,27 +385,24 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     if generator is None:
         generator = torch.Generator(device=audio_mod.device_of(model))
         generator.manual_seed(int(cfg["seed"]))
-    was_training = model.training
-    model.eval()
-    t0 = time.perf_counter()
-    if vllm_rollout.check_backend(str(cfg["rollout_backend"])) == "vllm" and not greedy:
-        groups = vllm_rollout.generate_group(model, tok, encoded, k, cfg, fmt)  # greedy stays on the HF path
-    else:
-        with merged_lora(model, bool(cfg["rollout_merge_lora"])):
-            groups = generate_group(model, tok, encoded, k, int(cfg["max_new_tokens"]), greedy,
-                                    float(cfg["temperature"]), float(cfg["top_p"]), generator, fmt,
-                                    str(cfg["rollout_decode"]), timings)
-    t1 = time.perf_counter()
-    trajectories = [[make_trajectory(tok, e.utt_id, ids, stop, classes, fmt) for ids, stop in group]
-                    for e, group in zip(encoded, groups)]
-    prefixes = [e.prompt_ids + t.readout_ids for e, group in zip(encoded, trajectories) for t in group]
-    feats = [e.audio for e in encoded for _ in range(k)]
-    with torch.no_grad():
-        p = readout.read_out(model, prefixes, feats, prompt.class_ids(tok, classes), int(tok.pad_token_id),
-                             int(cfg["readout_batch_size"]))
-    t2 = time.perf_counter()
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        t0 = time.perf_counter()
+        if vllm_rollout.check_backend(str(cfg["rollout_backend"])) == "vllm" and not greedy:
+            groups = vllm_rollout.generate_group(model, tok, encoded, k, cfg, fmt)  # greedy stays on the HF path
+        else:
+            with merged_lora(model, bool(cfg["rollout_merge_lora"])):
+                groups = generate_group(model, tok, encoded, k, int(cfg["max_new_tokens"]), greedy,
+                                        float(cfg["temperature"]), float(cfg["top_p"]), generator, fmt,
+                                        str(cfg["rollout_decode"]), timings)
+        t1 = time.perf_counter()
+        trajectories = [[make_trajectory(tok, e.utt_id, ids, stop, classes, fmt) for ids, stop in group]
+                        for e, group in zip(encoded, groups)]
+        prefixes = [e.prompt_ids + t.readout_ids for e, group in zip(encoded, trajectories) for t in group]
+        feats = [e.audio for e in encoded for _ in range(k)]
+        with torch.no_grad():
+            p = readout.read_out(model, prefixes, feats, prompt.class_ids(tok, classes), int(tok.pad_token_id),
+                                 int(cfg["readout_batch_size"]))
+        t2 = time.perf_counter()
     return GroupRollout(trajectories, p.view(len(encoded), k, len(classes)).cpu(), list(classes),
                         {"generate": t1 - t0, "readout": t2 - t1})
 
