@@ -19,9 +19,12 @@ The shared path (:func:`generate_group`), per batch of B utterances:
    adapters are merged into the weights while sampling (``rollout_merge_lora``;
    :func:`ambinb.merge.merged_lora` restores the exact base weights after). ``timings`` reports
    seconds per phase of the loop (:class:`PhaseClock`), for profiling;
-4. readout (:func:`rollout`): p_hat for every trajectory in one batched forward, at the slot right
-   after the answer tag *the model generated*; a trajectory without one gets the tag appended to
-   its text (``answer_prefix(think)``) and is read out there, with ``answer_found = False``.
+4. readout (:func:`rollout`, :func:`read_trajectories`): p_hat for every trajectory at the slot
+   right after the answer tag *the model generated*; a trajectory without one gets the tag appended
+   to its text (``answer_prefix(think)``) and is read out there, with ``answer_found = False``.
+   When every class name is one token and the model computes in float32, the decode loop keeps the
+   class names' logits at every step, and a trajectory that went past its own tag is read from
+   them (the softmax of the logits at the slot); only the rest need the batched read-out forward.
 
 :func:`generate_naive` is the reference the benchmark compares against: ``model.generate`` called
 K times per utterance on the processor's full inputs, so the encoder and the prefill run K times.
@@ -47,6 +50,7 @@ import torch
 from ambinb import audio as audio_mod
 from ambinb import cot, prompt, readout, stopping, vllm_rollout
 from ambinb.merge import merged_lora
+from ambinb.sampling import sample_next
 
 
 @dataclass
@@ -78,24 +82,6 @@ class GroupRollout:
 def suppressed_ids(tokenizer: Any) -> list[int]:
     """The ids that are never sampled: ``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``."""
     return [int(i) for i in tokenizer.convert_tokens_to_ids(list(audio_mod.AUDIO_SPECIAL_TOKENS))]
-
-
-def sample_next(logits: torch.Tensor, greedy: bool, temperature: float = 1.0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """The next token per row from logits (R, V): argmax, or a temperature / nucleus sample.
-
-    Top-p keeps the smallest set of most likely tokens whose mass reaches ``top_p`` (the most
-    likely token always stays).
-    """
-    if greedy or temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(dim=-1) - sorted_p >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +131,15 @@ class _Rows:
     active_rows: list[int]          # the same on the host
     lengths: list[int]
     stop: list[str]
+    score_ids: torch.Tensor | None = None  # (C,) ids whose raw logits are kept at every step
+    scores: torch.Tensor | None = None     # (R, max_new, C) float32 those logits, per row and step
+
+    def keep_scores(self, step: int, logits: torch.Tensor) -> None:
+        """Keep the raw logits (A, V) of :attr:`score_ids` for the active rows at ``step`` (no host sync)."""
+        if self.score_ids is not None:
+            if self.scores is None:
+                self.scores = torch.zeros((*self.tokens.shape, len(self.score_ids)), device=logits.device)
+            self.scores[self.active, step] = logits[:, self.score_ids].float()
 
     def record(self, step: int, nxt: torch.Tensor, automaton: stopping.TagAutomaton, eos: torch.Tensor) -> list[int]:
         """Store the step's ids (A,), advance the stop state, and return the rows that go on (one host sync)."""
@@ -205,7 +200,7 @@ def _decode_dynamic(model: Any, first: torch.Tensor, cache: Any, mask: torch.Ten
     """Rows leave the batch (and the KV cache) as they finish."""
     logits, device = first, first.device
     for step in range(rows.tokens.shape[1]):
-        nxt = pick(logits)
+        nxt = pick(step, logits)
         clock.lap("sample")
         keep = stop(step, nxt)
         clock.lap("stop")
@@ -250,7 +245,7 @@ def _decode_static(model: Any, first: torch.Tensor, cache: Any, mask: torch.Tens
     full = torch.cat([mask, torch.zeros((mask.shape[0], length - width), dtype=mask.dtype, device=device)], dim=1)
     feed = torch.zeros(mask.shape[0], dtype=torch.long, device=device)
     for step in range(max_new):
-        nxt = pick(logits[rows.active])  # a copy: a CUDA graph's output buffer is rewritten by its next replay
+        nxt = pick(step, logits[rows.active])  # a copy: a CUDA graph's output buffer is rewritten by its next replay
         clock.lap("sample")
         keep = stop(step, nxt)
         clock.lap("stop")
@@ -281,12 +276,16 @@ def compiled_step() -> Any:
 def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k: int, max_new_tokens: int,
                    greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                    generator: torch.Generator | None = None, fmt: cot.OutputFormat = cot.AMBINB,
-                   decode: str = "dynamic", timings: dict[str, float] | None = None
+                   decode: str = "dynamic", timings: dict[str, float] | None = None,
+                   score_ids: list[int] | None = None, scores: list[torch.Tensor] | None = None
                    ) -> list[list[tuple[list[int], str]]]:
     """Sample ``k`` completions per utterance with one shared prefill (see the module docstring).
 
     ``decode`` picks the loop (:data:`DECODES`); ``timings``, when given, receives seconds per phase
     (``prefill``, ``sample``, ``stop``, ``forward``), the device synchronised at each phase's end.
+    With ``score_ids`` and a list ``scores``, the list receives one (max_new_tokens, len(score_ids))
+    float32 CPU tensor per row (row ``b * k + j``): the raw logits of those ids at every step (row
+    ``t`` predicts generated token ``t``; zeros after the row stopped), for :func:`read_trajectories`.
 
     Returns:
         ``[utterance][k] -> (generated ids, stop reason)``.
@@ -303,9 +302,11 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
     suppress = torch.tensor(suppressed_ids(tokenizer), device=device)
     rows = _Rows(torch.zeros((n_rows, max_new_tokens), dtype=torch.long, device=device),
                  torch.zeros(n_rows, dtype=torch.long, device=device), torch.arange(n_rows, device=device),
-                 list(range(n_rows)), [0] * n_rows, ["budget"] * n_rows)
+                 list(range(n_rows)), [0] * n_rows, ["budget"] * n_rows,
+                 None if score_ids is None else torch.tensor(score_ids, device=device))
 
-    def pick(step_logits: torch.Tensor) -> torch.Tensor:
+    def pick(step: int, step_logits: torch.Tensor) -> torch.Tensor:
+        rows.keep_scores(step, step_logits)
         step_logits[:, suppress] = float("-inf")
         return sample_next(step_logits, greedy, temperature, top_p, generator)
 
@@ -317,6 +318,8 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
     else:
         _decode_static(model, logits, cache, mask, last_pos, rows, pick, stop, clock,
                        compiled_step() if decode == "compiled" else decode_step)
+    if scores is not None and rows.scores is not None:
+        scores.extend(rows.scores.cpu().unbind(0))
     out = rows.results()
     return [[out[b * k + j] for j in range(k)] for b in range(len(encoded))]
 
@@ -382,6 +385,8 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     tok = processor.tokenizer
     fmt = cot.get_format(cfg["prompt_preset"])
     k = int(cfg["rollout_k"] if k is None else k)
+    class_ids = prompt.class_ids(tok, classes)
+    scores: list[torch.Tensor] | None = [] if slot_scores_exact(model, class_ids) else None
     if generator is None:
         generator = torch.Generator(device=audio_mod.device_of(model))
         generator.manual_seed(int(cfg["seed"]))
@@ -389,22 +394,58 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
         t0 = time.perf_counter()
         if vllm_rollout.check_backend(str(cfg["rollout_backend"])) == "vllm" and not greedy:
             groups = vllm_rollout.generate_group(model, tok, encoded, k, cfg, fmt)  # greedy stays on the HF path
+            scores = None
         else:
             with merged_lora(model, bool(cfg["rollout_merge_lora"])):
                 groups = generate_group(model, tok, encoded, k, int(cfg["max_new_tokens"]), greedy,
                                         float(cfg["temperature"]), float(cfg["top_p"]), generator, fmt,
-                                        str(cfg["rollout_decode"]), timings)
+                                        str(cfg["rollout_decode"]), timings,
+                                        None if scores is None else [ids[0] for ids in class_ids], scores)
         t1 = time.perf_counter()
         trajectories = [[make_trajectory(tok, e.utt_id, ids, stop, classes, fmt) for ids, stop in group]
                         for e, group in zip(encoded, groups)]
-        prefixes = [e.prompt_ids + t.readout_ids for e, group in zip(encoded, trajectories) for t in group]
-        feats = [e.audio for e in encoded for _ in range(k)]
-        with torch.no_grad():
-            p = readout.read_out(model, prefixes, feats, prompt.class_ids(tok, classes), int(tok.pad_token_id),
-                                 int(cfg["readout_batch_size"]))
+        p = read_trajectories(model, encoded, trajectories, class_ids, int(tok.pad_token_id),
+                              int(cfg["readout_batch_size"]), scores or None)  # none kept: all by forward
         t2 = time.perf_counter()
-    return GroupRollout(trajectories, p.view(len(encoded), k, len(classes)).cpu(), list(classes),
+    return GroupRollout(trajectories, p.view(len(encoded), k, len(classes)), list(classes),
                         {"generate": t1 - t0, "readout": t2 - t1})
+
+
+def slot_scores_exact(model: Any, class_ids: list[list[int]]) -> bool:
+    """Whether the decode loop's own logits give p_hat as the read-out forward does: every class name
+    is one token (p_hat is then the softmax of their logits at the slot) and the model computes in
+    float32 (PAPER.md: the read-out is float32; a bf16 model's decode logits are not)."""
+    return all(len(ids) == 1 for ids in class_ids) and audio_mod.base_model(model).dtype == torch.float32
+
+
+@torch.no_grad()
+def read_trajectories(model: Any, encoded: list[prompt.Encoded], trajectories: list[list[Trajectory]],
+                      class_ids: list[list[int]], pad_id: int, batch_size: int = 0,
+                      scores: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """p_hat (B * K, C) float32 on the CPU of every trajectory, at its read-out slot.
+
+    A trajectory that wrote its own answer tag and went on for one more step was read out by the
+    decode loop itself: row ``slot`` of its ``scores`` (:func:`generate_group`) holds the class names'
+    logits there, so p_hat is their softmax, equal to the forward's up to rounding. The others (no
+    ``scores``, the tag appended, the budget spent on the tag) go through one batched read-out forward
+    of ``prompt + readout_ids`` (:func:`ambinb.readout.read_out`).
+    """
+    flat = [(e, t) for e, group in zip(encoded, trajectories) for t in group]
+    if scores is not None and len(scores) != len(flat):
+        raise ValueError(f"read_trajectories: {len(scores)} rows of scores for {len(flat)} trajectories")
+    p = torch.empty((len(flat), len(class_ids)), dtype=torch.float32)
+    todo = []
+    for r, (_, t) in enumerate(flat):
+        slot = len(t.readout_ids)
+        if scores is not None and t.answer_found and slot < len(t.token_ids):
+            p[r] = torch.softmax(scores[r][slot].float(), dim=-1)
+        else:
+            todo.append(r)
+    if todo:
+        prefixes = [flat[r][0].prompt_ids + flat[r][1].readout_ids for r in todo]
+        p[todo] = readout.read_out(model, prefixes, [flat[r][0].audio for r in todo], class_ids, pad_id,
+                                   batch_size).float().cpu()
+    return p
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import cot, prompt, rollout
+from ambinb import cot, prompt, rollout, sampling
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def generate_group(model, tokenizer, encoded, k, max_new_tokens, greedy=False, t
     last_pos = pos[:, -1]
     for step in range(max_new_tokens):
         logits[:, suppress] = float("-inf")
-        nxt = rollout.sample_next(logits, greedy, temperature, top_p, generator)
+        nxt = sampling.sample_next(logits, greedy, temperature, top_p, generator)
         keep = []
         for j, (row, tok) in enumerate(zip(active.tolist(), nxt.tolist())):
             out[row].append(tok)
