@@ -30,10 +30,12 @@ The shared path (:func:`generate_group`), per batch of B utterances:
 K times per utterance on the processor's full inputs, so the encoder and the prefill run K times.
 
 Measured with ``bench/rollouts.py`` on the tiny model (4 utterances of 2 s, K = 8, 128-token
-budget, sampling): on one thread of a shared 2-core CPU the naive path took 14.1 s, transformers'
-batched ``generate(num_return_sequences=K)`` 5.0 s and this path 1.14 s (12.4x and 4.4x faster; an
-earlier run under more load gave 10.2x and 3.7x); the readout of all 32 trajectories took 0.12 s.
-On an H200: 20x over naive at K = 8 and 47x at K = 16 (3.4x and 4.0x over batched ``generate``).
+budget, sampling), on one thread of a quiet 2-core CPU: the naive path took 8.0 s, transformers'
+batched ``generate(num_return_sequences=K)`` 2.8 s and this path 0.41 s (19x and 6.7x faster); a
+read-out forward of all 32 trajectories takes 0.09 s. Before the one-draw-per-row sampler
+(:mod:`ambinb.sampling`) replaced ``torch.multinomial``, the same bench gave 14.1 s, 5.0 s and
+1.14 s on a busier machine (12.4x and 4.4x). On an H200: 20x over naive at K = 8 and 47x at K = 16
+(3.4x and 4.0x over batched ``generate``; measured before the sampler changed).
 Results in ``bench/results/rollouts_*.json``.
 """
 
