@@ -138,9 +138,7 @@ class _Rows:
 
     def keep_scores(self, step: int, logits: torch.Tensor) -> None:
         """Keep the raw logits (A, V) of :attr:`score_ids` for the active rows at ``step`` (no host sync)."""
-        if self.score_ids is not None:
-            if self.scores is None:
-                self.scores = torch.zeros((*self.tokens.shape, len(self.score_ids)), device=logits.device)
+        if self.scores is not None:
             self.scores[self.active, step] = logits[:, self.score_ids].float()
 
     def record(self, step: int, nxt: torch.Tensor, automaton: stopping.TagAutomaton, eos: torch.Tensor) -> list[int]:
@@ -302,10 +300,12 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
     automaton = stopping.tag_automaton(tokenizer, fmt.answer_close).to(device, logits.shape[-1])
     eos = torch.tensor(prompt.eos_ids(tokenizer), device=device)
     suppress = torch.tensor(suppressed_ids(tokenizer), device=device)
+    kept = score_ids is not None
     rows = _Rows(torch.zeros((n_rows, max_new_tokens), dtype=torch.long, device=device),
                  torch.zeros(n_rows, dtype=torch.long, device=device), torch.arange(n_rows, device=device),
                  list(range(n_rows)), [0] * n_rows, ["budget"] * n_rows,
-                 None if score_ids is None else torch.tensor(score_ids, device=device))
+                 torch.tensor(score_ids, device=device) if kept else None,
+                 torch.zeros((n_rows, max_new_tokens, len(score_ids)), device=device) if kept else None)
 
     def pick(step: int, step_logits: torch.Tensor) -> torch.Tensor:
         rows.keep_scores(step, step_logits)
@@ -388,7 +388,8 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     fmt = cot.get_format(cfg["prompt_preset"])
     k = int(cfg["rollout_k"] if k is None else k)
     class_ids = prompt.class_ids(tok, classes)
-    scores: list[torch.Tensor] | None = [] if slot_scores_exact(model, class_ids) else None
+    score_ids = [ids[0] for ids in class_ids] if slot_scores_exact(model, class_ids) else None
+    scores: list[torch.Tensor] = []  # filled by the HF loop when score_ids is given
     if generator is None:
         generator = torch.Generator(device=audio_mod.device_of(model))
         generator.manual_seed(int(cfg["seed"]))
@@ -396,18 +397,16 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
         t0 = time.perf_counter()
         if vllm_rollout.check_backend(str(cfg["rollout_backend"])) == "vllm" and not greedy:
             groups = vllm_rollout.generate_group(model, tok, encoded, k, cfg, fmt)  # greedy stays on the HF path
-            scores = None
         else:
             with merged_lora(model, bool(cfg["rollout_merge_lora"])):
                 groups = generate_group(model, tok, encoded, k, int(cfg["max_new_tokens"]), greedy,
                                         float(cfg["temperature"]), float(cfg["top_p"]), generator, fmt,
-                                        str(cfg["rollout_decode"]), timings,
-                                        None if scores is None else [ids[0] for ids in class_ids], scores)
+                                        str(cfg["rollout_decode"]), timings, score_ids, scores)
         t1 = time.perf_counter()
         trajectories = [[make_trajectory(tok, e.utt_id, ids, stop, classes, fmt) for ids, stop in group]
                         for e, group in zip(encoded, groups)]
         p = read_trajectories(model, encoded, trajectories, class_ids, int(tok.pad_token_id),
-                              int(cfg["readout_batch_size"]), scores or None)  # none kept: all by forward
+                              int(cfg["readout_batch_size"]), scores or None)  # none kept: all by the forward
         t2 = time.perf_counter()
     return GroupRollout(trajectories, p.view(len(encoded), k, len(classes)), list(classes),
                         {"generate": t1 - t0, "readout": t2 - t1})
