@@ -29,7 +29,15 @@ from ambinb import audio as audio_mod
 
 
 def right_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids (N, T) right-padded with ``pad_id`` and the attention mask (N, T)."""
+    """Ids (N, T) right-padded with ``pad_id`` and the attention mask (N, T).
+
+    A right-padded batch needs no attention mask in a causal forward: every real token comes before
+    its row's padding, so the causal mask alone keeps it from attending there, and positions count
+    from 0 either way. Training and read-out forwards therefore pass ``attention_mask=None``, which
+    lets SDPA run its causal kernel instead of materialising a (N, 1, T, T) mask (about a tenth off a
+    tiny-model SFT step on a CPU, and flash attention on a GPU). Only the padding's own hidden states
+    differ, and nothing reads them (``tests/test_readout.py``).
+    """
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -39,13 +47,26 @@ def right_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
+def left_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (N, T) left-padded with ``pad_id`` and the attention mask (N, T): rows that a KV cache
+    continues (a shared prefill) end at the same column. Positions must then count from each row's
+    first real token (``mask.cumsum(-1) - 1``)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def _hidden(model: Any, rows: list[list[int]], audio: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     """Last hidden states (N, T, hidden) of right-padded ``rows``; ``audio[i]`` feeds row i's audio positions."""
     device = audio_mod.device_of(model)
-    ids, mask = right_pad(rows, pad_id, device)
+    ids, _ = right_pad(rows, pad_id, device)
     has_audio = (ids == audio_mod.audio_token_id(model)).any(dim=1).tolist()
     row_audio = [a for a, h in zip(audio, has_audio) if h]
-    hidden, _ = audio_mod.lm_hidden(model, ids, mask, row_audio or None)
+    hidden, _ = audio_mod.lm_hidden(model, ids, None, row_audio or None)  # causal alone: see right_pad
     return hidden
 
 

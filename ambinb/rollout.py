@@ -86,16 +86,6 @@ def suppressed_ids(tokenizer: Any) -> list[int]:
     return [int(i) for i in tokenizer.convert_tokens_to_ids(list(audio_mod.AUDIO_SPECIAL_TOKENS))]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
 DECODES = ("dynamic", "static", "compiled")
 STATIC_BUCKET = 256  # the static cache's length is rounded up to a multiple of this (prompt widths vary)
 
@@ -166,7 +156,7 @@ def _prefill(model: Any, encoded: list[prompt.Encoded], k: int, pad_id: int
              ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
     """The shared prefill: last logits, cache, mask and last positions, each repeated K times per utterance."""
     device = audio_mod.device_of(model)
-    ids, mask = _left_pad([e.prompt_ids for e in encoded], pad_id, device)
+    ids, mask = readout.left_pad([e.prompt_ids for e in encoded], pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     hidden, cache = audio_mod.lm_hidden(model, ids, mask, [e.audio for e in encoded], pos, use_cache=True)
     logits = audio_mod.head_logits(model, hidden[:, -1])

@@ -348,9 +348,9 @@ def run_grpo(model, tok, examples, k, max_new, optimizer, reference, cfg, decode
     advantages = losses.group_advantages(torch.rand((n, k), generator=torch.Generator().manual_seed(1)), k)
 
     def update() -> None:
-        logps, mask, _ = policy.completion_logprobs(model, prompts, completions, audio, tok.pad_token_id)
+        logps, mask, _ = policy.completion_logprobs(model, prompts, completions, audio, tok.pad_token_id, k)
         with torch.no_grad(), reference(model) as ref_model:
-            ref_logps, _, _ = policy.completion_logprobs(ref_model, prompts, completions, audio, tok.pad_token_id)
+            ref_logps, _, _ = policy.completion_logprobs(ref_model, prompts, completions, audio, tok.pad_token_id, k)
         loss, _ = losses.grpo_loss(logps, None, ref_logps, advantages.reshape(-1).to(device), mask,
                                    float(cfg["clip_eps"]), float(cfg["grpo_kl_coef"]))  # Eq. 7
         loss.backward()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import cot, prompt, rollout, sampling
+from ambinb import cot, prompt, readout, rollout, sampling
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def generate_group(model, tokenizer, encoded, k, max_new_tokens, greedy=False, t
     eos = set(prompt.eos_ids(tokenizer))
     close = fmt.answer_close
     window = len(prompt.segment_ids(tokenizer, close)) + 2
-    ids, mask = rollout._left_pad([e.prompt_ids for e in encoded], pad_id, device)
+    ids, mask = readout.left_pad([e.prompt_ids for e in encoded], pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     hidden, cache = audio_mod.lm_hidden(model, ids, mask, [e.audio for e in encoded], pos, use_cache=True)
     logits = audio_mod.head_logits(model, hidden[:, -1])

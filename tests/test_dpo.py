@@ -153,7 +153,9 @@ def record_forwards(model, monkeypatch, module) -> list[dict]:
             kind = "reference"
         else:
             kind = "policy" if torch.is_grad_enabled() else "old_policy"
-        seen.append({"kind": kind, "embeds": embeds.detach().clone(), "grad": torch.is_grad_enabled()})
+        cache = kwargs.get("cache")
+        past = int(cache.get_seq_length()) if cache is not None else 0  # > 0: it continues a prefill's cache
+        seen.append({"kind": kind, "embeds": embeds.detach().clone(), "grad": torch.is_grad_enabled(), "past": past})
 
     handle = A.core(model).language_model.register_forward_pre_hook(hook, with_kwargs=True)
     return seen, handle
@@ -163,7 +165,7 @@ def check_audio_in(seen: list[dict], projected: list[torch.Tensor], placeholder:
     for rec in seen:
         embeds = rec["embeds"]
         assert not (embeds - placeholder).abs().sum(-1).lt(1e-6).any(), f"an unmerged <|AUDIO|> in a {rec['kind']}"
-        if embeds.shape[1] > 1:  # every forward over prompts (not a one-token decoding step) carries audio
+        if rec["past"] == 0:  # every forward over prompts (not one that continues a cache) carries audio
             for row in embeds:
                 assert audio_owner(row, projected) is not None, f"a {rec['kind']} row lacks its utterance's audio"
 
@@ -291,3 +293,39 @@ def test_summary_counts_pairs_and_averages_the_last_fifth_by_hand():
     assert out["neg_js_first"] == 0.4  # the first step that had a pair
     assert out["neg_js_last_fifth"] == 0.1 and out["accuracy_last_fifth"] == 0.5 and out["margin_last_fifth"] == 0.6
     assert np.isnan(object.__new__(dpo.DPOStrategy).summary(history[:1])["neg_js_last_fifth"])
+
+
+def test_grouped_completion_logprobs_equal_the_flat_ones_with_their_gradients(tiny):
+    """Groups of three rows sharing a prompt (prompts of two lengths, completions of unequal lengths): the
+    one-prefill forward gives the flat forward's log-probs and the same gradient on every weight; under
+    activation checkpointing it falls back to the flat forward (whole-row hidden states come back)."""
+    model, processor = tiny
+    model = model_mod.prepare_trainable(model, make_cfg(lora=False))
+    examples = make_examples(model, processor, 2)
+    assert len(examples[0].encoded.prompt_ids) != len(examples[1].encoded.prompt_ids)
+    g, pad = 3, processor.tokenizer.pad_token_id
+    prompts = [ex.encoded.prompt_ids for ex in examples for _ in range(g)]
+    audio = [ex.encoded.audio for ex in examples for _ in range(g)]
+    completions = [ex.completion.ids[:n] for ex in examples for n in (len(ex.completion.ids), 5, 1)]
+    weights = torch.linspace(0.5, 1.5, 6)[:, None]
+    params = [p for _, p in engine.trainable_parameters(model)]
+
+    def run(group_size):
+        model.zero_grad(set_to_none=True)
+        logps, mask, hidden = policy_mod.completion_logprobs(model, prompts, completions, audio, pad, group_size)
+        (logps * mask * weights).sum().backward()
+        return logps.detach(), mask, hidden, [p.grad.clone() for p in params]
+
+    flat, flat_mask, flat_hidden, flat_grads = run(1)
+    grouped, grouped_mask, grouped_hidden, grouped_grads = run(g)
+    assert flat_hidden is not None and grouped_hidden is None
+    assert torch.equal(flat_mask, grouped_mask)
+    torch.testing.assert_close(grouped, flat, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grouped_grads, flat_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    model_mod.set_activation_checkpointing(model, True)
+    model.train()
+    _, _, hidden, _ = run(g)
+    assert hidden is not None
+    with pytest.raises(ValueError, match="prompts of a group of 3 rows differ"):
+        policy_mod.completion_logprobs(model, prompts[1:] + prompts[:1], completions, audio, pad, g)

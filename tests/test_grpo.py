@@ -111,11 +111,13 @@ def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(tiny, mo
     kinds = [r["kind"] for r in seen]
     assert {"rollout", "policy", "old_policy", "reference"} <= set(kinds)
     check_audio_in(seen, projected, placeholder)
-    for kind in ("policy", "old_policy", "reference"):
-        rows = [r for r in seen if r["kind"] == kind]
-        assert len(rows) == 1
-        owners = [audio_owner(row, projected) for row in rows[0]["embeds"]]
-        assert owners == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # K = 2 samples + the gold, per utterance
+    for kind in ("policy", "old_policy", "reference"):  # each utterance's prompt once, its group continues it
+        prefill = [r for r in seen if r["kind"] == kind and r["past"] == 0]
+        tails = [r for r in seen if r["kind"] == kind and r["past"] > 0]
+        assert len(prefill) == 1 and len(tails) == 1
+        assert [audio_owner(row, projected) for row in prefill[0]["embeds"]] == [0, 1, 2]
+        assert tails[0]["embeds"].shape[0] == 9  # K = 2 samples + the gold, per utterance
+        assert tails[0]["past"] == prefill[0]["embeds"].shape[1]  # on top of the whole prefill, audio included
 
 
 def test_num_iterations_reuses_the_rollouts_with_the_old_policy_logprobs(tiny, monkeypatch):

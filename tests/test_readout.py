@@ -130,3 +130,25 @@ def test_slot_distribution_matches_read_out(tiny):
         logits = A.lm_forward(model, tok_ids, mask, feats).logits
         slot = logits[torch.arange(3), torch.tensor([len(x) - 1 for x in prefixes])]
     assert torch.allclose(readout.slot_distribution(slot, ids), p, atol=1e-5)
+
+
+def test_right_padded_rows_need_no_attention_mask(tiny):
+    """Each row of a right-padded batch run without a mask has, at its real positions, the hidden
+    states of the same row run alone: the causal mask keeps real tokens off the padding after them."""
+    model, processor = tiny
+    _, _, enc, tails = _setup(model, processor)
+    rows, feats = [e.prompt_ids + t for e, t in zip(enc, tails)], [e.audio for e in enc]
+    assert len({len(r) for r in rows}) == 3  # three lengths, so two rows carry padding
+    with torch.no_grad():
+        ids, _ = readout.right_pad(rows, 0)
+        batched, _ = A.lm_hidden(model, ids, None, feats)
+        for i, (row, feat) in enumerate(zip(rows, feats)):
+            alone, _ = A.lm_hidden(model, torch.tensor([row]), None, [feat])
+            assert torch.allclose(batched[i, : len(row)], alone[0], atol=1e-5)
+        # the same rows left-padded would need the mask: without it the padding is attended
+        width = ids.shape[1]
+        left = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), torch.tensor(r)]) for r in rows])
+        unmasked, _ = A.lm_hidden(model, left, None, feats)
+        short = min(range(3), key=lambda i: len(rows[i]))
+        alone, _ = A.lm_hidden(model, torch.tensor([rows[short]]), None, [feats[short]])
+        assert not torch.allclose(unmasked[short, width - len(rows[short]):], alone[0], atol=1e-3)

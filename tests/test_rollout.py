@@ -11,7 +11,7 @@ import torch
 from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
 
 from ambinb import audio as A
-from ambinb import config, cot, merge, prompt, rollout
+from ambinb import config, cot, merge, prompt, readout, rollout
 from ambinb import model as model_mod
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
@@ -81,7 +81,7 @@ def test_no_audio_token_is_ever_sampled(tiny, monkeypatch):
 
     monkeypatch.setattr(A, "head_logits", audio_loving_head)
     enc = encode_waves(model, processor, _waves()[:2], TRANSCRIPTS[:2])
-    ids, mask = rollout._left_pad([enc[0].prompt_ids], 0, "cpu")
+    ids, mask = readout.left_pad([enc[0].prompt_ids], 0, "cpu")
     with torch.no_grad():
         hidden, _ = A.lm_hidden(model, ids, mask, [enc[0].audio])
     assert int(A.head_logits(model, hidden[:, -1]).argmax()) in audio_ids  # unsuppressed, one would be chosen

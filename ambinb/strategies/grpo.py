@@ -12,7 +12,9 @@ Each rollout step, for the B utterances of the micro-batch:
    highest Eq. 6 can give, so it always has the top advantage; a configured reward list whose best
    attainable value would beat it is refused when the strategy is built);
 4. advantages ``(r - mean) / (std + 1e-4)`` per group (:func:`ambinb.losses.group_advantages`);
-5. the clipped ratio objective with per-token averaging and a k3 KL to the reference
+5. the token log-probs of the policy, the reference and the old policy, each utterance's prompt run
+   once for its whole group (:func:`ambinb.policy.completion_logprobs` with ``group_size``);
+6. the clipped ratio objective with per-token averaging and a k3 KL to the reference
    (:func:`ambinb.losses.grpo_loss`, Eq. 7). The reference is the starting model
    (:class:`ambinb.policy.Reference`: LoRA adapter disabled, or one frozen copy for a full fine-tune);
    with ``grpo_kl_coef: 0`` no reference forward runs.
@@ -98,8 +100,8 @@ class GRPOStrategy(ExampleStrategy):
         self.seed = int(cfg["seed"])
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations={self.num_iterations}: must be at least 1")
-        group = self.k + int(self.inject_gold)
-        if group < 2:
+        self.group = self.k + int(self.inject_gold)  # rows per utterance; they share its prompt's forward
+        if self.group < 2:
             raise ValueError(f"grpo_k={self.k}: a group needs at least two members for an advantage")
         for name in self.reward_names:
             rewards.get_reward(name)  # unknown names fail here, not at the first step
@@ -140,11 +142,12 @@ class GRPOStrategy(ExampleStrategy):
             batch.anchor = anchor
             if self.num_iterations > 1:
                 self._buffer[micro] = batch
-        logps, mask, _ = policy.completion_logprobs(model, batch.prompts, batch.completions, batch.audio, self.pad_id)
+        logps, mask, _ = policy.completion_logprobs(model, batch.prompts, batch.completions, batch.audio, self.pad_id,
+                                                    self.group)
         if self.reference is not None:
             with torch.no_grad(), self.reference(model) as ref_model:
                 ref_logps, _, _ = policy.completion_logprobs(ref_model, batch.prompts, batch.completions,
-                                                             batch.audio, self.pad_id)
+                                                             batch.audio, self.pad_id, self.group)
         else:
             ref_logps = logps.detach()
         loss, st = losses.grpo_loss(logps, batch.old_logps, ref_logps, batch.advantages.to(logps.device), mask,
@@ -187,7 +190,7 @@ class GRPOStrategy(ExampleStrategy):
         old_logps = None
         if self.num_iterations > 1:
             with torch.no_grad():
-                old_logps, _, _ = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id)
+                old_logps, _, _ = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id, self.group)
         js = policy.rollout_js(p_gt, group.p_hat)
         stats = {"reward_mean": float(sampled.mean()), "reward_std": float(sampled.std()),
                  "reward_group_std": float(sampled.std(axis=1, ddof=1).mean()) if k > 1 else 0.0,

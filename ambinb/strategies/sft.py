@@ -61,8 +61,8 @@ class SFTStrategy(ExampleStrategy):
         batch = [self.examples[i] for i in indices]
         rows = [ex.encoded.prompt_ids + ex.completion.ids for ex in batch]
         device = audio_mod.device_of(model)
-        ids, attn = readout.right_pad(rows, self.pad_id, device)
-        hidden, _ = audio_mod.lm_hidden(model, ids, attn, [ex.encoded.audio for ex in batch])
+        ids, _ = readout.right_pad(rows, self.pad_id, device)
+        hidden, _ = audio_mod.lm_hidden(model, ids, None, [ex.encoded.audio for ex in batch])  # see right_pad
         p_gt = torch.tensor(np.stack([ex.p_gt for ex in batch]), dtype=torch.float32, device=device)
         class_ll = policy.slot_class_log_likelihoods(model, hidden, batch, self.class_ids, self.pad_id)
         stats: dict[str, float] = {}
