@@ -367,6 +367,9 @@ def head_logits(model: Any, hidden: torch.Tensor, float32: bool = False) -> torc
 
 # --- the feature cache ----------------------------------------------------------------------
 
+CACHE_FORMAT = "alone"  # how cached outputs were computed: each utterance on its own (older folders were batched)
+
+
 @dataclass
 class _Mel:
     """Mel features kept compact: the first ``body`` columns and the one column that fills the rest."""
@@ -394,6 +397,14 @@ class _Mel:
 class AudioFeatureCache:
     """Tower outputs per utterance, computed once (frozen tower) and reused; mel features otherwise.
 
+    Each utterance goes through the tower on its own, at its own window (:func:`tower_window`): in a
+    batch, the padding window that the longest clip sets moves the float rounding of a shorter clip's
+    output (by about 1e-6 on the tiny stand-in), and an RL run turns such a difference into another
+    run. Computed alone, an utterance's output is a function of that utterance and the weights only,
+    so what a run reads does not depend on which run, batch or test filled the cache first. The
+    tower runs once per utterance per cache folder, so the lost batching costs little. On disk the
+    entries live under ``<cache_dir>/<tower hash>.<CACHE_FORMAT>/``.
+
     >>> cache = AudioFeatureCache(model, processor.feature_extractor, ".cache/audio_features")  # doctest: +SKIP
     >>> feats = cache.features(["utt1", "utt2"], [wave1, wave2])    # two (n_i, d_audio) tensors  # doctest: +SKIP
 
@@ -402,13 +413,11 @@ class AudioFeatureCache:
         hits: lookups answered from memory or disk.
     """
 
-    def __init__(self, model: Any, feature_extractor: Any, cache_dir: str | os.PathLike | None = None,
-                 batch_size: int = 8):
+    def __init__(self, model: Any, feature_extractor: Any, cache_dir: str | os.PathLike | None = None):
         self.model = model
         self.feature_extractor = feature_extractor
-        self.batch_size = max(1, int(batch_size))
         self.key = tower_hash(model)
-        self.dir = Path(cache_dir) / self.key if cache_dir else None
+        self.dir = Path(cache_dir) / f"{self.key}.{CACHE_FORMAT}" if cache_dir else None
         self._tower: dict[tuple[str, str], torch.Tensor] = {}
         self._mel: dict[tuple[str, str], _Mel] = {}
         self.tower_calls = 0
@@ -418,7 +427,7 @@ class AudioFeatureCache:
         """Re-hash the tower (call after loading other weights into it); stale entries are not used."""
         self.key = tower_hash(self.model)
         if self.dir is not None:
-            self.dir = self.dir.parent / self.key
+            self.dir = self.dir.parent / f"{self.key}.{CACHE_FORMAT}"
         self._tower.clear()
 
     def _disk_path(self, utt_id: str, whash: str) -> Path | None:
@@ -462,22 +471,17 @@ class AudioFeatureCache:
                 self.hits += 1
                 continue
             todo.append(i)
-        unique = list(dict.fromkeys(keys[i] for i in todo))
-        for start in range(0, len(unique), self.batch_size):
-            chunk = unique[start: start + self.batch_size]
-            first = {k: keys.index(k) for k in chunk}
-            feats, masks = self.mels([k[0] for k in chunk], [waves[first[k]] for k in chunk])
+        for key in dict.fromkeys(keys[i] for i in todo):  # one utterance per forward: see the class docstring
+            feats, masks = self.mels([key[0]], [waves[keys.index(key)]])
             with torch.no_grad():
-                results = run_tower(self.model, feats, masks)
-            self.tower_calls += len(chunk)
-            for key, res in zip(chunk, results):
-                res = res.detach().to("cpu", copy=True)  # its own storage: a view would keep (and save) the batch
-                self._tower[key] = res
-                path = self._disk_path(*key)
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(f".tmp{os.getpid()}")
-                    torch.save(res, tmp)
-                    os.replace(tmp, path)
+                res = run_tower(self.model, feats, masks)[0].detach().to("cpu", copy=True)
+            self.tower_calls += 1
+            self._tower[key] = res
+            path = self._disk_path(*key)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                torch.save(res, tmp)
+                os.replace(tmp, path)
         device = device_of(self.model)
         return [(out[i] if i in out else self._tower[keys[i]]).to(device) for i in range(len(keys))]

@@ -52,8 +52,7 @@ def p_of(df: pd.DataFrame) -> np.ndarray:
 def feature_cache(model: Any, processor: Any, cfg: dict[str, Any]) -> audio_mod.AudioFeatureCache:
     """The audio-feature cache the params ask for (``feature_cache_dir``; "" = memory only)."""
     folder = str(cfg["feature_cache_dir"])
-    return audio_mod.AudioFeatureCache(model, processor.feature_extractor, resolve_path(folder) if folder else None,
-                                       batch_size=int(cfg["eval_batch_size"]))
+    return audio_mod.AudioFeatureCache(model, processor.feature_extractor, resolve_path(folder) if folder else None)
 
 
 def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str],

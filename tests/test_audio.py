@@ -230,8 +230,8 @@ def test_nan_audio_stops_encoding_before_the_cache_and_training(tiny, tmp_path):
 
 def test_a_cache_file_holds_its_own_utterance_only(tiny, tmp_path):
     model, processor = tiny
-    waves = [tone(0.5, 220), tone(3.0, 440), tone(1.5, 330)]  # one batch, padded to the longest
-    cache = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path, batch_size=8)
+    waves = [tone(0.5, 220), tone(3.0, 440), tone(1.5, 330)]  # three lengths
+    cache = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
     feats = cache.features(["a", "b", "c"], waves)
     for utt_id, f in zip(["a", "b", "c"], feats):
         stored = next(cache.dir.glob(f"{utt_id}.*.pt"))
@@ -256,3 +256,19 @@ def test_windowed_tower_equals_the_encoders_own_forward(tiny):
     assert all(torch.allclose(f, s, atol=1e-5) for f, s in zip(full, short))
     whole = torch.ones(1, A.N_FRAMES, dtype=torch.long)
     assert A.tower_window(whole) == A.N_FRAMES
+
+
+def test_an_utterances_cached_output_does_not_depend_on_what_it_was_computed_with(tiny, tmp_path):
+    """Computed alongside longer clips or alone, an utterance's tower output is the same to the bit, so
+    what a run reads from a cache does not depend on which run, batch or test filled the cache first
+    (batched, the padding window moves its float rounding by about 1e-6, and RL runs amplify that)."""
+    model, processor = tiny
+    waves = [tone(0.8, 220), tone(3.0, 440), tone(1.5, 330)]
+    together = A.AudioFeatureCache(model, processor.feature_extractor).features(["a", "b", "c"], waves)
+    for i, utt_id in enumerate(["a", "b", "c"]):
+        alone = A.AudioFeatureCache(model, processor.feature_extractor).features([utt_id], [waves[i]])[0]
+        assert torch.equal(alone, together[i]), utt_id
+    filled_by_another = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
+    filled_by_another.features(["c", "a"], [waves[2], waves[0]])
+    reader = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
+    assert torch.equal(reader.features(["a"], [waves[0]])[0], together[0])
