@@ -471,8 +471,9 @@ class AudioFeatureCache:
                 self.hits += 1
                 continue
             todo.append(i)
+        first = {keys[i]: i for i in reversed(todo)}  # each missing key's first index
         for key in dict.fromkeys(keys[i] for i in todo):  # one utterance per forward: see the class docstring
-            feats, masks = self.mels([key[0]], [waves[keys.index(key)]])
+            feats, masks = self.mels([key[0]], [waves[first[key]]])
             with torch.no_grad():
                 res = run_tower(self.model, feats, masks)[0].detach().to("cpu", copy=True)
             self.tower_calls += 1

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import engine, losses, metrics, prompt, readout
+from ambinb import engine, losses, metrics, prompt, readout, rollout
 
 if TYPE_CHECKING:
     from ambinb.run import Example
@@ -165,17 +165,15 @@ def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[
 def _grouped_predictors(model: Any, heads: list[list[int]], head_audio: list[torch.Tensor],
                         completions: list[list[int]], g: int, pad_id: int) -> torch.Tensor:
     """(N, W, H) hidden states whose ``[i, t]`` predicts ``completions[i][t]``, each of the B ``heads``
-    (with its audio) run once and shared by the G rows ``i`` of its group through a repeated KV cache."""
+    (with its audio) run once (:func:`ambinb.rollout.shared_prefill`) and continued by the G rows
+    ``i`` of its group."""
     device = audio_mod.device_of(model)
-    ids, mask = readout.left_pad(heads, pad_id, device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    head_hidden, cache = audio_mod.lm_hidden(model, ids, mask, head_audio, pos, use_cache=True)
-    cache.batch_repeat_interleave(g)
+    last, cache, mask, pos = rollout.shared_prefill(model, heads, head_audio, g, pad_id)
     tail, tail_mask = readout.right_pad(completions, pad_id, device)
-    tail_pos = pos[:, -1:].repeat_interleave(g, dim=0) + 1 + torch.arange(tail.shape[1], device=device)
-    tail_hidden, _ = audio_mod.lm_hidden(model, tail, torch.cat([mask.repeat_interleave(g, dim=0), tail_mask], dim=1),
-                                         None, tail_pos, cache, use_cache=True)
-    return torch.cat([head_hidden[:, -1:].repeat_interleave(g, dim=0), tail_hidden[:, :-1]], dim=1)
+    tail_pos = pos[:, -1:] + 1 + torch.arange(tail.shape[1], device=device)
+    tail_hidden, _ = audio_mod.lm_hidden(model, tail, torch.cat([mask, tail_mask], dim=1), None, tail_pos, cache,
+                                         use_cache=True)
+    return torch.cat([last.repeat_interleave(g, dim=0)[:, None], tail_hidden[:, :-1]], dim=1)
 
 
 class Reference:

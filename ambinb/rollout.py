@@ -152,20 +152,30 @@ class _Rows:
         return [(ids[r][: self.lengths[r]], self.stop[r]) for r in range(len(ids))]
 
 
-def _prefill(model: Any, encoded: list[prompt.Encoded], k: int, pad_id: int
-             ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """The shared prefill: last logits, cache, mask and last positions, each repeated K times per utterance."""
+def shared_prefill(model: Any, prompts: list[list[int]], audio: list[torch.Tensor], k: int, pad_id: int
+                   ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """The B prompts (with their audio) through the language model once, left-padded, for K rows each
+    to continue: ``(last hidden states (B, H), KV cache, mask (B*K, T), positions (B*K, T))``, the
+    cache, the mask and the positions repeated K times per prompt (``Cache.batch_repeat_interleave``).
+    Gradients flow through the cache when they are on (GRPO's grouped log-probs)."""
     device = audio_mod.device_of(model)
-    ids, mask = readout.left_pad([e.prompt_ids for e in encoded], pad_id, device)
+    ids, mask = readout.left_pad(prompts, pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden, cache = audio_mod.lm_hidden(model, ids, mask, [e.audio for e in encoded], pos, use_cache=True)
-    logits = audio_mod.head_logits(model, hidden[:, -1])
+    hidden, cache = audio_mod.lm_hidden(model, ids, mask, audio, pos, use_cache=True)
     if k > 1:
         cache.batch_repeat_interleave(k)
-        logits = logits.repeat_interleave(k, dim=0)
         mask = mask.repeat_interleave(k, dim=0)
         pos = pos.repeat_interleave(k, dim=0)
-    return logits, cache, mask, pos[:, -1]
+    return hidden[:, -1], cache, mask, pos
+
+
+def _prefill(model: Any, encoded: list[prompt.Encoded], k: int, pad_id: int
+             ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """The rollout's shared prefill: last logits, cache, mask and last positions, each repeated K times per utterance."""
+    last, cache, mask, pos = shared_prefill(model, [e.prompt_ids for e in encoded], [e.audio for e in encoded], k,
+                                            pad_id)
+    logits = audio_mod.head_logits(model, last)
+    return (logits.repeat_interleave(k, dim=0) if k > 1 else logits), cache, mask, pos[:, -1]
 
 
 def decode_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:

@@ -145,10 +145,13 @@ def test_right_padded_rows_need_no_attention_mask(tiny):
         for i, (row, feat) in enumerate(zip(rows, feats)):
             alone, _ = A.lm_hidden(model, torch.tensor([row]), None, [feat])
             assert torch.allclose(batched[i, : len(row)], alone[0], atol=1e-5)
-        # the same rows left-padded would need the mask: without it the padding is attended
-        width = ids.shape[1]
-        left = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), torch.tensor(r)]) for r in rows])
-        unmasked, _ = A.lm_hidden(model, left, None, feats)
+        # the shortcut is for right padding only: left-padded rows need their mask and positions (with
+        # them they equal the rows run alone), and without either they do not
+        left, mask = readout.left_pad(rows, 0)
         short = min(range(3), key=lambda i: len(rows[i]))
         alone, _ = A.lm_hidden(model, torch.tensor([rows[short]]), None, [feats[short]])
-        assert not torch.allclose(unmasked[short, width - len(rows[short]):], alone[0], atol=1e-3)
+        cols = slice(left.shape[1] - len(rows[short]), None)
+        masked, _ = A.lm_hidden(model, left, mask, feats, (mask.cumsum(-1) - 1).clamp(min=0))
+        unmasked, _ = A.lm_hidden(model, left, None, feats)
+        assert torch.allclose(masked[short, cols], alone[0], atol=1e-5)
+        assert not torch.allclose(unmasked[short, cols], alone[0], atol=1e-3)
