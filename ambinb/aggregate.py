@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ambinb import metrics, results
+from ambinb import curation, metrics, paper, results
+from ambinb import perception as perception_mod
 from ambinb.paths import resolve_path
 
 MAIN_METRICS = ("js", "bc", "r2", "brier")
@@ -201,8 +202,6 @@ def reasoning(run_root: str, dataset: str, strategies: list[str], folds: list[in
     the same parsed rows. Only think blocks in the template's wording parse (the toy corpus, or a
     curator that writes like it); a strategy whose blocks never parse shows ``parsed`` 0 and NaN.
     """
-    from ambinb import curation
-
     rows = []
     for strategy in strategies:
         preds = pooled_predictions(run_root, dataset, strategy, folds)
@@ -235,9 +234,7 @@ def gold_thinks(run_root: str, dataset: str, prompt_version: str) -> dict[str, s
     """``utt_id -> think block`` of every record of the curated CoT store (``<run_root>/<dataset>/curation/
     cot.jsonl``) for ``prompt_version`` that holds one, accepted or not: its audio step words the measured
     prosody whichever attempt it is. Empty when there is no store."""
-    from ambinb.curation import STORE_FILE, load_curated
-
-    curated = load_curated(resolve_path(run_root) / dataset / "curation" / STORE_FILE, prompt_version)
+    curated = curation.load_curated(resolve_path(run_root) / dataset / "curation" / curation.STORE_FILE, prompt_version)
     return {str(u): c for u, c in zip(curated["utt_id"], curated["cot"], strict=True)
             if isinstance(c, str) and c.strip()}
 
@@ -258,8 +255,6 @@ def perception(run_root: str, dataset: str, folds: list[int], strategy: str = "b
     store lacks are left out (curation covers a fold's training rows, so a test fold has gold blocks once
     another fold's training run curated them). Empty when no fold finished or none wrote completions.
     """
-    from ambinb import perception as perception_mod
-
     preds = pooled_predictions(run_root, dataset, strategy, folds)
     if preds.empty or "completion" not in preds:
         return pd.DataFrame()
@@ -382,8 +377,6 @@ def folders(run_root: str) -> list[Path]:
 def table2(run_root: str, datasets: list[str], folds: list[int], n_boot: int = 1000) -> pd.DataFrame:
     """Table 2: base, classical, prior, every other evaluated baseline, SFT, DPO, GRPO, GRPO_z by JS, BC,
     R2, Brier per dataset (mean ± sd over folds, pooled bootstrap CI), best in bold, the paper beside."""
-    from ambinb import paper
-
     runs = collect(run_root)
     extra = sorted({s for ds in datasets for s in existing_strategies(run_root, ds)}
                    - set(TABLE2_ROWS) - {"sft_ce", "sft_nocot", "dpo_ce"})
@@ -396,8 +389,6 @@ def table2(run_root: str, datasets: list[str], folds: list[int], n_boot: int = 1
 
 def paper_table3() -> pd.DataFrame:
     """The paper's Table 3 indexed like :func:`table3` (``(setting label, strategy)``)."""
-    from ambinb import paper
-
     rows = {(setting_label(_PAPER_TABLE3[setting]), st): vals for (setting, st), vals in paper.TABLE3.items()}
     df = pd.DataFrame.from_dict(rows, orient="index", columns=list(paper.METRICS))
     df.index = pd.MultiIndex.from_tuples(df.index, names=["setting", "strategy"])

@@ -1,31 +1,25 @@
-"""Audio in: wav files, mel features, the frozen tower's outputs, and where they enter the language model.
+"""Audio in: wav files, mel features, and the frozen tower's outputs, computed once per utterance.
 
 The Qwen2-Audio encoder always sees 3,000 mel frames (30 s, zero-padded) and its key padding is
 masked, so an utterance's tower output depends on that utterance alone. With the tower frozen (the
 paper's setting: LoRA on the language model only) the output never changes, so
 :class:`AudioFeatureCache` computes it once per utterance and every later forward (epochs, K
-rollouts, policy / old-policy / reference passes, readouts) reuses it: about 30x per training step
-on the tiny model from this alone.
+rollouts, policy / old-policy / reference passes, read-outs) reuses it.
 
 Design:
 
 * The cache stores the tower's *last hidden state* (before ``multi_modal_projector``), cut to the
-  utterance's audio-token count. The projector runs in :func:`merge_audio`, so it can be trained
-  (full fine-tune) while the tower stays frozen.
+  utterance's audio-token count. The projector runs where the audio enters the language model
+  (:func:`ambinb.lm.merge_audio`), so it can be trained (full fine-tune) while the tower stays frozen.
 * Keys are ``(utt_id, sha1 of the 16 kHz waveform, hash of the tower weights)``: a regenerated
   corpus or a changed tower never hits a stale entry. On disk (``feature_cache_dir``) the entries
-  live under ``<dir>/<tower hash>/``, one file per utterance holding that utterance's bytes only
-  (a copy, not a view of the padded batch, which ``torch.save`` would write whole).
+  live under ``<dir>/<tower hash>.<format>/``, one file per utterance holding that utterance's bytes
+  only (a copy, not a view of a padded batch, which ``torch.save`` would write whole).
 * Audio that is not finite (a NaN or inf sample) is refused where it comes in, naming the file and
   the utterance (:func:`check_finite`), and again by the cache for waveforms from elsewhere: one
   NaN sample makes every feature of the utterance NaN, and then every weight after one step.
 * When the tower is trainable the cache keeps only the mel features (compacted: the padded tail of
   a Whisper log-mel is one repeated column) and the tower runs with gradients on every call.
-* :func:`merge_audio` is the **one place where audio enters the language model**: it embeds the
-  token ids and writes the projected tower outputs at the ``<|AUDIO|>`` positions, exactly as
-  ``Qwen2AudioModel.forward`` does with ``masked_scatter``. Every forward in ambinb goes through
-  :func:`lm_forward`, which refuses ids holding ``<|AUDIO|>`` without features (the silent failure
-  of TRL's GRPOTrainer). Tests hook ``model.model.language_model`` to check it.
 
 Worked example of the token count: a 2.0 s clip has 32,000 samples -> 200 valid mel frames (hop
 160) -> conv stride 2 -> 100 -> average pool 2 -> 50 ``<|AUDIO|>`` positions.
@@ -42,7 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
+
+from ambinb import lm
+from ambinb.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def to_mono_16k(wave: np.ndarray, sample_rate: int, utt_id: str = "") -> np.ndar
 
     Example: a (16000, 2) array at 8 kHz -> a (32000,) float32 array at 16 kHz.
     """
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # heavy
 
     wave = np.asarray(wave, dtype=np.float32)
     channels = 1 if wave.ndim == 1 else wave.shape[1]
@@ -137,8 +135,6 @@ def load_wav(path: str | os.PathLike, utt_id: str = "", max_seconds: float = 30.
         AudioError: an unreadable or missing file, a NaN or inf sample (:func:`check_finite`), or
             too long; naming the utterance and the path.
     """
-    import soundfile as sf
-
     utt_id = utt_id or Path(path).stem
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=False)
@@ -182,34 +178,12 @@ def n_audio_tokens(n_frames: int | torch.Tensor) -> int | torch.Tensor:
     return (((n_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
-# --- the model's parts, whether or not peft wraps it ----------------------------------------
-
-def base_model(model: Any) -> Any:
-    """The ``Qwen2AudioForConditionalGeneration`` inside DDP (``.module``) and peft wrappers."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def core(model: Any) -> Any:
-    """The ``Qwen2AudioModel`` (audio tower, projector, language model) of a possibly wrapped model."""
-    return base_model(model).model
-
-
-def device_of(model: Any) -> torch.device:
-    """The device the language-model side of a possibly wrapped model runs on (its projector's)."""
-    return core(model).multi_modal_projector.linear.weight.device
-
-
-def audio_token_id(model: Any) -> int:
-    """The id of ``<|AUDIO|>`` in the model's config."""
-    return int(base_model(model).config.audio_token_id)
-
+# --- the frozen tower -------------------------------------------------------------------------
 
 def tower_hash(model: Any) -> str:
     """sha1 over the audio tower's parameter names, shapes, dtypes and bytes (16 hex digits)."""
     h = hashlib.sha1()
-    for name, tensor in sorted(core(model).audio_tower.state_dict().items()):
+    for name, tensor in sorted(lm.core(model).audio_tower.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -218,7 +192,7 @@ def tower_hash(model: Any) -> str:
 
 def tower_is_frozen(model: Any) -> bool:
     """True when no audio-tower parameter requires a gradient."""
-    return not any(p.requires_grad for p in core(model).audio_tower.parameters())
+    return not any(p.requires_grad for p in lm.core(model).audio_tower.parameters())
 
 
 def tower_window(feature_attention_mask: torch.Tensor) -> int:
@@ -259,9 +233,9 @@ def run_tower(model: Any, input_features: torch.Tensor, feature_attention_mask: 
     Returns:
         One tensor (n_audio_tokens_i, d_audio) per row of ``input_features``.
     """
-    from transformers.masking_utils import create_bidirectional_mask
+    from transformers.masking_utils import create_bidirectional_mask  # heavy
 
-    tower = core(model).audio_tower
+    tower = lm.core(model).audio_tower
     device = tower.conv1.weight.device
     feature_attention_mask = feature_attention_mask.to(device)
     width = tower_window(feature_attention_mask) if windowed else input_features.shape[-1]
@@ -278,91 +252,6 @@ def run_tower(model: Any, input_features: torch.Tensor, feature_attention_mask: 
     else:
         hidden = _encode(tower, input_features, mask)
     return [hidden[i, : int(n)] for i, n in enumerate(n_tokens.tolist())]
-
-
-# --- the one place where audio enters the language model -------------------------------------
-
-def merge_audio(model: Any, input_ids: torch.Tensor, audio: list[torch.Tensor] | None) -> torch.Tensor:
-    """Token embeddings with the projected tower outputs written at the ``<|AUDIO|>`` positions.
-
-    Args:
-        input_ids: (B, T); the rows that hold ``<|AUDIO|>`` ids hold exactly as many as their
-            utterance has audio tokens (the processor's expansion).
-        audio: one tower output (n_i, d_audio) per row that holds audio tokens, in row order
-            (rows of one utterance may share a tensor); None when no row holds any.
-
-    Returns:
-        ``inputs_embeds`` (B, T, hidden) in the language model's dtype.
-
-    Raises:
-        ValueError: audio tokens without features, or counts that do not match, naming the row.
-    """
-    m = core(model)
-    embeds = base_model(model).get_input_embeddings()(input_ids)
-    is_audio = input_ids == audio_token_id(model)
-    per_row = is_audio.sum(-1).tolist()
-    rows_with_audio = [i for i, n in enumerate(per_row) if n]
-    if not rows_with_audio:
-        return embeds
-    if audio is None:
-        raise ValueError(f"rows {rows_with_audio} hold <|AUDIO|> tokens but no audio features were given: "
-                         "the language model would read the placeholder embedding instead of the audio")
-    if len(audio) != len(rows_with_audio):
-        raise ValueError(f"{len(rows_with_audio)} rows hold audio tokens but {len(audio)} feature tensors were given")
-    for row, feats in zip(rows_with_audio, audio):
-        if feats.shape[0] != per_row[row]:
-            raise ValueError(f"row {row}: {per_row[row]} <|AUDIO|> tokens but {feats.shape[0]} audio features")
-    proj = m.multi_modal_projector
-    feats = torch.cat([f.to(proj.linear.weight.device, proj.linear.weight.dtype) for f in audio], dim=0)
-    projected = proj(feats).to(embeds.device, embeds.dtype)
-    return embeds.masked_scatter(is_audio.unsqueeze(-1).to(embeds.device), projected)
-
-
-def _lm_inputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               audio: list[torch.Tensor] | None, position_ids: torch.Tensor | None, cache: Any,
-               use_cache: bool) -> dict[str, Any]:
-    """Keyword arguments of a language-model forward whose embeddings carry the audio (:func:`merge_audio`)."""
-    kwargs: dict[str, Any] = {"inputs_embeds": merge_audio(model, input_ids, audio), "attention_mask": attention_mask,
-                              "use_cache": use_cache}
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids
-    if cache is not None:
-        kwargs["cache"] = cache
-    return kwargs
-
-
-def lm_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               audio: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None,
-               cache: Any = None, use_cache: bool = False) -> Any:
-    """One forward of the language model (and head) on ids whose audio positions carry ``audio``.
-
-    Every ambinb forward (readout, rollout prefill and decoding, training losses) goes through here.
-    Returns the model output (``.logits`` (B, T, V), ``.cache``).
-    """
-    return model(**_lm_inputs(model, input_ids, attention_mask, audio, position_ids, cache, use_cache))
-
-
-def lm_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              audio: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None,
-              cache: Any = None, use_cache: bool = False) -> tuple[torch.Tensor, Any]:
-    """The language model's last hidden states (B, T, hidden) and its cache, without the head.
-
-    For callers that need logits at a few positions only (the readout, the rollout's prefill): a
-    vocabulary of 150k makes full (B, T, V) logits the largest tensor of a real-size forward. It
-    calls the inner model, past any DDP wrapper: a distributed training loss should go through
-    :func:`lm_forward` (the outer forward) or unwrap deliberately.
-    """
-    out = core(model)(**_lm_inputs(model, input_ids, attention_mask, audio, position_ids, cache, use_cache))
-    return out.last_hidden_state, out.cache
-
-
-def head_logits(model: Any, hidden: torch.Tensor, float32: bool = False) -> torch.Tensor:
-    """The LM head on hidden states (..., hidden) -> (..., V); in float32 when asked (the readout)."""
-    head = base_model(model).lm_head
-    if float32:
-        bias = head.bias.float() if head.bias is not None else None
-        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
-    return head(hidden)
 
 
 # --- the feature cache ----------------------------------------------------------------------
@@ -484,5 +373,11 @@ class AudioFeatureCache:
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
                 torch.save(res, tmp)
                 os.replace(tmp, path)
-        device = device_of(self.model)
+        device = lm.device_of(self.model)
         return [(out[i] if i in out else self._tower[keys[i]]).to(device) for i in range(len(keys))]
+
+
+def feature_cache(model: Any, processor: Any, cfg: dict[str, Any]) -> AudioFeatureCache:
+    """The audio-feature cache the params ask for (``feature_cache_dir``; "" = memory only)."""
+    folder = str(cfg["feature_cache_dir"])
+    return AudioFeatureCache(model, processor.feature_extractor, resolve_path(folder) if folder else None)

@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ambinb import metrics
+from ambinb import labels, metrics, prosody
+from ambinb.paths import run_folder
+from ambinb.results import prior_distribution, write_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def bag_of_words(train_text: list[str], test_text: list[str], min_df: int = 2
     Example: train ``["I hate this", "I love this"]`` with ``min_df=1`` -> vocabulary
     ``["hate", "i", "love", "this"]``; the test text ``"love it"`` -> ``[0, 0, 1, 0]``.
     """
-    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.feature_extraction.text import CountVectorizer  # heavy
 
     vec = CountVectorizer(binary=True, lowercase=True, token_pattern=TOKEN_PATTERN,
                           min_df=min(int(min_df), max(1, len(train_text))))
@@ -64,8 +66,6 @@ def audio_features(df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame | None
 
     None when no utterance of the table has audio.
     """
-    from ambinb import prosody
-
     if not (df["audio_path"].fillna("").astype(str) != "").any():
         return None
     z = prosody.speaker_normalised(df, cfg)
@@ -115,7 +115,7 @@ def fit_soft(x: Any, p: np.ndarray, c: float = 1.0, max_iter: int = 2000) -> Sof
     Raises:
         ValueError: when the training labels put mass on fewer than two classes.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # heavy
 
     p = metrics.check_distributions(p, "p_train")
     rows, labels_ = np.nonzero(p > 0)
@@ -146,10 +146,6 @@ def run_classical(cfg: dict[str, Any], df: pd.DataFrame | None = None) -> dict[s
     Returns:
         The ``metrics.json`` content.
     """
-    from ambinb import labels
-    from ambinb.paths import run_folder
-    from ambinb.results import prior_distribution, write_evaluation
-
     start = time.perf_counter()
     df = labels.load_dataset(cfg) if df is None else df
     classes = labels.class_names(df)

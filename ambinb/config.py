@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import math
 import os
 import re
@@ -35,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from ambinb import cot, parameters, prosody, rewards
 from ambinb.paths import fold_count, params_dir
 
 NOTEBOOK = "notebook"
@@ -53,8 +53,8 @@ class ConfigError(ValueError):
 class Rule:
     """What one key accepts: a closed or open range, a set of choices, or a pattern.
 
-    ``choices`` may name a registry instead (``"ambinb.rewards:REWARDS"``: its keys), so a list
-    of names lives in one place. ``says`` puts a ``pattern`` in words for the error message. With
+    ``choices`` may be a registry instead (``rewards.REWARDS``: its keys, sorted), so a list of names
+    lives in one place. ``says`` puts a ``pattern`` in words for the error message. With
     ``each`` the rule applies to every item of a list; with ``regex`` the value must compile as a
     regular expression.
 
@@ -65,18 +65,17 @@ class Rule:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
-    choices: tuple[str, ...] | str = ()
+    choices: tuple[str, ...] | Any = ()
     pattern: str = ""
     says: str = ""
     each: bool = False
     regex: bool = False
 
     def allowed(self) -> tuple[str, ...]:
-        """The choices, read from the registry when ``choices`` names one."""
-        if isinstance(self.choices, str):
-            module, name = self.choices.split(":")
-            return tuple(sorted(getattr(importlib.import_module(module), name)))
-        return self.choices
+        """The choices, the registry's names when ``choices`` is one."""
+        if isinstance(self.choices, tuple):
+            return self.choices
+        return tuple(sorted(self.choices))
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` does not fit, or None when it does."""
@@ -153,9 +152,9 @@ RULES: dict[str, Rule] = {
     "dtype": _one_of("auto", "float32", "bfloat16", "float16"),
     "device": _text(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:<index>"),
     "attn_implementation": _one_of("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
-    "prompt_preset": Rule(choices="ambinb.cot:PRESETS"), "max_audio_seconds": Rule(low=0, high=30, low_open=True),
+    "prompt_preset": Rule(choices=cot.PRESETS), "max_audio_seconds": Rule(low=0, high=30, low_open=True),
     "lora_r": _at_least(1), "lora_alpha": _positive(), "lora_dropout": Rule(low=0, high=1, high_open=True),
-    "lora_target_regex": Rule(regex=True),
+    "lora_target_regex": Rule(regex=True), "logprob_chunk": _at_least(0),
     # metrics
     "bootstrap": _at_least(0), "eps": Rule(low=0, high=1, low_open=True, high_open=True),
     # curation
@@ -169,7 +168,7 @@ RULES: dict[str, Rule] = {
     "backoff_max": _at_least(0), "prompt_version": _text(r"[\w.-]+", "letters, digits, _ . or -"),
     "price_prompt_per_1k": _at_least(0), "price_completion_per_1k": _at_least(0),
     "curation_subset": _one_of("train", "all"), "prosody_cache": _NOT_EMPTY,
-    "prosody_workers": _at_least(1), "prosody_reference": Rule(choices="ambinb.prosody:REFERENCES"),
+    "prosody_workers": _at_least(1), "prosody_reference": Rule(choices=prosody.REFERENCES),
     "classical_c": _positive(), "classical_min_df": _at_least(1),
     # prompt, readout, rollouts, evaluation
     "max_new_tokens": _at_least(1), "temperature": _at_least(0), "top_p": Rule(low=0, high=1, low_open=True),
@@ -195,7 +194,7 @@ RULES: dict[str, Rule] = {
     "dpo_ce_weight": _at_least(0), "grpo_k": _at_least(1),
     "clip_eps": Rule(low=0, high=1, low_open=True, high_open=True),
     "grpo_kl_coef": _at_least(0), "num_iterations": _at_least(1), "format_weight": _at_least(0),
-    "rewards": Rule(choices="ambinb.rewards:REWARDS", each=True),
+    "rewards": Rule(choices=rewards.REWARDS, each=True),
 }
 """What each declared key accepts beyond its type (keys left out accept any value of their type:
 booleans and free paths). Edit this table, not the code that reads the key."""
@@ -254,6 +253,15 @@ def _strategy_chain(name: str) -> list[tuple[Path, dict[str, Any]]]:
         chain.insert(0, (path, data))
         name = data.get("extends") or ""
     return chain
+
+
+def strategy_family(name: str) -> str:
+    """The strategy that ``name``'s ``extends`` chain starts from: the family it is a variant of.
+
+    Example: ``strategy_family("dpo_ce")`` -> ``"dpo"`` (``dpo_ce.yaml`` extends ``dpo.yaml``);
+    ``strategy_family("sft")`` -> ``"sft"``.
+    """
+    return _strategy_chain(name)[0][0].stem
 
 
 def model_strategy_files(model: str, chain: list[str]) -> list[Path]:
@@ -348,7 +356,7 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
             ``$AMBINB_RUN_ROOT``, when set, replaces the default ``run_root`` (the test suite uses it);
             ``$AMBINB_FAST_DEV`` applies ``params/fast_dev.yaml`` after the strategy (the notebook tests).
             In a papermill run, a parameter injected that the notebook does not declare fails here
-            (:func:`ambinb.notebook.check_injected_parameters`).
+            (:func:`ambinb.parameters.check_injected`).
 
     Returns:
         A flat dict of every declared key, plus ``layers`` (the files applied, in order).
@@ -358,9 +366,7 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
             that do not fit together (:func:`check_relations`), or an unknown layer name, naming the
             key and the file or layer that set it.
     """
-    from ambinb import notebook
-
-    notebook.check_injected_parameters()
+    parameters.check_injected()
     declared = defaults()
     cfg, sources = dict(declared), {}
     for key, value in declared.items():

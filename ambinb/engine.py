@@ -42,28 +42,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from ambinb import config, results
+from ambinb.progress import bar as progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
 
 
+@runtime_checkable
 class Strategy(Protocol):
     """What the engine and :func:`ambinb.run.train_and_evaluate` need from a training strategy.
 
-    :mod:`ambinb.run` maps each strategy name of ``params/strategies`` to a class following this
-    protocol (:class:`ambinb.strategies.sft.SFTStrategy`, ``DPOStrategy``, ``GRPOStrategy``).
+    :func:`ambinb.strategies.strategy_class` maps each strategy name of ``params/strategies`` to a
+    class following this protocol (:class:`ambinb.strategies.sft.SFTStrategy`, ``DPOStrategy``,
+    ``GRPOStrategy``); ``isinstance(obj, Strategy)`` checks that an object has every member.
     """
 
     @classmethod
     def build(cls, model: Any, processor: Any, examples: list[Any], classes: list[str],
               cfg: dict[str, Any]) -> Strategy:
-        """The strategy of one run: its training examples (:class:`ambinb.run.Example`), the class
+        """The strategy of one run: its training examples (:class:`ambinb.examples.Example`), the class
         names of the read-out, and the resolved params."""
         ...
 
@@ -401,8 +404,6 @@ def train(model: Any, strategy: Strategy, tc: TrainConfig, out_dir: str | os.Pat
         NonFiniteError: a step's loss or gradient norm is not finite (nothing of it is applied or saved).
         OSError: the checkpoint cannot be written (``no space left on device while writing ...``).
     """
-    from ambinb.progress import bar as progress_bar
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator or make_accelerator(config.defaults(), out_dir)

@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ambinb import audio as audio_mod
-from ambinb import cot, prompt, results, rollout
-from ambinb.paths import resolve_path, run_dir, run_folder
+from ambinb import audio, cot, labels, lm, prompt, readout, results, rollout
+from ambinb import model as model_mod
+from ambinb.merge import merged_lora
+from ambinb.paths import run_dir, run_folder
 from ambinb.progress import bar as progress_bar
 
 # use_cot -> the name of the format check metrics.json records beside format_rate
@@ -39,28 +40,10 @@ FORMAT_CHECKS = {True: "cot", False: "answer"}
 NOCOT_SLACK_TOKENS = 4
 
 
-def classes_of(df: pd.DataFrame) -> list[str]:
-    """The class names of a dataset table, in ``p_<class>`` column order."""
-    return [c[2:] for c in df.columns if c.startswith("p_")]
-
-
-def p_of(df: pd.DataFrame) -> np.ndarray:
-    """The (N, C) soft labels of a dataset table."""
-    return df[[f"p_{c}" for c in classes_of(df)]].to_numpy(dtype=np.float64)
-
-
-def feature_cache(model: Any, processor: Any, cfg: dict[str, Any]) -> audio_mod.AudioFeatureCache:
-    """The audio-feature cache the params ask for (``feature_cache_dir``; "" = memory only)."""
-    folder = str(cfg["feature_cache_dir"])
-    return audio_mod.AudioFeatureCache(model, processor.feature_extractor, resolve_path(folder) if folder else None)
-
-
 def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str],
                    cfg: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """p_hat at the answer slot that directly follows the prompt (no think block), and the completion
     ``<answer>top class</answer>`` that greedy decoding of the slot would write."""
-    from ambinb import readout
-
     tok = processor.tokenizer
     fmt = cot.get_format(cfg["prompt_preset"])
     slot = prompt.completion_ids(tok, "", classes[0], fmt)
@@ -87,8 +70,6 @@ def generate_answers(model: Any, processor: Any, encoded: list[prompt.Encoded], 
     Returns:
         ``[(text, generated ids)]`` per utterance, the text decoded without special tokens.
     """
-    from ambinb.merge import merged_lora
-
     tok = processor.tokenizer
     fmt = cot.get_format(cfg["prompt_preset"])
     with rollout.eval_mode(model), merged_lora(model, bool(cfg["rollout_merge_lora"])):
@@ -108,7 +89,7 @@ def answer_found(completion: str, classes: list[str], fmt: cot.OutputFormat) -> 
 
 
 def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
-            cache: audio_mod.AudioFeatureCache | None = None, progress: bool = True) -> dict[str, Any]:
+            cache: audio.AudioFeatureCache | None = None, progress: bool = True) -> dict[str, Any]:
     """Greedy CoT and p_hat for every row of ``df``.
 
     A model trained without a think block (``use_cot: false``, the ``sft_nocot`` strategy) is read
@@ -122,9 +103,9 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
         ``{"p_hat": (N, C) array, "completions": [...], "format_ok": [...], "answer_found": [...],
         "tokens": [...], "seconds": {...}}``.
     """
-    classes = classes_of(df)
+    classes = labels.class_names(df)
     prompt_classes = list(cfg["eval_prompt_classes"] or classes)
-    cache = cache or feature_cache(model, processor, cfg)
+    cache = cache or audio.feature_cache(model, processor, cfg)
     size = max(1, int(cfg["eval_batch_size"]))
     p_hat, texts, ok, found, tokens = [], [], [], [], []
     seconds = {"generate": 0.0, "readout": 0.0, "encode": 0.0}
@@ -168,7 +149,7 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
 
 
 def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, Any], run_dir: str | Path,
-             p_prior: np.ndarray, cache: audio_mod.AudioFeatureCache | None = None,
+             p_prior: np.ndarray, cache: audio.AudioFeatureCache | None = None,
              progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``test_df`` into ``run_dir``; returns the ``metrics.json`` content.
 
@@ -177,12 +158,12 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
     start = time.perf_counter()
     if int(cfg["eval_max_utterances"]) > 0:
         test_df = test_df.iloc[: int(cfg["eval_max_utterances"])]
-    cache = cache or feature_cache(model, processor, cfg)
+    cache = cache or audio.feature_cache(model, processor, cfg)
     calls_before = cache.tower_calls
     with torch.no_grad():
         out = predict(model, processor, test_df, cfg, cache, progress)
     p_hat = out["p_hat"] / out["p_hat"].sum(axis=1, keepdims=True)
-    device = str(audio_mod.device_of(model))
+    device = str(lm.device_of(model))
     extra = {
         "format_rate": float(np.mean(out["format_ok"])),
         "format_check": FORMAT_CHECKS[bool(cfg["use_cot"])],
@@ -192,8 +173,8 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
         "tower_calls": cache.tower_calls - calls_before,
         **(extra or {}),
     }
-    return results.write_evaluation(run_dir, test_df["utt_id"].astype(str).tolist(), classes_of(test_df),
-                                    p_of(test_df), p_hat, p_prior, cfg, completions=out["completions"],
+    return results.write_evaluation(run_dir, test_df["utt_id"].astype(str).tolist(), labels.class_names(test_df),
+                                    labels.p_matrix(test_df), p_hat, p_prior, cfg, completions=out["completions"],
                                     device=device, extra=extra)
 
 
@@ -202,13 +183,10 @@ def run_base(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
 
     Writes ``run_folder(cfg, "base")`` and returns its ``metrics.json`` content.
     """
-    from ambinb import labels
-    from ambinb import model as model_mod
-
     cfg = {**cfg, "strategy": "base"}
     df = labels.load_dataset(cfg)
     train_df, test_df = labels.split_for_run(df, cfg)
-    p_prior = results.prior_distribution(p_of(train_df))
+    p_prior = results.prior_distribution(labels.p_matrix(train_df))
     model, processor = model_mod.load_model(cfg)
     out = run_folder(cfg, "base")
     return evaluate(model, processor, test_df, cfg, out, p_prior, progress=progress)
@@ -248,9 +226,6 @@ def run_cross_domain(cfg: dict[str, Any], progress: bool = True) -> dict[str, An
         ValueError: ``train_dataset`` or ``test_dataset`` empty, or a test class the training set lacks.
         FileNotFoundError: the in-domain run has not finished (run its sweep first); the message says which.
     """
-    from ambinb import labels
-    from ambinb import model as model_mod
-
     train, test, fold = str(cfg["train_dataset"]), str(cfg["test_dataset"]), int(cfg["fold"])
     if not train or not test:
         raise ValueError(f"dataset {cfg['dataset']!r}: a cross-domain run needs train_dataset and test_dataset "
@@ -269,7 +244,8 @@ def run_cross_domain(cfg: dict[str, Any], progress: bool = True) -> dict[str, An
                                                     "classes": []}), fold)
     _, test_df = labels.split(labels.load_dataset({**cfg, "dataset": test, "data_root": cfg["test_data_root"],
                                                    "classes": []}), fold)
-    prior = restrict_prior(results.prior_distribution(p_of(train_df)), classes_of(train_df), classes_of(test_df))
+    prior = restrict_prior(results.prior_distribution(labels.p_matrix(train_df)), labels.class_names(train_df),
+                           labels.class_names(test_df))
     model, processor = model_mod.load_trained(source / "adapter", cfg)
     out = run_dir(cfg["dataset"], cfg["strategy"], fold, cfg["run_root"])
     return evaluate(model, processor, test_df, cfg, out, prior, progress=progress,

@@ -37,7 +37,7 @@ def _selective_log_softmax() -> Callable[..., torch.Tensor]:
     Imported on first use: importing trl costs seconds, and most users of this module never need it.
     """
     try:
-        from trl.trainer.utils import selective_log_softmax
+        from trl.trainer.utils import selective_log_softmax  # heavy
     except ImportError:  # pragma: no cover - trl is a dependency; the fallback keeps the module usable
         return _row_log_softmax_gather
     return selective_log_softmax

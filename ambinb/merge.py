@@ -23,7 +23,7 @@ import torch
 def lora_layers(model: Any) -> list[Any]:
     """The peft LoRA layers of ``model`` that have an active adapter and are not merged."""
     try:
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # heavy
     except ImportError:  # peft missing: no adapters
         return []
     return [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged and not m.disable_adapters]

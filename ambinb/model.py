@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ambinb import audio as audio_mod
+from ambinb import lm, standin
 from ambinb.paths import resolve_path
 
 
@@ -88,7 +88,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, dtype: str = "auto", device
         ModelLoadError: the folder is missing or not Qwen2-Audio, or a hub id cannot be fetched
             (these machines are offline: download the checkpoint elsewhere and give its folder).
     """
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor  # heavy
 
     name = str(name_or_path)
     local = Path(name).expanduser()
@@ -108,7 +108,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, dtype: str = "auto", device
         raise ModelLoadError(f"{name}: the processor is {type(processor).__name__}, expected Qwen2AudioProcessor")
     model.to(device)
     model.eval()
-    audio_mod.core(model).audio_tower.requires_grad_(False)  # the paper's setting; unfreeze explicitly to train it
+    lm.core(model).audio_tower.requires_grad_(False)  # the paper's setting; unfreeze explicitly to train it
     return model, processor
 
 
@@ -116,8 +116,6 @@ def load_model(cfg: dict[str, Any]) -> tuple[Any, Any]:
     """The run's base model and processor: ``model_name_or_path``, or the tiny stand-in when it is empty."""
     path = cfg["model_name_or_path"]
     if not path:
-        from ambinb import standin  # the stand-in's build is only needed when it is the model
-
         path = str(standin.ensure_tiny(cfg))
     elif not path.startswith(("/", "~")) and (resolve_path(path)).exists():
         path = str(resolve_path(path))
@@ -132,7 +130,7 @@ def apply_lora(model: Any, cfg: dict[str, Any]) -> Any:
     Raises:
         ValueError: the regex matches no module, or matches a module of the audio tower.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # heavy
 
     regex = cfg["lora_target_regex"]
     matched = [n for n, _ in model.named_modules() if re.fullmatch(regex, n)]
@@ -141,7 +139,7 @@ def apply_lora(model: Any, cfg: dict[str, Any]) -> Any:
     tower = [n for n in matched if "audio_tower" in n]
     if tower:
         raise ValueError(f"lora_target_regex={regex!r} matches audio-tower modules such as {tower[0]!r}")
-    audio_mod.core(model).audio_tower.requires_grad_(False)
+    lm.core(model).audio_tower.requires_grad_(False)
     conf = LoraConfig(r=int(cfg["lora_r"]), lora_alpha=int(cfg["lora_alpha"]),
                       lora_dropout=float(cfg["lora_dropout"]), target_modules=regex, bias="none")
     training = model.training
@@ -153,7 +151,7 @@ def set_activation_checkpointing(model: Any, on: bool) -> None:
     """Recompute each decoder layer's activations in the backward pass instead of keeping them
     (transformers' non-reentrant checkpointing; works under LoRA with frozen inputs). Only training-mode
     forwards are affected: rollouts and no-grad forwards run as before."""
-    base = audio_mod.base_model(model)
+    base = lm.base_model(model)
     if on:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -168,7 +166,7 @@ def prepare_trainable(model: Any, cfg: dict[str, Any]) -> Any:
     else:
         for p in model.parameters():
             p.requires_grad_(True)
-        audio_mod.core(model).audio_tower.requires_grad_(False)
+        lm.core(model).audio_tower.requires_grad_(False)
     set_activation_checkpointing(model, bool(cfg["activation_checkpointing"]))
     return model
 
@@ -187,7 +185,7 @@ def load_trained(path: str | os.PathLike, cfg: dict[str, Any], is_trainable: boo
     """Load what :func:`save_trained` wrote: the base model (from ``cfg``) plus the adapter, or a full model."""
     path = Path(path)
     if (path / "adapter_config.json").exists():
-        from peft import PeftModel
+        from peft import PeftModel  # heavy
 
         model, processor = load_model(cfg)
         return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable), processor

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,16 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ambinb import metrics  # noqa: E402
-
-
-def _classes(df: pd.DataFrame) -> list[str]:
-    return [c[2:] for c in df.columns if c.startswith("p_")]
+from ambinb import labels, metrics, results  # noqa: E402
 
 
 def label_overview(df: pd.DataFrame, ambiguous_max_p: float = metrics.AMBIGUOUS_MAX_P) -> plt.Figure:
     """Four panels: votes per class, annotators per utterance, entropy of p_gt, class balance per fold."""
-    classes = _classes(df)
+    classes = labels.class_names(df)
     p = df[[f"p_{c}" for c in classes]].to_numpy()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
 
@@ -166,3 +163,18 @@ def acceptance(curated: pd.DataFrame, accept_js: float) -> plt.Figure:
     ax2.set(xlabel="attempts used", ylabel="utterances", title="Attempts per utterance")
     fig.tight_layout()
     return fig
+
+
+def save_examples(run_dir: str | os.PathLike, n: int = 2) -> tuple[Any, str]:
+    """Draw the clearest and the most ambiguous held-out utterances of a finished run
+    (:func:`ambinb.results.clearest_and_most_ambiguous`) into ``examples.png`` of its folder.
+
+    Returns:
+        The figure (annotators' against the model's distribution) and
+        :func:`ambinb.results.describe_examples` of them.
+    """
+    pick = results.clearest_and_most_ambiguous(results.read_predictions(run_dir), n)
+    fig = distributions(np.stack(pick.p_gt), np.stack(pick.p_hat), results.read_metrics(run_dir)["classes"],
+                        list(pick.utt_id))
+    save(fig, Path(run_dir) / "examples.png")
+    return fig, results.describe_examples(pick)

@@ -4,8 +4,8 @@ Every strategy (:mod:`ambinb.strategies`) scores the model it trains through the
 
 * :func:`completion_logprobs`: the log-prob of every completion token given its prompt (with the
   utterance's cached tower output), one right-padded forward, or for rows in groups that share a
-  prompt (GRPO's K samples) one prefill per prompt that the group continues; DPO's sequence log-probs
-  (Eq. 5) and GRPO's token ratios (Eq. 7) are built from it.
+  prompt (GRPO's K samples) one prefill per prompt that the group continues; SFT's CE (Eq. 3), DPO's
+  sequence log-probs (Eq. 5) and GRPO's token ratios (Eq. 7) are all built from it.
 * :class:`Reference`: pi_ref of Eq. 5 and Eq. 7, the model before training (the LoRA adapter
   switched off, or one frozen copy for a full fine-tune).
 * :func:`slot_class_log_likelihoods`: the class names' log-likelihoods at a teacher-forced
@@ -25,18 +25,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ambinb import audio as audio_mod
-from ambinb import engine, losses, metrics, prompt, readout, rollout
+from ambinb import config, engine, lm, metrics, prompt, readout
+from ambinb.examples import Example
 
-if TYPE_CHECKING:
-    from ambinb.run import Example
-
-ANSWER_CE = ("soft", "majority", "none")
+ANSWER_CE = config.RULES["answer_ce"].allowed()  # soft, majority, none
 
 
 def check_answer_ce(value: str) -> str:
@@ -97,38 +94,62 @@ def slot_class_log_likelihoods(model: Any, hidden: torch.Tensor, examples: Seque
         device = hidden.device
         pos = torch.tensor([len(ex.encoded.prompt_ids) + ex.completion.slot - 1 for ex in examples], device=device)
         h = hidden[torch.arange(len(examples), device=device), pos]
-        logp = torch.log_softmax(audio_mod.head_logits(model, h, float32=True), dim=-1)
+        logp = torch.log_softmax(lm.head_logits(model, h, float32=True), dim=-1)
         return logp[:, torch.tensor([ids[0] for ids in class_ids], device=device)]
     prefixes = [ex.encoded.prompt_ids + ex.completion.ids[: ex.completion.slot] for ex in examples]
     return readout.class_log_likelihoods(model, prefixes, [ex.encoded.audio for ex in examples], class_ids, pad_id)
 
 
 def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
-                        audio: list[torch.Tensor], pad_id: int, group_size: int = 1
+                        audio: list[torch.Tensor], pad_id: int, group_size: int = 1, chunk: int = 0,
+                        scored: list[list[int]] | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Log-probability of every completion token given its prompt (with audio) and the tokens before it.
+    """Log-probability of every completion token given its prompt (with audio) and the tokens before it:
+    the one per-token log-prob path of every strategy (SFT's CE, DPO's Eq. 5, GRPO's Eq. 7).
 
-    With ``group_size`` 1: one right-padded forward of ``prompt_i + completion_i`` through
-    :func:`ambinb.audio.lm_hidden`. With ``group_size`` G > 1 the rows come in groups of G that share
-    one prompt and its audio (GRPO's K samples of an utterance): the B prompts run once, left-padded,
-    their KV cache is repeated G times (gradients flow back through it to the one prompt forward), and
-    only the completions run per row (:func:`_grouped_predictors`). Same numbers (tests); for GRPO's
-    groups of 9 on the toy about 40 % fewer tokens per forward. Under activation checkpointing a layer
-    is re-run in the backward pass and would write the cache twice, so the grouped forward falls back
-    to the flat one there (``group_size`` then changes nothing). Either way the head is applied (in
-    float32) only where a completion token is predicted.
+    The forward is :func:`ambinb.lm.completion_states`: one right-padded forward of ``prompt_i +
+    completion_i``, or with ``group_size`` G > 1, rows in groups of G that share one prompt and its
+    audio (GRPO's K samples of an utterance), the B prompts run once and continued by each group's rows
+    (same numbers; for GRPO's groups of 9 on the toy about 40 % fewer tokens per forward). The head is
+    applied (in float32) only where a scored completion token is predicted, ``chunk`` positions at a
+    time when given (:func:`ambinb.lm.token_logprobs`; the ``logprob_chunk`` param).
 
     Args:
         prompts: N prompt id lists (``<|AUDIO|>`` expanded); with ``group_size`` G, equal within each group.
         completions: N completion id lists (at least one token each).
         audio: the tower output of each row's utterance.
         group_size: G, the rows per shared prompt (N a multiple of G).
+        chunk: completion positions per head application (0 = all at once).
+        scored: per completion, 1 for the tokens that need a log-prob (SFT's :func:`completion_mask`);
+            None scores every token. The head runs at the scored positions only.
 
     Returns:
         ``(logps (N, W), mask (N, W), hidden)``: W the longest completion, ``logps[i, t]`` the log-prob
-        of ``completions[i][t]`` (0 where ``mask`` is 0), and the last hidden states of the whole rows
-        (N, T, H) for a read-out at a slot: None from the grouped forward, which has no whole rows.
+        of ``completions[i][t]`` where ``mask`` is 1 (a scored token) and 0 elsewhere, and the last hidden
+        states of the whole rows (N, T, H) for a read-out at a slot: None from the grouped forward, which
+        has no whole rows.
     """
+    _check_rows(prompts, completions, audio, group_size)
+    device = lm.device_of(model)
+    rows, cols, targets = [], [], []
+    for i, c in enumerate(completions):
+        keep = range(len(c)) if scored is None else [t for t in range(len(c)) if scored[i][t]]
+        rows.extend([i] * len(keep))
+        cols.extend(keep)
+        targets.extend(c[t] for t in keep)
+    h, hidden = lm.completion_states(model, prompts, completions, audio, pad_id, rows, cols, group_size)
+    flat = lm.token_logprobs(model, h, torch.tensor(targets, device=device), chunk)
+    rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+    width = max(len(c) for c in completions)
+    logps = torch.zeros((len(completions), width), dtype=flat.dtype, device=device).index_put((rows_t, cols_t), flat)
+    mask = torch.zeros((len(completions), width), dtype=torch.float32, device=device)
+    mask[rows_t, cols_t] = 1.0
+    return logps, mask, hidden
+
+
+def _check_rows(prompts: list[list[int]], completions: list[list[int]], audio: list[torch.Tensor],
+                group_size: int) -> None:
+    """Refuse rows :func:`completion_logprobs` cannot score, saying why."""
     if not (len(prompts) == len(completions) == len(audio)):
         raise ValueError(f"{len(prompts)} prompts, {len(completions)} completions and {len(audio)} audio tensors")
     if any(not c for c in completions):
@@ -137,43 +158,6 @@ def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[
         raise ValueError(f"completion_logprobs: {len(prompts)} rows do not split into groups of {group_size}")
     if any(prompts[i] != prompts[i - i % group_size] for i in range(len(prompts))):
         raise ValueError(f"completion_logprobs: the prompts of a group of {group_size} rows differ")
-    device = audio_mod.device_of(model)
-    rows, cols, targets = [], [], []
-    for i, c in enumerate(completions):
-        rows.extend([i] * len(c))
-        cols.extend(range(len(c)))
-        targets.extend(c)
-    rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-    hidden = None
-    if group_size > 1 and not audio_mod.base_model(model).is_activation_checkpointing:
-        h = _grouped_predictors(model, prompts[::group_size], audio[::group_size], completions, group_size,
-                                pad_id)[rows_t, cols_t]
-    else:
-        ids, _ = readout.right_pad([p + c for p, c in zip(prompts, completions)], pad_id, device)
-        hidden, _ = audio_mod.lm_hidden(model, ids, None, audio)  # causal alone: see readout.right_pad
-        pos = [len(prompts[i]) - 1 + t for i, t in zip(rows, cols)]  # position t-1 predicts token t
-        h = hidden[rows_t, torch.tensor(pos, device=device)]
-    flat = losses.token_logprobs(audio_mod.head_logits(model, h, float32=True)[None],
-                                 torch.tensor(targets, device=device)[None])[0]
-    width = max(len(c) for c in completions)
-    logps = torch.zeros((len(completions), width), dtype=flat.dtype, device=device).index_put((rows_t, cols_t), flat)
-    mask = torch.zeros((len(completions), width), dtype=torch.float32, device=device)
-    mask[rows_t, cols_t] = 1.0
-    return logps, mask, hidden
-
-
-def _grouped_predictors(model: Any, heads: list[list[int]], head_audio: list[torch.Tensor],
-                        completions: list[list[int]], g: int, pad_id: int) -> torch.Tensor:
-    """(N, W, H) hidden states whose ``[i, t]`` predicts ``completions[i][t]``, each of the B ``heads``
-    (with its audio) run once (:func:`ambinb.rollout.shared_prefill`) and continued by the G rows
-    ``i`` of its group."""
-    device = audio_mod.device_of(model)
-    last, cache, mask, pos = rollout.shared_prefill(model, heads, head_audio, g, pad_id)
-    tail, tail_mask = readout.right_pad(completions, pad_id, device)
-    tail_pos = pos[:, -1:] + 1 + torch.arange(tail.shape[1], device=device)
-    tail_hidden, _ = audio_mod.lm_hidden(model, tail, torch.cat([mask, tail_mask], dim=1), None, tail_pos, cache,
-                                         use_cache=True)
-    return torch.cat([last.repeat_interleave(g, dim=0)[:, None], tail_hidden[:, :-1]], dim=1)
 
 
 class Reference:
@@ -193,7 +177,7 @@ class Reference:
         self.uses_adapter = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
         self.copy = None
         if not self.uses_adapter:
-            self.copy = copy.deepcopy(audio_mod.base_model(model)).eval()
+            self.copy = copy.deepcopy(lm.base_model(model)).eval()
             self.copy.requires_grad_(False)
 
     @contextmanager
@@ -223,6 +207,6 @@ def step_generator(model: Any, seed: int, step: int, indices: list[int]) -> torc
     """The rollout sampler of one micro-batch, seeded from (seed, step, indices): a resumed run
     samples exactly what an uninterrupted one did."""
     state = np.random.SeedSequence([int(seed), int(step), *[int(i) for i in indices]]).generate_state(1)[0]
-    gen = torch.Generator(device=audio_mod.device_of(model))
+    gen = torch.Generator(device=lm.device_of(model))
     gen.manual_seed(int(state))
     return gen

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ambinb import prosody
+from ambinb import audio, prosody
+from ambinb import model as model_mod
+from ambinb.progress import bar
 
 C = 1.0  # the logistic regression's inverse L2 strength (on standardised features)
 
@@ -50,15 +52,6 @@ def pool(features: Sequence[Any]) -> np.ndarray:
     return np.stack(rows)
 
 
-def bins(z: Any) -> np.ndarray:
-    """The three-way bin of z-scores: 0 when ``|z| < prosody.NEAR``, else the sign (NaN stays NaN).
-
-    Example: ``[1.4, -0.7, 0.1, 0.5]`` -> ``[1, -1, 0, 1]``.
-    """
-    z = np.asarray(z, dtype=np.float64)
-    return np.where(np.isnan(z), np.nan, np.where(np.abs(z) < prosody.NEAR, 0.0, np.sign(z)))
-
-
 def held_out_predictions(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The probe's and the majority class's predictions for the rows outside ``train`` (a boolean mask).
 
@@ -66,9 +59,9 @@ def held_out_predictions(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> tup
     rows; with one class among them it predicts that class. Example: training bins ``[0, 0, 1]`` ->
     the majority prediction is 0 for every held-out row.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression  # heavy
+    from sklearn.pipeline import make_pipeline  # heavy
+    from sklearn.preprocessing import StandardScaler  # heavy
 
     values, counts = np.unique(y[train], return_counts=True)
     majority = np.full(int((~train).sum()), values[int(np.argmax(counts))])
@@ -92,7 +85,7 @@ def probe_dimension(x: np.ndarray, z: Any, groups: Any) -> dict[str, float]:
 
     Example: features equal to the bins, two groups -> accuracy 1.0.
     """
-    y = bins(z)
+    y = prosody.bins(z)
     keep = ~np.isnan(y)
     x, y, groups = np.asarray(x, dtype=np.float64)[keep], y[keep].astype(int), np.asarray(groups)[keep]
     right = chance = n = 0
@@ -146,14 +139,10 @@ def tower_features(df: pd.DataFrame, cfg: dict[str, Any], progress: bool = True)
     """:func:`pool` of the frozen tower's output for every row of a dataset table (each needs audio).
 
     The model is the run's (:func:`ambinb.model.load_model`); the outputs go through the run's
-    feature cache (:func:`ambinb.evaluate.feature_cache`), so a later chapter reads them back.
+    feature cache (:func:`ambinb.audio.feature_cache`), so a later chapter reads them back.
     """
-    from ambinb import audio, evaluate
-    from ambinb import model as model_mod
-    from ambinb.progress import bar
-
     model, processor = model_mod.load_model(cfg)
-    cache = evaluate.feature_cache(model, processor, cfg)
+    cache = audio.feature_cache(model, processor, cfg)
     records = df.to_dict("records")
     pooled = []
     step = 64

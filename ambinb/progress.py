@@ -111,7 +111,7 @@ def bar(iterable: Iterable | None = None, **kwargs: Any) -> text_tqdm:
     if mode == "log":
         return LoggedBar(iterable, log_path=os.environ[RUN_LOG_ENV], **kwargs)
     if mode == "widget":
-        from tqdm.notebook import tqdm as widget_tqdm
+        from tqdm.notebook import tqdm as widget_tqdm  # optional
 
         return widget_tqdm(iterable, **kwargs)
     return text_tqdm(iterable, **kwargs)

@@ -41,14 +41,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import soundfile
 
 from ambinb.paths import resolve_path
+from ambinb.results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ REFERENCES: dict[str, tuple[str, str, str]] = {
 
 @lru_cache(maxsize=1)
 def _smile() -> Any:
-    import opensmile
+    import opensmile  # heavy
 
     return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                            feature_level=opensmile.FeatureLevel.Functionals)
@@ -117,8 +120,6 @@ def measure(path: str | os.PathLike) -> np.ndarray:
         ValueError: naming the file when it cannot be read, is empty, holds NaN or inf samples, or
             openSMILE cannot process it.
     """
-    import soundfile
-
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types for unreadable audio
@@ -143,8 +144,6 @@ def measure_samples(samples: np.ndarray, rate: int, source: str) -> np.ndarray:
 
 def _measure_many(paths: list[str], workers: int) -> np.ndarray:
     if workers > 1 and len(paths) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(max_workers=workers) as pool:
             return np.stack(list(pool.map(measure, paths, chunksize=16)))
     return np.stack([measure(p) for p in paths])
@@ -204,8 +203,6 @@ def egemaps(paths: Iterable[str | os.PathLike], cache_dir: str | os.PathLike = "
 
 
 def _write_cache(cache: pd.DataFrame, cache_dir: str | os.PathLike) -> None:
-    from ambinb.results import write_atomic
-
     write_atomic(_cache_path(cache_dir), cache.to_csv(index=False))
 
 
@@ -266,6 +263,16 @@ def describe(dim: str, z: float, reference: str = "corpus") -> str:
     return f"{size} {up if z > 0 else down} than {than}"
 
 
+def bins(z: Any) -> np.ndarray:
+    """The three-way bin of z-scores that :func:`describe` words: 0 when ``|z| < NEAR`` ("close to"),
+    else the sign (NaN stays NaN).
+
+    Example: ``[1.4, -0.7, 0.1, 0.5]`` -> ``[1, -1, 0, 1]``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    return np.where(np.isnan(z), np.nan, np.where(np.abs(z) < NEAR, 0.0, np.sign(z)))
+
+
 def prosody_table(df: pd.DataFrame, cfg: dict[str, Any]) -> pd.DataFrame:
     """Measured prosody of every utterance of a dataset table, indexed by ``utt_id``.
 
@@ -305,7 +312,7 @@ def by_class_figure(table: pd.DataFrame, label: pd.Series, reference: str = "cor
     ``table`` is :func:`prosody_table`'s output; ``label`` is indexed by ``utt_id``; ``reference``
     is the ``prosody_reference`` the table was made with (it names the y axis).
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy
 
     dims = list(DIMENSIONS)
     joined = table[dims].join(label.rename("label"), how="inner").dropna()

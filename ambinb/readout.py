@@ -25,47 +25,15 @@ from typing import Any
 
 import torch
 
-from ambinb import audio as audio_mod
-
-
-def right_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids (N, T) right-padded with ``pad_id`` and the attention mask (N, T).
-
-    A right-padded batch needs no attention mask in a causal forward: every real token comes before
-    its row's padding, so the causal mask alone keeps it from attending there, and positions count
-    from 0 either way. Training and read-out forwards therefore pass ``attention_mask=None``, which
-    lets SDPA run its causal kernel instead of materialising a (N, 1, T, T) mask (flash attention on a
-    GPU; on a CPU the tiny model's SFT step measured the same either way). Only the padding's own
-    hidden states differ, and nothing reads them (``tests/test_readout.py``).
-    """
-    return _pad(rows, pad_id, device, left=False)
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids (N, T) left-padded with ``pad_id`` and the attention mask (N, T): rows that a KV cache
-    continues (a shared prefill) end at the same column. Positions must then count from each row's
-    first real token (``mask.cumsum(-1) - 1``)."""
-    return _pad(rows, pad_id, device, left=True)
-
-
-def _pad(rows: list[list[int]], pad_id: int, device: Any, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        cols = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, cols] = torch.tensor(r, dtype=torch.long)
-        mask[i, cols] = 1
-    return ids.to(device), mask.to(device)
+from ambinb import lm
 
 
 def _hidden(model: Any, rows: list[list[int]], audio: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     """Last hidden states (N, T, hidden) of right-padded ``rows``; ``audio[i]`` feeds row i's audio positions."""
-    device = audio_mod.device_of(model)
-    ids, _ = right_pad(rows, pad_id, device)
-    has_audio = (ids == audio_mod.audio_token_id(model)).any(dim=1).tolist()
+    ids, _ = lm.right_pad(rows, pad_id, lm.device_of(model))
+    has_audio = (ids == lm.audio_token_id(model)).any(dim=1).tolist()
     row_audio = [a for a, h in zip(audio, has_audio) if h]
-    hidden, _ = audio_mod.lm_hidden(model, ids, None, row_audio or None)  # causal alone: see right_pad
+    hidden, _ = lm.hidden_states(model, ids, None, row_audio or None)  # causal alone: see lm.right_pad
     return hidden
 
 
@@ -96,7 +64,7 @@ def _class_ll_chunk(model: Any, prefixes: list[list[int]], audio: list[torch.Ten
     if all(len(ids) == 1 for ids in class_token_ids):
         hidden = _hidden(model, prefixes, audio, pad_id)
         last = torch.tensor([len(p) - 1 for p in prefixes], device=hidden.device)
-        logits = audio_mod.head_logits(model, hidden[torch.arange(n, device=hidden.device), last], float32=True)
+        logits = lm.head_logits(model, hidden[torch.arange(n, device=hidden.device), last], float32=True)
         logp = torch.log_softmax(logits, dim=-1)
         return logp[:, torch.tensor([ids[0] for ids in class_token_ids], device=logp.device)]
     rows = [p + ids for p in prefixes for ids in class_token_ids]
@@ -110,7 +78,7 @@ def _class_ll_chunk(model: Any, prefixes: list[list[int]], audio: list[torch.Ten
             targets.append(tok)
             owner.append(r)
     dev = hidden.device
-    logits = audio_mod.head_logits(model, hidden[torch.tensor(row_idx, device=dev), torch.tensor(pos_idx, device=dev)],
+    logits = lm.head_logits(model, hidden[torch.tensor(row_idx, device=dev), torch.tensor(pos_idx, device=dev)],
                                    float32=True)
     token_logp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0]
     sums = torch.zeros(n * c, dtype=torch.float32, device=dev).index_add(0, torch.tensor(owner, device=dev), token_logp)

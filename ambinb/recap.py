@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ambinb import aggregate
+from ambinb import curation as curation_mod
+from ambinb import labels as labels_mod
 from ambinb.paths import resolve_path, run_dir, run_folder
 
 HEADING = "**What this run gave.**"
@@ -36,8 +38,6 @@ def _counts(counts: dict[str, Any]) -> str:
 
 def labels(folder: str | os.PathLike, ambiguous_max_p: float) -> str:
     """Summary of the label table in ``folder`` (``labels.csv`` with its attrs, from 01_labels)."""
-    from ambinb import labels as labels_mod
-
     df = labels_mod.read_labels(Path(folder) / "labels.csv")
     info = labels_mod.describe(df, ambiguous_max_p)
     per_class = info["votes_per_class"]
@@ -56,8 +56,6 @@ def labels(folder: str | os.PathLike, ambiguous_max_p: float) -> str:
 
 def curation(cfg: dict[str, Any]) -> str:
     """Summary of the curated chains of thought of ``cfg``'s dataset and prompt version (02_curate_cot)."""
-    from ambinb import curation as curation_mod
-
     df = curation_mod.load_curated(curation_mod.store_path(cfg), cfg["prompt_version"])
     if not len(df):
         return f"{HEADING} No chain of thought was curated.\n"
@@ -128,14 +126,14 @@ def chapter(name: str, cfg: dict[str, Any]) -> str:
 
 def show(name: str, cfg: dict[str, Any]) -> Any:
     """:func:`chapter` as Markdown that a notebook displays (the last expression of a cell)."""
-    from IPython.display import Markdown
+    from IPython.display import Markdown  # optional
 
     return Markdown(chapter(name, cfg))
 
 
 def show_results(run_root: str | os.PathLike, datasets: list[str], folds: list[int]) -> Any:
     """:func:`results` as Markdown that a notebook displays (the last expression of a cell)."""
-    from IPython.display import Markdown
+    from IPython.display import Markdown  # optional
 
     return Markdown(results(run_root, datasets, folds))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ambinb import book, config, notebook, sweep
+from ambinb import book, config, notebook, standin, sweep
 from ambinb.paths import display_path, resolve_path, run_dir
 
 
@@ -59,8 +59,6 @@ class StandInBuild:
         self.error: BaseException | None = None
 
     def _build(self) -> None:
-        from ambinb import standin
-
         try:
             self.path = str(standin.ensure_tiny(self.cfg))
         except BaseException as err:  # re-raised where the report waits for it

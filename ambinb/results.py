@@ -7,7 +7,8 @@ files are written to a temporary name and renamed, so a crash never leaves half 
 
 What the training chapters (03-05) show of a finished run comes from here too: the held-out table
 beside the prior and the base model (:func:`held_out_table`, :func:`held_out_note`) and the clearest
-and most ambiguous held-out utterances with what the model wrote (:func:`save_examples`).
+and most ambiguous held-out utterances with what the model wrote (:func:`clearest_and_most_ambiguous`,
+:func:`describe_examples`; :func:`ambinb.plots.save_examples` draws them).
 """
 
 from __future__ import annotations
@@ -221,27 +222,11 @@ def describe_examples(preds: pd.DataFrame) -> str:
     return "\n".join(f"--- {row.utt_id}\n{getattr(row, 'completion', '')}\n" for row in preds.itertuples())
 
 
-def save_examples(run_dir: str | os.PathLike, n: int = 2) -> tuple[Any, str]:
-    """Draw the clearest and the most ambiguous held-out utterances of a finished run
-    (:func:`clearest_and_most_ambiguous`) into ``examples.png`` of its folder.
-
-    Returns:
-        The figure (annotators' against the model's distribution) and :func:`describe_examples` of them.
-    """
-    from ambinb import plots
-
-    pick = clearest_and_most_ambiguous(read_predictions(run_dir), n)
-    fig = plots.distributions(np.stack(pick.p_gt), np.stack(pick.p_hat), read_metrics(run_dir)["classes"],
-                              list(pick.utt_id))
-    plots.save(fig, Path(run_dir) / "examples.png")
-    return fig, describe_examples(pick)
-
-
 def bench_device(device: str) -> tuple[str, str]:
     """(readable device name, file-name slug) for a benchmark's results: ``cpu`` on the CPU, the card's
     name on a GPU (``NVIDIA H200`` -> ``nvidia_h200``)."""
     if device.startswith("cuda"):
-        import torch
+        import torch  # heavy
 
         name = torch.cuda.get_device_name()
         return name, "".join(c if c.isalnum() else "_" for c in name.lower())

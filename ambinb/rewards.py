@@ -1,13 +1,14 @@
 """GRPO rewards as pure functions, chosen by name (Eq. 6, the format reward and GRPO_z's gold reward).
 
 Every reward has the open-r1 signature ``reward(completions: list[str], **kw) -> list[float]``,
-one value per completion, and ignores keyword arguments it does not use, so the engine can pass
-one shared set (``classes``, ``p_gt``, ``p_hat``, ``fmt``, ...) to any of them. ``p_gt[i]`` and
+one value per completion, and ignores keyword arguments it does not use, so the GRPO strategy passes
+one shared set (``classes``, ``p_gt``, ``p_hat``, ``format_weight``, ``fmt``) to whichever the params
+name. ``p_gt[i]`` and
 ``p_hat[i]`` belong to ``completions[i]``: the gold distribution of its utterance, and the
 distribution read out at its answer slot.
 
-Registry (:data:`REWARDS`): ``format``, ``distribution``, ``grpo`` (= distribution + 0.1 format,
-Eq. 6) and ``gold`` (the reward GRPO_z gives its injected gold CoT). :func:`combined_reward` sums
+Registry (:data:`REWARDS`): ``format``, ``distribution``, ``grpo`` (= distribution + lambda3 format,
+Eq. 6, lambda3 = ``format_weight``) and ``gold`` (the reward GRPO_z gives its injected gold CoT). :func:`combined_reward` sums
 the rewards the params' ``rewards`` list names; :class:`ambinb.strategies.grpo.GRPOStrategy` scores
 its groups with it.
 

@@ -4,9 +4,10 @@ The shared path (:func:`generate_group`), per batch of B utterances:
 
 1. audio: the tower output of each utterance comes from :class:`ambinb.audio.AudioFeatureCache`
    (the encoder runs at most once per utterance, never K times);
-2. prefill: the B prompts, left-padded, go through the language model once; the KV cache, the
-   attention mask and the last logits are then repeated K times (``Cache.batch_repeat_interleave``),
-   so the prompt (audio positions included) is never recomputed per sample;
+2. prefill: the B prompts, left-padded, go through the language model once
+   (:func:`ambinb.lm.shared_prefill`); the KV cache, the attention mask and the last logits are then
+   repeated K times (``Cache.batch_repeat_interleave``), so the prompt (audio positions included) is
+   never recomputed per sample;
 3. decoding: B*K rows step by step with the three audio special tokens masked out of the logits
    (a sampled ``<|AUDIO|>`` would break the next forward), temperature / top-p sampling from one
    seeded ``torch.Generator`` (or greedy), until the answer close tag, ``<|im_end|>``/``<|endoftext|>``
@@ -29,14 +30,9 @@ The shared path (:func:`generate_group`), per batch of B utterances:
 :func:`generate_naive` is the reference the benchmark compares against: ``model.generate`` called
 K times per utterance on the processor's full inputs, so the encoder and the prefill run K times.
 
-Measured with ``bench/rollouts.py`` on the tiny model (4 utterances of 2 s, K = 8, 128-token
-budget, sampling), on one thread of a quiet 2-core CPU: the naive path took 8.0 s, transformers'
-batched ``generate(num_return_sequences=K)`` 2.8 s and this path 0.41 s (19x and 6.7x faster); a
-read-out forward of all 32 trajectories takes 0.09 s. Before the one-draw-per-row sampler
-(:mod:`ambinb.sampling`) replaced ``torch.multinomial``, the same bench gave 14.1 s, 5.0 s and
-1.14 s on a busier machine (12.4x and 4.4x). On an H200: 20x over naive at K = 8 and 47x at K = 16
-(3.4x and 4.0x over batched ``generate``; measured before the sampler changed).
-Results in ``bench/results/rollouts_*.json``.
+How much faster the shared path is than the naive one, on the CPU and on a GPU, is measured by
+``bench/rollouts.py`` (results in ``bench/results/rollouts_*.json``; the book's Benchmarks page shows
+them with the card and the date).
 """
 
 from __future__ import annotations
@@ -50,7 +46,7 @@ from typing import Any
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import cot, prompt, readout, stopping, vllm_rollout
+from ambinb import cot, lm, prompt, readout, stopping, vllm_rollout
 from ambinb.merge import merged_lora
 from ambinb.sampling import sample_next
 
@@ -152,47 +148,14 @@ class _Rows:
         return [(ids[r][: self.lengths[r]], self.stop[r]) for r in range(len(ids))]
 
 
-def shared_prefill(model: Any, prompts: list[list[int]], audio: list[torch.Tensor], k: int, pad_id: int
-                   ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """The B prompts (with their audio) through the language model once, left-padded, for K rows each
-    to continue: ``(last hidden states (B, H), KV cache, mask (B*K, T), positions (B*K, T))``, the
-    cache, the mask and the positions repeated K times per prompt (``Cache.batch_repeat_interleave``).
-    Gradients flow through the cache when they are on (GRPO's grouped log-probs)."""
-    device = audio_mod.device_of(model)
-    ids, mask = readout.left_pad(prompts, pad_id, device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden, cache = audio_mod.lm_hidden(model, ids, mask, audio, pos, use_cache=True)
-    if k > 1:
-        cache.batch_repeat_interleave(k)
-        mask = mask.repeat_interleave(k, dim=0)
-        pos = pos.repeat_interleave(k, dim=0)
-    return hidden[:, -1], cache, mask, pos
-
-
 def _prefill(model: Any, encoded: list[prompt.Encoded], k: int, pad_id: int
              ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """The rollout's shared prefill: last logits, cache, mask and last positions, each repeated K times per utterance."""
-    last, cache, mask, pos = shared_prefill(model, [e.prompt_ids for e in encoded], [e.audio for e in encoded], k,
-                                            pad_id)
-    logits = audio_mod.head_logits(model, last)
+    """The rollout's shared prefill: last logits, cache, mask and last positions, each repeated K times per
+    utterance."""
+    last, cache, mask, pos = lm.shared_prefill(model, [e.prompt_ids for e in encoded], [e.audio for e in encoded], k,
+                                               pad_id)
+    logits = lm.head_logits(model, last)
     return (logits.repeat_interleave(k, dim=0) if k > 1 else logits), cache, mask, pos[:, -1]
-
-
-def decode_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
-    """One decoding forward (R, 1) -> next-token logits (R, V).
-
-    Sampled ids never hold ``<|AUDIO|>`` (it is masked out of the logits), so the embeddings are the
-    token embeddings as :func:`ambinb.audio.merge_audio` would return them, without its per-row count
-    (a host sync). Under SDPA attention the key mask goes in as the 4D boolean mask transformers
-    would build from ``mask`` (R, keys), for one query per row; built there, its check for "no
-    padding at all" would read a value back to the host at every step.
-    """
-    embeds = audio_mod.base_model(model).get_input_embeddings()(ids)
-    if audio_mod.base_model(model).config._attn_implementation == "sdpa":
-        mask = mask[:, None, None, :].bool()
-    out = audio_mod.core(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache,
-                                use_cache=True)
-    return audio_mod.head_logits(model, out.last_hidden_state[:, -1])
 
 
 def _decode_dynamic(model: Any, first: torch.Tensor, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor,
@@ -213,15 +176,15 @@ def _decode_dynamic(model: Any, first: torch.Tensor, cache: Any, mask: torch.Ten
             nxt, mask, last_pos = nxt[sel], mask[sel], last_pos[sel]
         mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
-        logits = decode_step(model, nxt[:, None], mask, last_pos[:, None], cache)
+        logits = lm.decode_step(model, nxt[:, None], mask, last_pos[:, None], cache)
         clock.lap("forward")
 
 
 def static_cache(model: Any, dynamic: Any, max_len: int) -> Any:
     """A ``StaticCache`` of ``max_len`` positions holding what the prefill's dynamic cache holds."""
-    from transformers import StaticCache
+    from transformers import StaticCache  # heavy
 
-    static = StaticCache(config=audio_mod.base_model(model).config.get_text_config(decoder=True), max_cache_len=max_len)
+    static = StaticCache(config=lm.base_model(model).config.get_text_config(decoder=True), max_cache_len=max_len)
     for src, dst in zip(dynamic.layers, static.layers):
         dst.lazy_initialization(src.keys, src.values)
         n = src.keys.shape[2]
@@ -265,10 +228,10 @@ _COMPILED: dict[str, Any] = {}
 
 
 def compiled_step() -> Any:
-    """:func:`decode_step` through ``torch.compile`` (CUDA graphs on a GPU), compiled once per process."""
+    """:func:`ambinb.lm.decode_step` through ``torch.compile`` (CUDA graphs on a GPU), compiled once per process."""
     if "step" not in _COMPILED:
         mode = "reduce-overhead" if torch.cuda.is_available() else "default"
-        _COMPILED["step"] = torch.compile(decode_step, mode=mode, dynamic=False)
+        _COMPILED["step"] = torch.compile(lm.decode_step, mode=mode, dynamic=False)
     return _COMPILED["step"]
 
 
@@ -292,7 +255,7 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
     """
     if decode not in DECODES:
         raise ValueError(f"rollout_decode={decode!r}: expected one of {DECODES}")
-    device = audio_mod.device_of(model)
+    device = lm.device_of(model)
     clock = PhaseClock(timings, device)
     logits, cache, mask, last_pos = _prefill(model, encoded, k, int(tokenizer.pad_token_id))
     clock.lap("prefill")
@@ -319,7 +282,7 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
         _decode_dynamic(model, logits, cache, mask, last_pos, rows, pick, stop, clock)
     else:
         _decode_static(model, logits, cache, mask, last_pos, rows, pick, stop, clock,
-                       compiled_step() if decode == "compiled" else decode_step)
+                       compiled_step() if decode == "compiled" else lm.decode_step)
     if scores is not None and rows.scores is not None:
         scores.extend(rows.scores.cpu().unbind(0))
     out = rows.results()
@@ -391,7 +354,7 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     score_ids = [ids[0] for ids in class_ids] if slot_scores_exact(model, class_ids) else None
     scores: list[torch.Tensor] = []  # filled by the HF loop when score_ids is given
     if generator is None:
-        generator = torch.Generator(device=audio_mod.device_of(model))
+        generator = torch.Generator(device=lm.device_of(model))
         generator.manual_seed(int(cfg["seed"]))
     with eval_mode(model):
         t0 = time.perf_counter()
@@ -416,7 +379,7 @@ def slot_scores_exact(model: Any, class_ids: list[list[int]]) -> bool:
     """Whether the decode loop's own logits give p_hat as the read-out forward does: every class name
     is one token (p_hat is then the softmax of their logits at the slot) and the model computes in
     float32 (PAPER.md: the read-out is float32; a bf16 model's decode logits are not)."""
-    return all(len(ids) == 1 for ids in class_ids) and audio_mod.base_model(model).dtype == torch.float32
+    return all(len(ids) == 1 for ids in class_ids) and lm.base_model(model).dtype == torch.float32
 
 
 @torch.no_grad()
@@ -456,7 +419,7 @@ def generate_naive(model: Any, processor: Any, texts: list[str], waves: list[Any
     """The naive reference: ``model.generate`` K times per utterance on the processor's full inputs
     (the encoder and the prompt prefill run K times). Same suppression and stopping rules."""
     tok = processor.tokenizer
-    device = audio_mod.device_of(model)
+    device = lm.device_of(model)
     out = []
     for text, wave in zip(texts, waves):
         inputs = processor(text=[text], audio=[wave], sampling_rate=audio_mod.SAMPLE_RATE, return_tensors="pt")

@@ -1,14 +1,14 @@
-"""The run every training strategy makes: examples, training CoTs, train and evaluate, and the registry.
+"""The run every training strategy makes: training CoTs, train, save and evaluate into the run folder.
 
-A notebook (03-05) calls :func:`run` with its resolved params. It looks the params' ``strategy`` up
-in :data:`STRATEGIES` (name -> class following :class:`ambinb.engine.Strategy`) and makes
-:func:`train_and_evaluate`:
+A notebook (03-05) calls :func:`run` with its resolved params. It looks up the class that trains the
+params' ``strategy`` (:func:`ambinb.strategies.strategy_class`: the class of the strategy's family)
+and makes :func:`train_and_evaluate`:
 
 1. load the corpus, split the fold (``eval_split: validation`` trains without the validation fold
    and evaluates on it, the test fold unseen), and gather the accepted curated CoTs of the training
    rows (:func:`training_cots`; the offline ``template`` curator fills in missing ones);
 2. load the model, make it trainable (LoRA or full), and encode the training rows that have an
-   accepted CoT into :class:`Example` s (:func:`build_examples`; tower outputs cached once);
+   accepted CoT into examples (:func:`ambinb.examples.build_examples`; tower outputs cached once);
 3. build the strategy and train it with :func:`ambinb.engine.train` (resumable from the run folder's
    checkpoint);
 4. save the adapter (or the full weights) and evaluate the fold's held-out rows
@@ -19,74 +19,30 @@ in :data:`STRATEGIES` (name -> class following :class:`ambinb.engine.Strategy`) 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from ambinb import audio as audio_mod
-from ambinb import engine, prompt
-from ambinb.strategies.dpo import DPOStrategy
-from ambinb.strategies.grpo import GRPOStrategy
-from ambinb.strategies.sft import SFTStrategy
+from ambinb import audio, curation, engine, evaluate, labels, results, strategies
+from ambinb import model as model_mod
+from ambinb.examples import build_examples
+from ambinb.paths import run_folder
 
 
-@dataclass
-class Example:
-    """One training utterance: its encoded prompt (ids + tower output), completion and target."""
+def check_notebook(cfg: dict[str, Any], notebook: str) -> None:
+    """Refuse to run ``cfg``'s strategy in a chapter that is not its ``runner``.
 
-    utt_id: str
-    encoded: prompt.Encoded
-    completion: prompt.CompletionIds
-    p_gt: np.ndarray
-
-
-STRATEGIES: dict[str, type[engine.Strategy]] = {
-    "sft": SFTStrategy, "sft_ce": SFTStrategy, "sft_nocot": SFTStrategy,
-    "dpo": DPOStrategy, "dpo_ce": DPOStrategy,
-    "grpo": GRPOStrategy, "grpo_z": GRPOStrategy,
-}
-
-
-def strategy_class(name: str) -> type[engine.Strategy]:
-    """The class that trains the strategy ``name`` (a file of ``params/strategies``).
+    Example: ``check_notebook(resolve(strategy="dpo_ce"), "03_sft")`` raises: ``dpo_ce`` extends ``dpo``,
+    whose runner is ``04_dpo``.
 
     Raises:
-        ValueError: naming the strategy and the trainable ones (``base`` and ``classical`` train nothing).
+        ValueError: naming the strategy, its runner and the notebook.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy {name!r} has no training class: choose one of {sorted(STRATEGIES)}, or add "
-                         "it to ambinb.run.STRATEGIES")
-    return STRATEGIES[name]
-
-
-def build_examples(train_df: pd.DataFrame, cots: dict[str, str], processor: Any, cache: audio_mod.AudioFeatureCache,
-                   cfg: dict[str, Any], progress: bool = True) -> list[Example]:
-    """Encode the training rows that have an accepted CoT (tower outputs cached once here).
-
-    The completion is the CoT (or none, with ``use_cot: false``) and the majority class as the
-    answer (:func:`ambinb.prompt.completion_ids`); the target is the row's ``p_*`` distribution.
-    """
-    from ambinb.progress import bar as progress_bar
-
-    classes = [c[2:] for c in train_df.columns if c.startswith("p_")]
-    rows = train_df[train_df["utt_id"].astype(str).isin(cots)]
-    tok = processor.tokenizer
-    use_cot = bool(cfg["use_cot"])
-    out: list[Example] = []
-    size = max(1, int(cfg["eval_batch_size"]))
-    for start in progress_bar(range(0, len(rows), size), desc="encode", unit="batch", disable=not progress):
-        chunk = rows.iloc[start: start + size]
-        encoded = prompt.encode_rows(chunk, classes, processor, cache, cfg)
-        for enc, (_, row) in zip(encoded, chunk.iterrows()):
-            think = cots[enc.utt_id] if use_cot else ""
-            completion = prompt.completion_ids(tok, think, str(row["consensus"]), cfg["prompt_preset"])
-            p_gt = row[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
-            out.append(Example(enc.utt_id, enc, completion, p_gt))
-    return out
+    if cfg["runner"] != notebook:
+        raise ValueError(f"strategy {cfg['strategy']!r} runs in {cfg['runner']!r} (its params' runner), not in "
+                         f"{notebook}: open that notebook, or choose a strategy of this chapter")
 
 
 def training_cots(cfg: dict[str, Any], df: pd.DataFrame, train_df: pd.DataFrame) -> dict[str, str]:
@@ -96,8 +52,6 @@ def training_cots(cfg: dict[str, Any], df: pd.DataFrame, train_df: pd.DataFrame)
     Raises:
         RuntimeError: utterances without a curated CoT while ``backend`` is not ``template``.
     """
-    from ambinb import curation
-
     wanted = set(train_df["utt_id"].astype(str))
     store = curation.load_curated(curation.store_path(cfg), cfg["prompt_version"]) \
         if Path(curation.store_path(cfg)).exists() else pd.DataFrame(columns=["utt_id"])
@@ -114,14 +68,15 @@ def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) 
     """Train ``cfg["strategy"]`` on the fold's training rows and evaluate it, into ``run_folder(cfg)``.
 
     Args:
-        cfg: resolved params (:func:`ambinb.config.resolve`) of a strategy in :data:`STRATEGIES`.
+        cfg: resolved params (:func:`ambinb.config.resolve`) of a trainable strategy
+            (:data:`ambinb.strategies.FAMILIES`).
         progress: show progress bars.
         stop_at: stop after this optimizer step as if killed (for tests).
 
     Returns:
         What :func:`train_and_evaluate` returns.
     """
-    return train_and_evaluate(cfg, strategy_class(str(cfg["strategy"])), progress, stop_at)
+    return train_and_evaluate(cfg, strategies.strategy_class(str(cfg["strategy"])), progress, stop_at)
 
 
 def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy], progress: bool = True,
@@ -134,10 +89,6 @@ def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy],
         ``{"metrics": metrics.json content (None when stopped early or not process 0), "history":
         training log, "n_train": examples, "n_train_rows": training rows, "run_dir": path}``.
     """
-    from ambinb import evaluate, labels, results
-    from ambinb import model as model_mod
-    from ambinb.paths import run_folder
-
     start = time.time()
     torch.manual_seed(int(cfg["seed"]))
     out = run_folder(cfg)
@@ -149,9 +100,9 @@ def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy],
         cots = training_cots(cfg, df, train_df)
         model, processor = model_mod.load_model(cfg)
     model = model_mod.prepare_trainable(model, cfg)
-    cache = evaluate.feature_cache(model, processor, cfg)
+    cache = audio.feature_cache(model, processor, cfg)
     examples = build_examples(train_df, cots, processor, cache, cfg, progress)
-    strategy = strategy_cls.build(model, processor, examples, evaluate.classes_of(train_df), cfg)
+    strategy = strategy_cls.build(model, processor, examples, labels.class_names(train_df), cfg)
     tc = engine.TrainConfig.from_cfg(cfg)
     history = engine.train(model, strategy, tc, out, accelerator, resume=bool(cfg["resume"]),
                            progress=progress and accelerator.is_main_process, stop_at=stop_at)
@@ -161,7 +112,7 @@ def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy],
         return {**info, "metrics": None}
     model_mod.save_trained(model, processor, out / "adapter")
     model.eval()
-    prior = results.prior_distribution(evaluate.p_of(train_df))
+    prior = results.prior_distribution(labels.p_matrix(train_df))
     train_seconds = time.time() - start
     train = {"examples": len(examples), "training_rows": len(train_df), "steps": len(history),
              "seconds": train_seconds, **strategy.summary(history)}

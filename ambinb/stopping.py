@@ -72,7 +72,7 @@ def token_bytes(tokenizer: Any) -> list[bytes | None]:
 
     Example (Qwen's vocabulary): id 198 (``Ċ``) -> ``b"\\n"``; id 151645 (``<|im_end|>``) -> None.
     """
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # heavy
 
     to_latin1 = {ord(c): chr(b) for b, c in bytes_to_unicode().items()}
     special = set(tokenizer.all_special_ids)

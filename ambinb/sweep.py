@@ -35,8 +35,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from ambinb import config, notebook, results
+from ambinb import config, notebook, parameters, results
 from ambinb.paths import is_path_name, resolve_path, run_folder
+from ambinb.progress import bar as progress_bar
 
 SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides",
               "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
@@ -177,7 +178,7 @@ def expand(spec: dict[str, Any], run_root: str | None = None) -> list[Run]:
         if not runner:
             raise config.ConfigError(f"strategy {run.strategy!r} declares no runner")
         if ":" not in runner:
-            notebook.check_parameters(notebook.notebook_path(runner), _notebook_params(run))
+            parameters.check_given(notebook.notebook_path(runner), _notebook_params(run))
     return runs
 
 
@@ -197,7 +198,7 @@ def limit_threads(threads: int) -> None:
     threads each on two cores ran ten to twenty times slower than two of one.
     """
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
+    import torch  # heavy
 
     torch.set_num_threads(threads)
 
@@ -281,7 +282,6 @@ def run_sweep(runs: list[Run], workers: int = 1, executor: str = "local", slurm:
             todo.append(run)
     if executor == "slurm" or executor == "submitit-local":
         return _run_submitit(runs, todo, executor, slurm or {})
-    from ambinb.progress import bar as progress_bar
 
     bar = progress_bar(total=len(todo), desc="sweep", disable=not progress or not todo)
     if workers <= 1:
@@ -303,7 +303,7 @@ def run_sweep(runs: list[Run], workers: int = 1, executor: str = "local", slurm:
 
 def _run_submitit(runs: list[Run], todo: list[Run], executor: str, slurm: dict[str, Any]) -> list[Run]:
     """Submit each unfinished run as a job (SLURM, or submitit's local executor for testing)."""
-    import submitit
+    import submitit  # optional
 
     folder = resolve_path(runs[0].run_root) / "_submitit" if runs else Path("_submitit")
     ex = submitit.LocalExecutor(folder=folder) if executor == "submitit-local" else submitit.AutoExecutor(folder=folder)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import cot, prompt
+from ambinb import cot, labels, prompt, standin
 
 EXTRA = "pip install 'ambinb[vllm]'"
 BACKENDS = ("hf", "vllm")
@@ -156,8 +156,6 @@ def params_version(model: Any) -> int:
 
 def dataset_waves(cfg: dict[str, Any]) -> Callable[[str], np.ndarray]:
     """``utt_id -> waveform`` over the params' dataset table (the audio vLLM needs besides the ids)."""
-    from ambinb import labels
-
     rows = {str(r["utt_id"]): r for r in labels.load_dataset(cfg).to_dict("records")}
 
     def wave_of(utt_id: str) -> np.ndarray:
@@ -221,8 +219,6 @@ def sampler_for(cfg: dict[str, Any], wave_of: Callable[[str], np.ndarray] | None
     Params used: ``model_name_or_path`` (the tiny stand-in's folder when empty), ``dtype``, ``seed``,
     ``vllm_gpu_memory_utilization``, ``vllm_max_model_len``, ``vllm_sync``.
     """
-    from ambinb import standin
-
     path = str(cfg["model_name_or_path"] or "") or str(standin.ensure_tiny(cfg))
     key = (path, str(cfg["dtype"]))
     if key not in _SAMPLERS:

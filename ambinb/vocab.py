@@ -28,6 +28,7 @@ from typing import Any
 
 from ambinb import audio as audio_mod
 from ambinb.paths import project_root
+from ambinb.standin import tokenizer as standin_tokenizer
 
 N_REGULAR = 151_643          # Qwen2's regular (BPE) tokens, ids 0..151642
 MODEL_VOCAB_SIZE = 156_032   # rows of Qwen2-Audio-7B's embedding and head (the vocabulary padded)
@@ -71,8 +72,8 @@ def check_ranks(ranks: dict[bytes, int], sha256: str | None = None) -> None:
 
 def _vocab_and_merges(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The byte-level vocabulary and merges of the ranks file, through transformers' tiktoken converter."""
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    from transformers.convert_slow_tokenizer import TikTokenConverter  # heavy
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # heavy
 
     converter = TikTokenConverter(vocab_file=str(path), pattern=PRETOKENIZE_REGEX)
     return converter.extract_vocab_merges_from_model(str(path))
@@ -110,9 +111,8 @@ def qwen2_audio_tokenizer(cache_dir: str | Path | None = None) -> Any:
     Example: ``qwen2_audio_tokenizer()(" Disgust", add_special_tokens=False)["input_ids"]`` ->
     ``[4093, 70, 590]`` (`` Dis``, ``g``, ``ust``).
     """
-    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer  # heavy
 
-    from ambinb.standin import tokenizer as standin_tokenizer
 
     vocab, merges = cached_vocab_and_merges(cache_dir)
     vocab = {**vocab, **{tok: N_REGULAR + i for i, tok in enumerate(SPECIAL_TOKENS)}}
@@ -127,6 +127,4 @@ def qwen2_audio_tokenizer(cache_dir: str | Path | None = None) -> Any:
 
 def qwen2_audio_processor(cache_dir: str | Path | None = None) -> Any:
     """A ``Qwen2AudioProcessor`` as the real one: :func:`qwen2_audio_tokenizer`, Whisper features, chat template."""
-    from ambinb.standin import tokenizer as standin_tokenizer
-
     return standin_tokenizer.make_processor(qwen2_audio_tokenizer(cache_dir))

@@ -62,10 +62,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, losses, policy, prompt, readout, rollout, vocab  # noqa: E402
+from ambinb import config, lm, losses, policy, prompt, readout, rollout, vocab  # noqa: E402
 from ambinb import model as M  # noqa: E402
+from ambinb.examples import Example  # noqa: E402
 from ambinb.merge import merged_lora  # noqa: E402
-from ambinb.run import Example  # noqa: E402
 from ambinb.strategies import sft  # noqa: E402
 from bench import common  # noqa: E402
 
@@ -144,7 +144,7 @@ def synthetic_examples(model: Any, processor: Any, n: int, audio_seconds: float,
     gen = torch.Generator().manual_seed(seed)
     masks = torch.zeros((n, A.N_FRAMES), dtype=torch.long)
     masks[:, : int(audio_seconds * 100)] = 1  # 10 ms hop
-    tower = A.core(model).audio_tower
+    tower = lm.core(model).audio_tower
     feats = torch.randn((n, A.N_MELS, A.N_FRAMES), generator=gen)
     feats = feats.to(tower.conv1.weight.device, tower.conv1.weight.dtype)
     with torch.no_grad():
@@ -163,11 +163,11 @@ def synthetic_examples(model: Any, processor: Any, n: int, audio_seconds: float,
 
 def lm_param_counts(model: Any) -> dict[str, int]:
     """Parameters of the language model: ``body`` (the decoder layers and norm), ``embed``, ``head``; and ``tower``."""
-    core = A.core(model)
-    lm = core.language_model
-    embed = sum(p.numel() for p in lm.embed_tokens.parameters())
-    body = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n and "lora_" not in n)
-    head = A.base_model(model).lm_head.weight.numel()
+    core = lm.core(model)
+    text = core.language_model
+    embed = sum(p.numel() for p in text.embed_tokens.parameters())
+    body = sum(p.numel() for n, p in text.named_parameters() if "embed_tokens" not in n and "lora_" not in n)
+    head = lm.base_model(model).lm_head.weight.numel()
     tower = sum(p.numel() for p in core.audio_tower.parameters())
     return {"body": body, "embed": embed, "head": head, "tower": tower}
 
@@ -208,7 +208,7 @@ def run_decode(model: Any, tok: Any, example: Example, rows: int, steps: int, de
     model.eval()
     out = []
     for loop in decodes:
-        gen = torch.Generator(device=A.device_of(model))
+        gen = torch.Generator(device=lm.device_of(model))
         try:
             with merged_lora(model):
                 for n in (3, steps):  # the first call warms up (and compiles) the loop
@@ -256,7 +256,7 @@ def set_checkpointing(model: Any, on: bool) -> None:
 
 def sft_step(model: Any, strategy: sft.SFTStrategy, optimizer: torch.optim.Optimizer, indices: list[int]) -> float:
     """One optimizer step of Eq. 3 on ``indices``; returns its seconds."""
-    return common.train_step(strategy, model, optimizer, indices, 0, A.device_of(model))[0]
+    return common.train_step(strategy, model, optimizer, indices, 0, lm.device_of(model))[0]
 
 
 def run_sft(model, strategy, optimizer, examples, batch, steps, counts, text, peak_tflops, cap_s) -> list[dict]:
@@ -317,10 +317,10 @@ def run_max_batch(model, examples, tok, cfg, optimizer, limit: int, cap_s: float
 
 def grpo_rollout(model, tok, examples, k: int, max_new: int, decode: str, parts: dict[str, float]) -> list:
     """The step's encoder run and group rollout (LoRA merged), their seconds into ``parts``."""
-    device, n = A.device_of(model), len(examples)
+    device, n = lm.device_of(model), len(examples)
     masks = torch.zeros((n, A.N_FRAMES), dtype=torch.long)
     masks[:, : examples[0].encoded.audio.shape[0] * 4] = 1  # the frames behind the utterance's audio tokens
-    feats = torch.randn((n, A.N_MELS, A.N_FRAMES), device=device, dtype=A.core(model).audio_tower.conv1.weight.dtype)
+    feats = torch.randn((n, A.N_MELS, A.N_FRAMES), device=device, dtype=lm.core(model).audio_tower.conv1.weight.dtype)
     with torch.no_grad():
         parts["encoder"], _ = common.timed(lambda: A.run_tower(model, feats, masks), device)
     model.eval()
@@ -333,7 +333,7 @@ def grpo_rollout(model, tok, examples, k: int, max_new: int, decode: str, parts:
 
 def run_grpo(model, tok, examples, k, max_new, optimizer, reference, cfg, decode: str) -> dict[str, Any]:
     """One GRPO step (module docstring), each part timed."""
-    n, device, parts = len(examples), A.device_of(model), {}
+    n, device, parts = len(examples), lm.device_of(model), {}
     common.reset_peak()
     t_start = time.perf_counter()
     completions = grpo_rollout(model, tok, examples, k, max_new, decode, parts)
@@ -373,7 +373,7 @@ def run_grpo_steps(model, tok, examples, args, optimizer, cfg) -> dict[str, Any]
         steps.append(run_grpo(model, tok, examples[: args.grpo_utterances], args.k, args.max_new_tokens, optimizer,
                               reference, cfg, args.grpo_decode))
     g = {**steps[-1], "steps_run": len(steps), "first_step_seconds": steps[0]["step_seconds"],
-         "activation_checkpointing": bool(A.base_model(model).is_activation_checkpointing)}
+         "activation_checkpointing": bool(lm.base_model(model).is_activation_checkpointing)}
     set_checkpointing(model, False)
     print(f"  GRPO K={g['k']} B={g['utterances']}: step {g['step_seconds']:.2f} s "
           f"({', '.join(f'{k} {v:.2f}' for k, v in g['seconds'].items())}), rollout "

@@ -37,9 +37,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, prompt, readout, rollout  # noqa: E402
+from ambinb import config, lm, prompt, readout, rollout  # noqa: E402
 from ambinb import model as M  # noqa: E402
-from ambinb.run import Example  # noqa: E402
+from ambinb.examples import Example  # noqa: E402
 from ambinb.strategies import grpo  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import CLASSES, TRANSCRIPTS, waves  # noqa: E402
@@ -107,7 +107,7 @@ def time_path(path: str, k: int, model: Any, processor: Any, examples: list[Exam
         model.train()
         common.train_step(strategy, model, optimizer, indices, 0, device)  # warm-up
         tower_rows: list[int] = []  # utterances the audio encoder processes during the timed step
-        hook = A.core(model).audio_tower.conv1.register_forward_hook(lambda m, a, o: tower_rows.append(a[0].shape[0]))
+        hook = lm.core(model).audio_tower.conv1.register_forward_hook(lambda m, a, o: tower_rows.append(a[0].shape[0]))
         seconds, stats = common.train_step(strategy, model, optimizer, indices, 1, device)
         hook.remove()
     finally:

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
 from ambinb import config, engine, prompt  # noqa: E402
-from ambinb.run import Example  # noqa: E402
+from ambinb.examples import Example  # noqa: E402
 from ambinb.strategies import sft  # noqa: E402
 from bench import trainers  # noqa: E402
 from bench.trainers import CLASSES  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 from ambinb import audio as A
 from ambinb import engine, prompt, standin
 from ambinb import model as M
-from ambinb.run import Example
+from ambinb.examples import Example
 from bench import common
 
 CLASSES = common.CLASSES

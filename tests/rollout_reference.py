@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import torch
 
-from ambinb import audio as audio_mod
-from ambinb import cot, prompt, readout, rollout, sampling
+from ambinb import cot, lm, prompt, rollout, sampling
 
 
 @torch.no_grad()
 def generate_group(model, tokenizer, encoded, k, max_new_tokens, greedy=False, temperature=1.0, top_p=1.0,
                    generator=None, fmt=cot.AMBINB):
-    device = audio_mod.device_of(model)
+    device = lm.device_of(model)
     pad_id = int(tokenizer.pad_token_id)
     eos = set(prompt.eos_ids(tokenizer))
     close = fmt.answer_close
     window = len(prompt.segment_ids(tokenizer, close)) + 2
-    ids, mask = readout.left_pad([e.prompt_ids for e in encoded], pad_id, device)
+    ids, mask = lm.left_pad([e.prompt_ids for e in encoded], pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden, cache = audio_mod.lm_hidden(model, ids, mask, [e.audio for e in encoded], pos, use_cache=True)
-    logits = audio_mod.head_logits(model, hidden[:, -1])
+    hidden, cache = lm.hidden_states(model, ids, mask, [e.audio for e in encoded], pos, use_cache=True)
+    logits = lm.head_logits(model, hidden[:, -1])
     if k > 1:
         cache.batch_repeat_interleave(k)
         logits = logits.repeat_interleave(k, dim=0)
@@ -53,6 +52,6 @@ def generate_group(model, tokenizer, encoded, k, max_new_tokens, greedy=False, t
             active, nxt, mask, last_pos = active[sel], nxt[sel], mask[sel], last_pos[sel]
         mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
-        hidden, cache = audio_mod.lm_hidden(model, nxt[:, None], mask, None, last_pos[:, None], cache, use_cache=True)
-        logits = audio_mod.head_logits(model, hidden[:, -1])
+        hidden, cache = lm.hidden_states(model, nxt[:, None], mask, None, last_pos[:, None], cache, use_cache=True)
+        logits = lm.head_logits(model, hidden[:, -1])
     return [[(out[b * k + j], stop[b * k + j]) for j in range(k)] for b in range(len(encoded))]

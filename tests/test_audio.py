@@ -12,6 +12,7 @@ import torch
 from conftest_model import encode_waves, tiny, tiny_dir, tone
 
 from ambinb import audio as A
+from ambinb import lm
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
 
@@ -100,7 +101,7 @@ class _TowerCounter:
     def __init__(self, model):
         self.rows = 0
         # conv1 is the first module of every tower path (the encoder's own forward and the windowed one)
-        self.handle = A.core(model).audio_tower.conv1.register_forward_hook(self._hook)
+        self.handle = lm.core(model).audio_tower.conv1.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         self.rows += int(args[0].shape[0])
@@ -115,7 +116,7 @@ def test_cached_features_equal_the_full_path(tiny):
         full = model(**inputs).logits
         cache = A.AudioFeatureCache(model, processor.feature_extractor)
         feats = cache.features(["a", "b"], waves)
-        cached = A.lm_forward(model, inputs["input_ids"], inputs["attention_mask"], feats).logits
+        cached = lm.head_logits(model, lm.hidden_states(model, inputs["input_ids"], inputs["attention_mask"], feats)[0])
     real = inputs["attention_mask"].bool()
     assert torch.allclose(full[real], cached[real], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(feats[0][:5], feats[1][:5])  # two wavs, two different feature sets
@@ -138,7 +139,7 @@ def test_tower_runs_once_per_utterance_and_disk_entries_are_reused(tiny, tmp_pat
     assert counter.rows == 4
     # other tower weights: another hash, another folder
     with torch.no_grad():
-        A.core(model).audio_tower.layer_norm.bias.add_(0.5)
+        lm.core(model).audio_tower.layer_norm.bias.add_(0.5)
     changed = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
     assert changed.key != cache.key
     changed.features(["a"], [waves[0]])
@@ -148,7 +149,7 @@ def test_tower_runs_once_per_utterance_and_disk_entries_are_reused(tiny, tmp_pat
 
 def test_trainable_tower_is_not_cached_and_gets_gradients(tiny):
     model, processor = tiny
-    A.core(model).audio_tower.requires_grad_(True)
+    lm.core(model).audio_tower.requires_grad_(True)
     counter = _TowerCounter(model)
     cache = A.AudioFeatureCache(model, processor.feature_extractor)
     wave = tone(1.0, 300)
@@ -156,7 +157,7 @@ def test_trainable_tower_is_not_cached_and_gets_gradients(tiny):
         feats = cache.features(["a"], [wave])
     assert counter.rows == 2 and len(cache._mel) == 1  # mel computed once, tower run each time
     feats[0].sum().backward()
-    assert A.core(model).audio_tower.conv1.weight.grad.abs().sum() > 0
+    assert lm.core(model).audio_tower.conv1.weight.grad.abs().sum() > 0
 
 
 def test_merge_refuses_audio_tokens_without_features(tiny):
@@ -164,23 +165,23 @@ def test_merge_refuses_audio_tokens_without_features(tiny):
     audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     ids = torch.tensor([[1, audio_id, audio_id, 2]])
     with pytest.raises(ValueError, match="no audio features"):
-        A.merge_audio(model, ids, None)
+        lm.merge_audio(model, ids, None)
     with pytest.raises(ValueError, match="row 0: 2 <|AUDIO|> tokens but 3 audio features"):
-        A.merge_audio(model, ids, [torch.zeros(3, A.core(model).audio_tower.config.d_model)])
+        lm.merge_audio(model, ids, [torch.zeros(3, lm.core(model).audio_tower.config.d_model)])
 
 
 def test_audio_positions_of_the_language_model_input_carry_the_projected_features(tiny):
     model, processor = tiny
     captured = []
-    lm = A.core(model).language_model
-    handle = lm.register_forward_pre_hook(lambda m, a, kw: captured.append(kw["inputs_embeds"].detach()),
+    text = lm.core(model).language_model
+    handle = text.register_forward_pre_hook(lambda m, a, kw: captured.append(kw["inputs_embeds"].detach()),
                                           with_kwargs=True)
     waves = [tone(1.0, 200), tone(1.0, 500)]
     enc = encode_waves(model, processor, waves, ["same words", "same words"])
     ids = torch.tensor([e.prompt_ids for e in enc])
     with torch.no_grad():
-        A.lm_forward(model, ids, torch.ones_like(ids), [e.audio for e in enc])
-        proj = [A.core(model).multi_modal_projector(e.audio) for e in enc]
+        lm.hidden_states(model, ids, torch.ones_like(ids), [e.audio for e in enc])
+        proj = [lm.core(model).multi_modal_projector(e.audio) for e in enc]
     handle.remove()
     audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     embeds = captured[0]

@@ -9,11 +9,10 @@ import pytest
 import torch
 from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
 
-from ambinb import audio as A
-from ambinb import config, cot, engine, metrics, prompt, rollout
+from ambinb import config, cot, engine, lm, metrics, prompt, rollout
 from ambinb import model as model_mod
 from ambinb import policy as policy_mod
-from ambinb.run import Example
+from ambinb.examples import Example
 from ambinb.strategies import dpo
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
@@ -87,7 +86,7 @@ def test_pairs_follow_the_rollouts_js(tiny, monkeypatch):
     seen = []
     plain = policy_mod.completion_logprobs
     monkeypatch.setattr(policy_mod, "completion_logprobs",
-                        lambda m, p, c, a, pad: seen.append([list(x) for x in c]) or plain(m, p, c, a, pad))
+                        lambda m, p, c, a, pad, **kw: seen.append([list(x) for x in c]) or plain(m, p, c, a, pad, **kw))
     strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, make_cfg(dpo_rollouts=3))
     loss, stats = strategy.loss(model, [0, 1, 2], 0)
     assert stats["pairs"] == 1 and stats["no_pair"] == 0
@@ -157,7 +156,7 @@ def record_forwards(model, monkeypatch, module) -> list[dict]:
         past = int(cache.get_seq_length()) if cache is not None else 0  # > 0: it continues a prefill's cache
         seen.append({"kind": kind, "embeds": embeds.detach().clone(), "grad": torch.is_grad_enabled(), "past": past})
 
-    handle = A.core(model).language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = lm.core(model).language_model.register_forward_pre_hook(hook, with_kwargs=True)
     return seen, handle
 
 
@@ -175,8 +174,8 @@ def test_audio_reaches_the_rollout_policy_and_reference_forwards(tiny, monkeypat
     model = model_mod.apply_lora(model, make_cfg())
     examples = make_examples(model, processor)
     with torch.no_grad():
-        projected = [A.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
-    placeholder = A.base_model(model).get_input_embeddings().weight[
+        projected = [lm.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
+    placeholder = lm.base_model(model).get_input_embeddings().weight[
         processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")].detach()
     strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, make_cfg(dpo_rollouts=2, tau=0.0))
     seen, handle = record_forwards(model, monkeypatch, dpo)
@@ -231,7 +230,7 @@ def test_full_fine_tune_reference_is_one_frozen_copy_of_the_start(tiny, tiny_dir
     assert not reference.uses_adapter and reference.copy is not model
     assert not any(p.requires_grad for p in reference.copy.parameters())
     with torch.no_grad():
-        for p in A.core(model).language_model.parameters():
+        for p in lm.core(model).language_model.parameters():
             p.add_(0.05)
     examples = make_examples(model, processor, 2)
     args = ([ex.encoded.prompt_ids for ex in examples], [ex.completion.ids for ex in examples],
@@ -256,7 +255,8 @@ def test_completion_logprobs_equal_a_full_forward(tiny):
                                                         processor.tokenizer.pad_token_id)
         for i, (p, c) in enumerate(zip(prompts, completions)):
             ids = torch.tensor([p + c])
-            logits = A.lm_forward(model, ids, torch.ones_like(ids), [audio[i]]).logits[0].double()
+            hidden, _ = lm.hidden_states(model, ids, torch.ones_like(ids), [audio[i]])
+            logits = lm.head_logits(model, hidden)[0].double()
             expected = torch.log_softmax(logits, -1)[torch.arange(len(p) - 1, len(p) - 1 + len(c)), torch.tensor(c)]
             torch.testing.assert_close(logps[i, : len(c)].double(), expected, rtol=1e-4, atol=1e-4)
             assert mask[i].sum() == len(c) and not logps[i, len(c):].any()
@@ -270,7 +270,7 @@ def test_a_tiny_dpo_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_
     examples = make_examples(model, processor)
     strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, cfg)
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
-    tower = {n: p.detach().clone() for n, p in A.core(model).audio_tower.named_parameters()}
+    tower = {n: p.detach().clone() for n, p in lm.core(model).audio_tower.named_parameters()}
     tc = engine.TrainConfig.with_defaults(lr=1e-3, max_steps=2, batch_size=2, checkpoint_every=10)
     history = engine.train(model, strategy, tc, tmp_path, progress=False)
     assert len(history) == 2 and all(row["pairs"] == 2 for row in history)
@@ -278,7 +278,7 @@ def test_a_tiny_dpo_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_
     assert len(moved) > len(before) // 2, f"only {len(moved)} of {len(before)} trainable tensors changed"
     if lora:
         assert all("lora_" in n for n in before)
-    for n, p in A.core(model).audio_tower.named_parameters():
+    for n, p in lm.core(model).audio_tower.named_parameters():
         assert torch.equal(p.detach(), tower[n]) and not p.requires_grad
     assert history[1]["margin"] != 0.0  # after one step the policy differs from the reference
 

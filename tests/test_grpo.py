@@ -10,8 +10,7 @@ import torch
 from conftest_model import CLASSES, tiny, tiny_dir
 from test_dpo import P_GT, audio_owner, check_audio_in, fake_rollout, make_examples, perturb_lora, record_forwards
 
-from ambinb import audio as A
-from ambinb import config, engine, losses, metrics, rewards
+from ambinb import config, engine, lm, losses, metrics, rewards
 from ambinb import model as model_mod
 from ambinb.strategies import grpo
 
@@ -101,8 +100,8 @@ def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(tiny, mo
     perturb_lora(model)
     examples = make_examples(model, processor)
     with torch.no_grad():
-        projected = [A.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
-    placeholder = A.base_model(model).get_input_embeddings().weight[
+        projected = [lm.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
+    placeholder = lm.base_model(model).get_input_embeddings().weight[
         processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")].detach()
     strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(grpo_k=2, num_iterations=2))
     seen, handle = record_forwards(model, monkeypatch, grpo)
@@ -190,13 +189,13 @@ def test_a_tiny_grpo_z_run_moves_the_trainable_weights_and_not_the_tower(tiny, t
     strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, cfg)
     assert (strategy.reference.copy is None) == lora
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
-    tower = {n: p.detach().clone() for n, p in A.core(model).audio_tower.named_parameters()}
+    tower = {n: p.detach().clone() for n, p in lm.core(model).audio_tower.named_parameters()}
     tc = engine.TrainConfig.with_defaults(lr=1e-3, max_steps=2, batch_size=2, checkpoint_every=10)
     history = engine.train(model, strategy, tc, tmp_path, progress=False)
     assert len(history) == 2 and all(np.isfinite(row["loss"]) for row in history)
     moved = [n for n, p in engine.trainable_parameters(model) if not torch.equal(p.detach(), before[n])]
     assert len(moved) > len(before) // 2, f"only {len(moved)} of {len(before)} trainable tensors changed"
-    for n, p in A.core(model).audio_tower.named_parameters():
+    for n, p in lm.core(model).audio_tower.named_parameters():
         assert torch.equal(p.detach(), tower[n]) and not p.requires_grad
     assert history[1]["kl"] > 0  # the policy left the reference after the first step
     if not lora:  # the frozen reference copy stayed at the start

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from iemocap_fixture import add_lines, emo_file, line_of, transcript_file, wav_file, write_iemocap
 
-from ambinb import config, labels
+from ambinb import config, labels, parameters
 from ambinb.labels import LabelError, LabelNote, LabelWarning
 
 CREMA_D = Path(os.environ.get("AMBINB_CREMA_D", Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d"))
@@ -448,7 +448,7 @@ def test_labels_notebook_takes_overrides_like_the_others():
     from ambinb import notebook
 
     path = notebook.notebook_path("01_labels")
-    assert notebook.parameters(path)["overrides"] == {}
+    assert parameters.declared(path)["overrides"] == {}
     calls = [node for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code"
              for node in ast.walk(ast.parse("".join(cell["source"]))) if isinstance(node, ast.Call)
              and ast.unparse(node.func) == "config.resolve"]
@@ -894,7 +894,7 @@ def test_load_dataset_toy_calls_ensure_toy(tmp_path, monkeypatch):
     fake = types.ModuleType("ambinb.toy")
     fake.ensure_toy = lambda root, n, seed, sessions: calls.append(("ensure", root, n, seed, sessions)) or "table"
     fake.make_toy = lambda out_dir, n, seed, sessions: calls.append(("make", out_dir, n, seed, sessions)) or "made"
-    monkeypatch.setitem(sys.modules, "ambinb.toy", fake)
+    monkeypatch.setattr(labels.dataset, "toy", fake)
     cfg = {**config.defaults(), "dataset": "toy", "data_root": "", "toy_n": 12, "toy_seed": 3, "toy_sessions": 5}
     monkeypatch.setenv("AMBINB_ROOT", str(tmp_path))
     assert labels.load_dataset(cfg) == "table"

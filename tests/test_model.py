@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest_model import audio_logits, tiny, tiny_dir, tone
 
-from ambinb import audio as A
-from ambinb import config
+from ambinb import config, lm
 from ambinb import model as M
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
@@ -40,7 +39,7 @@ def test_load_model_from_params(tiny_dir):
     model, processor = M.load_model(cfg)
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
     assert model.config._attn_implementation == "eager"
-    assert not any(p.requires_grad for p in A.core(model).audio_tower.parameters())
+    assert not any(p.requires_grad for p in lm.core(model).audio_tower.parameters())
 
 
 def test_resolve_dtype_and_device():
@@ -77,7 +76,7 @@ def test_full_fine_tune_keeps_the_tower_frozen(tiny):
     model, _ = tiny
     model = M.prepare_trainable(model, {**config.resolve(), "lora": False})
     assert all(p.requires_grad for n, p in model.named_parameters() if "audio_tower" not in n)
-    assert not any(p.requires_grad for p in A.core(model).audio_tower.parameters())
+    assert not any(p.requires_grad for p in lm.core(model).audio_tower.parameters())
 
 
 def test_adapter_saves_and_loads_with_the_run(tiny, tiny_dir, tmp_path):
@@ -110,7 +109,7 @@ def test_activation_checkpointing_recomputes_and_keeps_loss_and_gradients(tiny):
     def step(on: bool) -> tuple[float, dict[str, torch.Tensor], int]:
         peft_model = M.prepare_trainable(copy.deepcopy(model), {**cfg, "activation_checkpointing": on}).train()
         calls = []
-        first = A.core(peft_model).language_model.layers[0].input_layernorm  # the layer's first module
+        first = lm.core(peft_model).language_model.layers[0].input_layernorm  # the layer's first module
         first.register_forward_hook(lambda *_: calls.append(1))
         out = peft_model(input_ids=ids, labels=ids)
         out.loss.backward()

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ambinb import notebook, sweep
+from ambinb import notebook, parameters, sweep
 from ambinb.paths import params_dir, project_root
 
 TCP_WARNING = "Kernel is running over TCP without encryption"
@@ -73,16 +73,16 @@ def test_papermill_itself_refuses_an_unknown_parameter(probe_project, tmp_path):
 
 def test_check_injected_parameters_by_hand():
     declared = 'dataset = "toy"\nfold = 0\noverrides = {}'
-    notebook.check_injected_parameters([declared, '# Parameters\nfold = 1\noverrides = {"seed": 2}\n', "x = 1"])
-    notebook.check_injected_parameters(["import os", declared])  # no injected cell: JupyterLab, nbval
-    notebook.check_injected_parameters(['# Parameters\nfold = 1\n'])  # papermill put it first: nothing to compare
+    parameters.check_injected([declared, '# Parameters\nfold = 1\noverrides = {"seed": 2}\n', "x = 1"])
+    parameters.check_injected(["import os", declared])  # no injected cell: JupyterLab, nbval
+    parameters.check_injected(['# Parameters\nfold = 1\n'])  # papermill put it first: nothing to compare
     with pytest.raises(ValueError, match=r"no parameter \['send_audio'\] .* \['dataset', 'fold', 'overrides'\]"):
-        notebook.check_injected_parameters([declared, "# Parameters\nsend_audio = True\n"])
+        parameters.check_injected([declared, "# Parameters\nsend_audio = True\n"])
 
 
 def test_every_notebook_takes_extra_keys_as_overrides():
     for name in notebook.NOTEBOOKS:
-        declared = notebook.parameters(REPO_NOTEBOOKS / f"{name}.ipynb")
+        declared = parameters.declared(REPO_NOTEBOOKS / f"{name}.ipynb")
         assert declared.get("overrides") == {}, f"{name}: no `overrides = {{}}` in its parameters cell"
 
 
@@ -90,4 +90,4 @@ def test_every_notebook_listed_exists_and_has_literal_parameters():
     on_disk = sorted(p.stem for p in REPO_NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     assert sorted(notebook.NOTEBOOKS) == on_disk
     for name in on_disk:
-        assert notebook.parameters(REPO_NOTEBOOKS / f"{name}.ipynb"), name
+        assert parameters.declared(REPO_NOTEBOOKS / f"{name}.ipynb"), name

@@ -5,9 +5,8 @@ import pytest
 import torch
 from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
 
-from ambinb import audio as audio_mod
-from ambinb import cot, policy, prompt, readout
-from ambinb.run import Example
+from ambinb import cot, lm, policy, prompt, readout
+from ambinb.examples import Example
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
 
@@ -40,8 +39,8 @@ def test_slot_read_out_of_a_teacher_forced_forward_equals_the_readout(tiny, clas
     assert all(len(ids) == 1 for ids in class_ids) == (classes == CLASSES)
     with torch.no_grad():
         rows = [ex.encoded.prompt_ids + ex.completion.ids for ex in examples]
-        ids, attn = readout.right_pad(rows, tok.pad_token_id)
-        hidden, _ = audio_mod.lm_hidden(model, ids, attn, [ex.encoded.audio for ex in examples])
+        ids, attn = lm.right_pad(rows, tok.pad_token_id)
+        hidden, _ = lm.hidden_states(model, ids, attn, [ex.encoded.audio for ex in examples])
         got = policy.slot_class_log_likelihoods(model, hidden, examples, class_ids, tok.pad_token_id)
         prefixes = [ex.encoded.prompt_ids + ex.completion.ids[: ex.completion.slot] for ex in examples]
         want = readout.class_log_likelihoods(model, prefixes, [ex.encoded.audio for ex in examples], class_ids,

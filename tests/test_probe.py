@@ -21,7 +21,7 @@ def test_pool_is_mean_then_sd_over_frames():
 
 
 def test_bins_follow_the_words():
-    got = probe.bins([1.4, -0.7, 0.1, prosody.NEAR, -prosody.NEAR, 0.49, np.nan])
+    got = prosody.bins([1.4, -0.7, 0.1, prosody.NEAR, -prosody.NEAR, 0.49, np.nan])
     np.testing.assert_array_equal(got[:6], [1, -1, 0, 1, -1, 0])  # "close to" is |z| < NEAR
     assert np.isnan(got[6])
 
@@ -118,7 +118,7 @@ def test_probe_groups_prefer_the_session():
 
 
 def test_tower_features_pool_the_cached_tower_outputs(tiny_dir, tmp_path):  # noqa: F811
-    from ambinb import audio, evaluate
+    from ambinb import audio
     from ambinb import model as model_mod
 
     paths = []
@@ -134,6 +134,6 @@ def test_tower_features_pool_the_cached_tower_outputs(tiny_dir, tmp_path):  # no
     assert pooled.shape == (2, 2 * direct[0].shape[1]) and direct[0].shape[0] == 25  # 1 s: 100 frames -> 25 tokens
     np.testing.assert_allclose(pooled, probe.pool(direct), atol=1e-5)
     assert len(list((tmp_path / "features").rglob("*.pt"))) == 2  # a later chapter reads them back
-    again = evaluate.feature_cache(model, processor, cfg)
+    again = audio.feature_cache(model, processor, cfg)
     again.features(["u0"], [audio.load_wav(paths[0])])
     assert again.hits == 1 and again.tower_calls == 0

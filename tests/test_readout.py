@@ -8,8 +8,7 @@ import pytest
 import torch
 from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
 
-from ambinb import audio as A
-from ambinb import cot, prompt, readout
+from ambinb import cot, lm, prompt, readout
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
 
@@ -105,7 +104,7 @@ def test_readout_is_differentiable_into_the_language_model_only(tiny):
     p_gt = torch.tensor([[0.5, 0.0, 0.5, 0.0]] * 3)
     kl = (p_gt * (torch.log(p_gt + 1e-10) - torch.log(p + 1e-10))).sum(dim=1).mean()
     kl.backward()
-    core = A.core(model)
+    core = lm.core(model)
     assert core.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     assert core.multi_modal_projector.linear.weight.grad.abs().sum() > 0  # audio positions feed the slot
     assert all(q.grad is None for q in core.audio_tower.parameters())
@@ -126,8 +125,8 @@ def test_slot_distribution_matches_read_out(tiny):
     ids = prompt.class_ids(processor.tokenizer, CLASSES)
     with torch.no_grad():
         p = readout.read_out(model, prefixes, feats, ids, 0)
-        tok_ids, mask = readout.right_pad(prefixes, 0)
-        logits = A.lm_forward(model, tok_ids, mask, feats).logits
+        tok_ids, mask = lm.right_pad(prefixes, 0)
+        logits = lm.head_logits(model, lm.hidden_states(model, tok_ids, mask, feats)[0])
         slot = logits[torch.arange(3), torch.tensor([len(x) - 1 for x in prefixes])]
     assert torch.allclose(readout.slot_distribution(slot, ids), p, atol=1e-5)
 
@@ -140,18 +139,18 @@ def test_right_padded_rows_need_no_attention_mask(tiny):
     rows, feats = [e.prompt_ids + t for e, t in zip(enc, tails)], [e.audio for e in enc]
     assert len({len(r) for r in rows}) == 3  # three lengths, so two rows carry padding
     with torch.no_grad():
-        ids, _ = readout.right_pad(rows, 0)
-        batched, _ = A.lm_hidden(model, ids, None, feats)
+        ids, _ = lm.right_pad(rows, 0)
+        batched, _ = lm.hidden_states(model, ids, None, feats)
         for i, (row, feat) in enumerate(zip(rows, feats)):
-            alone, _ = A.lm_hidden(model, torch.tensor([row]), None, [feat])
+            alone, _ = lm.hidden_states(model, torch.tensor([row]), None, [feat])
             assert torch.allclose(batched[i, : len(row)], alone[0], atol=1e-5)
         # the shortcut is for right padding only: left-padded rows need their mask and positions (with
         # them they equal the rows run alone), and without either they do not
-        left, mask = readout.left_pad(rows, 0)
+        left, mask = lm.left_pad(rows, 0)
         short = min(range(3), key=lambda i: len(rows[i]))
-        alone, _ = A.lm_hidden(model, torch.tensor([rows[short]]), None, [feats[short]])
+        alone, _ = lm.hidden_states(model, torch.tensor([rows[short]]), None, [feats[short]])
         cols = slice(left.shape[1] - len(rows[short]), None)
-        masked, _ = A.lm_hidden(model, left, mask, feats, (mask.cumsum(-1) - 1).clamp(min=0))
-        unmasked, _ = A.lm_hidden(model, left, None, feats)
+        masked, _ = lm.hidden_states(model, left, mask, feats, (mask.cumsum(-1) - 1).clamp(min=0))
+        unmasked, _ = lm.hidden_states(model, left, None, feats)
         assert torch.allclose(masked[short, cols], alone[0], atol=1e-5)
         assert not torch.allclose(unmasked[short, cols], alone[0], atol=1e-3)

@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from ambinb import metrics, results
+from ambinb import metrics, plots, results
 
 
 def test_write_atomic_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_save_examples_draws_four_utterances_into_the_run_folder(tmp_path):
 
     cfg = config.resolve(strategy="sft", fold=0, run_root=str(tmp_path), overrides={"bootstrap": 20})
     _finished_run(cfg, "sft", np.full((5, 2), 0.5), completions=[f"text {u}" for u in "abcde"])
-    fig, text = results.save_examples(run_folder(cfg))
+    fig, text = plots.save_examples(run_folder(cfg))
     assert (run_folder(cfg) / "examples.png").stat().st_size > 0
     assert [ax.get_title() for ax in fig.axes] == ["e", "a", "d", "b"]
     assert text.splitlines()[:2] == ["--- e", "text e"]

@@ -10,8 +10,7 @@ import rollout_reference
 import torch
 from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
 
-from ambinb import audio as A
-from ambinb import config, cot, merge, prompt, readout, rollout
+from ambinb import config, cot, lm, merge, prompt, rollout
 from ambinb import model as model_mod
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
@@ -28,7 +27,7 @@ def _waves():
 def test_encoder_runs_once_per_utterance_in_a_group_rollout(tiny):
     model, processor = tiny
     rows = []
-    handle = A.core(model).audio_tower.conv1.register_forward_hook(lambda m, a, o: rows.append(int(a[0].shape[0])))
+    handle = lm.core(model).audio_tower.conv1.register_forward_hook(lambda m, a, o: rows.append(int(a[0].shape[0])))
     enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
     group = rollout.rollout(model, processor, enc, CLASSES, CFG, k=8)
     assert sum(rows) == 3  # three utterances, 24 trajectories
@@ -47,10 +46,10 @@ def test_audio_features_reach_every_forward(tiny):
     model, processor = tiny
     enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
     with torch.no_grad():
-        projected = [A.core(model).multi_modal_projector(e.audio) for e in enc]
+        projected = [lm.core(model).multi_modal_projector(e.audio) for e in enc]
     placeholder = model.get_input_embeddings().weight[processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")]
     seen = []
-    handle = A.core(model).language_model.register_forward_pre_hook(
+    handle = lm.core(model).language_model.register_forward_pre_hook(
         lambda m, a, kw: seen.append(kw["inputs_embeds"].detach().clone()), with_kwargs=True)
     k = 2
     rollout.rollout(model, processor, enc, CLASSES, CFG, k=k)
@@ -72,19 +71,19 @@ def test_audio_features_reach_every_forward(tiny):
 def test_no_audio_token_is_ever_sampled(tiny, monkeypatch):
     model, processor = tiny
     audio_ids = rollout.suppressed_ids(processor.tokenizer)
-    plain_head = A.head_logits
+    plain_head = lm.head_logits
 
     def audio_loving_head(m, hidden, float32=False):
         logits = plain_head(m, hidden, float32).clone()
         logits[..., audio_ids] += 1e4  # the model now prefers the audio tokens above all
         return logits
 
-    monkeypatch.setattr(A, "head_logits", audio_loving_head)
+    monkeypatch.setattr(lm, "head_logits", audio_loving_head)
     enc = encode_waves(model, processor, _waves()[:2], TRANSCRIPTS[:2])
-    ids, mask = readout.left_pad([enc[0].prompt_ids], 0, "cpu")
+    ids, mask = lm.left_pad([enc[0].prompt_ids], 0, "cpu")
     with torch.no_grad():
-        hidden, _ = A.lm_hidden(model, ids, mask, [enc[0].audio])
-    assert int(A.head_logits(model, hidden[:, -1]).argmax()) in audio_ids  # unsuppressed, one would be chosen
+        hidden, _ = lm.hidden_states(model, ids, mask, [enc[0].audio])
+    assert int(lm.head_logits(model, hidden[:, -1]).argmax()) in audio_ids  # unsuppressed, one would be chosen
     for greedy in (True, False):
         groups = rollout.generate_group(model, processor.tokenizer, enc, k=4, max_new_tokens=12, greedy=greedy,
                                         generator=torch.Generator().manual_seed(0))
@@ -286,8 +285,8 @@ def test_rollout_merges_lora_only_while_sampling(tiny, monkeypatch):
     lora = _lora_model(model)
     enc = encode_waves(model, processor, _waves()[:1], TRANSCRIPTS[:1])
     seen = []
-    step = rollout.decode_step
-    monkeypatch.setattr(rollout, "decode_step", lambda m, *a: (seen.append(merge.lora_layers(m) == []), step(m, *a))[1])
+    step = lm.decode_step
+    monkeypatch.setattr(lm, "decode_step", lambda m, *a: (seen.append(merge.lora_layers(m) == []), step(m, *a))[1])
     rollout.rollout(lora, processor, enc, CLASSES, {**CFG, "max_new_tokens": 4}, k=2)
     rollout.rollout(lora, processor, enc, CLASSES, {**CFG, "max_new_tokens": 4, "rollout_merge_lora": False}, k=2)
     assert seen[:3] == [True] * 3 and seen[-3:] == [False] * 3

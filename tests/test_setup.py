@@ -10,7 +10,7 @@ import pytest
 import tomllib
 import yaml
 
-from ambinb import notebook, sweep
+from ambinb import notebook, parameters, sweep
 from ambinb.paths import project_root
 
 ROOT = project_root()
@@ -47,7 +47,7 @@ def test_readme_commands_and_ci():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_thin_and_clean(path):
     nb = json.loads(path.read_text())
-    params = notebook.parameters(path)  # raises unless one literal-only parameters cell
+    params = parameters.declared(path)  # raises unless one literal-only parameters cell
     assert params, "the parameters cell declares something"
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
@@ -64,7 +64,7 @@ def test_every_parameter_passed_to_a_notebook_exists():
     passed = {"01_labels": {"dataset", "run_root"}, "02_curate_cot": {"dataset", "run_root", "fold", "subset"},
               "06_ablations": {"run_root", "datasets", "folds"}}
     for nb_name, names in passed.items():
-        notebook.check_parameters(notebook.notebook_path(nb_name), {n: None for n in names})
+        parameters.check_given(notebook.notebook_path(nb_name), {n: None for n in names})
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
@@ -76,7 +76,7 @@ def test_every_sweep_expands(path):
 
 def test_check_parameters_names_the_unknown_one():
     with pytest.raises(ValueError, match="no parameter \\['nope'\\]"):
-        notebook.check_parameters(NOTEBOOKS[0], {"nope": 1})
+        parameters.check_given(NOTEBOOKS[0], {"nope": 1})
 
 
 def test_no_secret_in_tracked_text():

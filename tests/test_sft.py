@@ -5,11 +5,10 @@ import pytest
 import torch
 from conftest_model import encode_waves, tiny, tiny_dir, tone
 
-from ambinb import audio as audio_mod
-from ambinb import config, cot, engine, metrics, prompt, readout
+from ambinb import config, cot, engine, lm, metrics, prompt, readout
 from ambinb import model as model_mod
 from ambinb import policy as policy_mod
-from ambinb.run import Example
+from ambinb.examples import Example
 from ambinb.strategies import sft
 
 FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
@@ -57,7 +56,8 @@ def test_ce_term_is_the_token_mean_nll_of_the_completion(tiny):
     with torch.no_grad():
         _, stats = strategy.loss(model, [0], step=0)
         ids = torch.tensor([ex.encoded.prompt_ids + ex.completion.ids])
-        logits = audio_mod.lm_forward(model, ids, torch.ones_like(ids), [ex.encoded.audio]).logits[0].float()
+        hidden, _ = lm.hidden_states(model, ids, torch.ones_like(ids), [ex.encoded.audio])
+        logits = lm.head_logits(model, hidden)[0].float()
     start = len(ex.encoded.prompt_ids)
     logp = torch.log_softmax(logits, dim=-1)
     nll = [-float(logp[start + t - 1, tok]) for t, tok in enumerate(ex.completion.ids)]
@@ -69,18 +69,18 @@ def test_audio_reaches_the_training_forward_from_the_cache(tiny):
     exs = examples(model, processor)
     strategy = sft.SFTStrategy(exs, ["anger", "happiness", "sadness", "neutral"], processor.tokenizer, CFG)
     seen, tower_calls = {}, []
-    lm = audio_mod.core(model).language_model
-    h1 = lm.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"].detach()),
+    text = lm.core(model).language_model
+    h1 = text.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"].detach()),
                                       with_kwargs=True)
-    h2 = audio_mod.core(model).audio_tower.conv1.register_forward_hook(lambda *a: tower_calls.append(1))
+    h2 = lm.core(model).audio_tower.conv1.register_forward_hook(lambda *a: tower_calls.append(1))
     try:
         strategy.loss(model, [0, 1, 2], step=0)
     finally:
         h1.remove()
         h2.remove()
     assert not tower_calls, "the frozen tower ran during training instead of the cached outputs being used"
-    audio_id = audio_mod.audio_token_id(model)
-    proj = audio_mod.core(model).multi_modal_projector
+    audio_id = lm.audio_token_id(model)
+    proj = lm.core(model).multi_modal_projector
     for b, ex in enumerate(exs):
         ids = torch.tensor(ex.encoded.prompt_ids)
         positions = (ids == audio_id).nonzero()[:, 0]
@@ -99,7 +99,7 @@ def test_training_changes_what_trains_and_never_the_tower(tiny, tmp_path, lora):
     cfg = {**CFG, "lora": lora, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
            "lora_target_regex": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
     model = model_mod.prepare_trainable(model, cfg)
-    tower = {n: p.detach().clone() for n, p in audio_mod.core(model).audio_tower.named_parameters()}
+    tower = {n: p.detach().clone() for n, p in lm.core(model).audio_tower.named_parameters()}
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
     strategy = sft.SFTStrategy(exs, ["anger", "happiness", "sadness", "neutral"], processor.tokenizer, CFG)
     tc = engine.TrainConfig.with_defaults(lr=1e-2, max_steps=2, batch_size=2)
@@ -109,7 +109,7 @@ def test_training_changes_what_trains_and_never_the_tower(tiny, tmp_path, lora):
     assert any(not torch.equal(before[n], after[n]) for n in before)
     if lora:
         assert all("lora_" in n for n in before)
-    for n, p in audio_mod.core(model).audio_tower.named_parameters():
+    for n, p in lm.core(model).audio_tower.named_parameters():
         assert torch.equal(tower[n], p) and not p.requires_grad
 
 

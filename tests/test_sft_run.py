@@ -24,7 +24,7 @@ def test_sft_beats_the_untrained_model_and_the_prior_on_held_out_speakers(tmp_pa
     untrained_model, processor = model_mod.load_model(cfg)
     with torch.no_grad():
         p_hat = evaluate.predict(untrained_model, processor, test_df, cfg, progress=False)["p_hat"]
-    untrained = metrics.js(evaluate.p_of(test_df), p_hat / p_hat.sum(1, keepdims=True)).mean()
+    untrained = metrics.js(labels.p_matrix(test_df), p_hat / p_hat.sum(1, keepdims=True)).mean()
     assert out["metrics"]["metrics"]["n"] == len(test_df) == 160
     assert trained < prior - 0.05, (trained, prior)
     assert trained < untrained - 0.05, (trained, untrained)

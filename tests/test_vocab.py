@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ambinb import audio as A
-from ambinb import config, cot, prompt, rollout, stopping, vocab
+from ambinb import config, cot, lm, prompt, rollout, stopping, vocab
 from ambinb.standin.architecture import tiny_config
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
@@ -126,7 +126,7 @@ def test_prompt_rollout_readout_and_format_on_the_real_vocabulary(processor, tok
              "Step 3 (synthesis): Anger.\n</think>")
     gold = prompt.completion_ids(tok, think, "anger")
     script = gold.ids[: gold.slot + gold.answer_len] + prompt.segment_ids(tok, "</answer>") + [151645]
-    plain, calls = A.head_logits, []
+    plain, calls = lm.head_logits, []
 
     def steered(m, hidden, float32=False):
         logits = plain(m, hidden, float32)
@@ -136,14 +136,14 @@ def test_prompt_rollout_readout_and_format_on_the_real_vocabulary(processor, tok
         return logits
 
     cfg = {**config.resolve(), "max_new_tokens": 80, "readout_batch_size": 0}
-    monkeypatch.setattr(A, "head_logits", steered)
+    monkeypatch.setattr(lm, "head_logits", steered)
     group = rollout.rollout(model, processor, enc, CLASSES, cfg, k=3)
     for t in group.flat():
         assert t.stop == "answer_close" and t.token_ids == script[: len(script) - 1]
         assert t.answer_found and t.readout_ids == gold.ids[: gold.slot] and t.format_ok
         assert t.text.endswith("<answer>anger</answer>")
     assert group.p_hat.shape == (2, 3, 4) and torch.allclose(group.p_hat.sum(-1), torch.ones(2, 3), atol=1e-5)
-    monkeypatch.setattr(A, "head_logits", plain)
+    monkeypatch.setattr(lm, "head_logits", plain)
     free = rollout.rollout(model, processor, enc, CLASSES, {**cfg, "max_new_tokens": 12}, k=2)
     assert all(t.stop == "budget" and len(t.token_ids) == 12 and not t.format_ok for t in free.flat())
     assert all(t.readout_ids[-3:] == prompt.segment_ids(tok, "<answer>") for t in free.flat())

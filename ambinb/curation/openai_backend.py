@@ -59,7 +59,7 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, cfg: dict[str, Any], client: Any = None, sleep: Callable[[float], None] | None = None):
-        from openai import OpenAI
+        from openai import OpenAI  # optional
 
         self.model = str(cfg["curation_model"])
         self.cfg = cfg

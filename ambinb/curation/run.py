@@ -10,13 +10,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ambinb import prosody
+from ambinb import labels, prosody
 from ambinb.curation.attempts import add_tokens, curate_one
 from ambinb.curation.errors import CurationError
 from ambinb.curation.items import Item, make_items
 from ambinb.curation.openai_backend import OpenAIBackend
 from ambinb.curation.store import CotStore, RunLock, check_same_reference, store_path
 from ambinb.curation.template import TemplateBackend
+from ambinb.progress import bar as progress_bar
+from ambinb.results import write_json
 
 SUMMARY_FILE = "summary.json"
 BACKENDS = ("template", "openai")
@@ -29,7 +31,6 @@ def select_utterances(df: pd.DataFrame, fold: int, subset: str = "train") -> pd.
         return df
     if subset != "train":
         raise CurationError(f"curation_subset={subset!r}: choose one of {list(SUBSETS)}")
-    from ambinb import labels
 
     train, _ = labels.split(df, fold)
     return train
@@ -105,8 +106,6 @@ def _curate_items(backend: Any, items: list[Item], store: CotStore, new: list[di
                   cfg: dict[str, Any], progress: bool) -> None:
     """Curate ``items`` (concurrently for a remote backend), appending each record to the store and
     to ``new`` as it completes."""
-    from ambinb.progress import bar as progress_bar
-
     args = (float(cfg["accept_js"]), int(cfg["curation_attempts"]), str(cfg["prompt_version"]))
     workers = max(1, int(cfg["curation_concurrency"])) if backend.name != "template" else 1
     bar = progress_bar(total=len(items), desc=f"curating ({backend.name})", disable=not progress)
@@ -164,12 +163,8 @@ def curate(cfg: dict[str, Any], df: pd.DataFrame | None = None, subset: str | No
         CurationError: the run cannot go on (see :class:`ambinb.curation.transport.Outage`); every
             record written before stays in the store, and a rerun resumes from there.
     """
-    from ambinb.results import write_json
-
     start = time.perf_counter()
     if df is None:
-        from ambinb import labels
-
         df = labels.load_dataset(cfg)
     subset = subset or cfg["curation_subset"]
     chosen = select_utterances(df, int(cfg["fold"]), subset)

@@ -122,7 +122,7 @@ class Outage:
 
 
 def _kind(err: Exception) -> str:
-    import openai
+    import openai  # optional
 
     if isinstance(err, openai.APITimeoutError):
         return "timeout"
@@ -134,7 +134,7 @@ def _kind(err: Exception) -> str:
 def _refusal(err: Any) -> str | None:
     """Why retrying cannot help (None when it may): refused credentials, permission or model, or an
     exhausted quota (a 429 whose code says so)."""
-    import openai
+    import openai  # optional
 
     if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
         what = "the request"
@@ -158,7 +158,7 @@ def call_with_retries(fn: Callable[[], Any], retries: int, base: float, cap: flo
             429 ``insufficient_quota``), or ``outage`` stopped the run: retrying other utterances
             cannot help.
     """
-    import openai
+    import openai  # optional
 
     outage = outage or Outage("", retries + 2, 0.0)  # a watch of this call alone: only refusals stop
     for k in range(retries + 1):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from typing import Any, TextIO
 
 import pandas as pd
 
+from ambinb import toy
 from ambinb.labels.crema_d import load_crema_d
 from ambinb.labels.iemocap import load_iemocap
 from ambinb.labels.table import CLASSES, class_names
@@ -21,7 +21,6 @@ DEFAULT_ROOTS = {"toy": "data/toy"}
 
 def make_toy(out_dir: str | os.PathLike, n: int = 800, seed: int = 0, sessions: int = 5, **kwargs: Any) -> pd.DataFrame:
     """Write the toy corpus to ``out_dir`` and return its label table (see :mod:`ambinb.toy`)."""
-    toy = importlib.import_module("ambinb.toy")
     return toy.make_toy(out_dir, n=n, seed=seed, sessions=sessions, **kwargs)
 
 
@@ -43,7 +42,6 @@ def load_dataset(cfg: dict[str, Any]) -> pd.DataFrame:
     root = resolve_path(data_root)
     strict, require_audio = bool(cfg["strict"]), bool(cfg["require_audio"])
     if name == "toy":
-        toy = importlib.import_module("ambinb.toy")
         df = toy.ensure_toy(root, n=cfg["toy_n"], seed=cfg["toy_seed"], sessions=cfg["toy_sessions"])
     elif name == "iemocap":
         df = load_iemocap(root, strict=strict, require_audio=require_audio)

@@ -15,7 +15,7 @@ def tiny_config(tokenizer: Any, *, hidden_size: int, layers: int, heads: int, kv
                 intermediate_size: int, audio_hidden_size: int, audio_layers: int, audio_heads: int,
                 audio_ffn_size: int) -> Any:
     """A ``Qwen2AudioConfig`` of the real architecture at tiny sizes (3,000 mel frames in, as the real one)."""
-    from transformers import Qwen2AudioConfig
+    from transformers import Qwen2AudioConfig  # heavy
 
     ids = dict(zip(SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))))
     audio_config = {"model_type": "qwen2_audio_encoder", "num_mel_bins": audio_mod.N_MELS,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ambinb import audio as audio_mod
+from ambinb import lm
 
 
 def pad_batch(rows: list[list[int]], labels: list[list[int]], pad_id: int
@@ -38,7 +38,7 @@ def target_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: tor
 
     Also returns the boolean (B, T-1) map of those positions, to gather per-token weights with.
     """
-    hidden, _ = audio_mod.lm_hidden(model, ids, mask, audio)
+    hidden, _ = lm.hidden_states(model, ids, mask, audio)
     target = labels[:, 1:]
     where = target != -100
-    return audio_mod.head_logits(model, hidden[:, :-1][where]), target[where], where
+    return lm.head_logits(model, hidden[:, :-1][where]), target[where], where

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -16,8 +17,7 @@ from typing import Any
 
 import torch
 
-from ambinb import audio as audio_mod
-from ambinb import prompt
+from ambinb import lm, prompt
 from ambinb.paths import resolve_path
 from ambinb.standin.architecture import share_word_embeddings, tiny_config
 from ambinb.standin.pretrain import warm_up
@@ -56,7 +56,7 @@ def make_tiny(*, seed: int, vocab_size: int, hidden_size: int, layers: int, head
     Returns:
         ``(model, processor, warm-up stats)``; deterministic for a seed on a given machine.
     """
-    from transformers import Qwen2AudioForConditionalGeneration
+    from transformers import Qwen2AudioForConditionalGeneration  # heavy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -71,7 +71,7 @@ def make_tiny(*, seed: int, vocab_size: int, hidden_size: int, layers: int, head
         share_word_embeddings(model, tok)
         model.generation_config.eos_token_id = prompt.eos_ids(tok)
         model.generation_config.pad_token_id = tok.pad_token_id
-        audio_mod.core(model).audio_tower.requires_grad_(False)
+        lm.core(model).audio_tower.requires_grad_(False)
         stats = {}
         if warmup_steps:
             rec = ensure_recordings(recordings, seed)
@@ -130,9 +130,6 @@ def machine() -> dict[str, str]:
     Two builds of one spec agree bit for bit where these agree (one torch thread either way). On
     another CPU the kernels round differently, and 1,200 warm-up steps carry that into every weight.
     """
-    import hashlib
-    import platform
-
     info = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -171,7 +168,7 @@ def ensure_tiny(cfg: dict[str, Any]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         try:
-            import fcntl
+            import fcntl  # posix
 
             fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a build in progress
         except ImportError:  # pragma: no cover - no fcntl on Windows: no lock

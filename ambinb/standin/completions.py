@@ -13,7 +13,7 @@ import random
 
 import numpy as np
 
-from ambinb import cot, cues, prosody
+from ambinb import cot, cues, curation, prosody
 from ambinb.standin.words import ASPECT_WORDS, KEYWORDS, STRENGTH, TEXT_WORDS
 
 P_TEMPLATE = 0.7  # share of warm-up think blocks in the curator's wording (the rest free-form)
@@ -79,8 +79,6 @@ def template_completion(rng: random.Random, transcript: str, classes: list[str],
     """A think block in the offline curator's wording (``ambinb.curation.template_cot``) for a
     *synthetic* item: the prosody z-scores its audio was measured with (random ones when ``z`` is None)
     and a random target split, never a corpus label. The answer is the split's largest class."""
-    from ambinb import curation  # the template writer; curation itself never imports the stand-in
-
     np_rng = np.random.default_rng(rng.getrandbits(32))
     p = np_rng.dirichlet(np.full(len(classes), rng.choice((0.3, 1.0, 3.0))))
     z_scores = dict(z) if z is not None else {d: float(np_rng.normal()) for d in cues.SHORT_WORDS}

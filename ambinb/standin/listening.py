@@ -9,18 +9,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ambinb import probe
+from ambinb import prosody
 
 N_BINS = 3  # below the reference, close to it (|z| < prosody.NEAR), above it
 
 
 def bins(z: np.ndarray) -> np.ndarray:
-    """:func:`ambinb.probe.bins` of finite z-scores as class indices: 0 below ``-NEAR``, 1 within
+    """:func:`ambinb.prosody.bins` of finite z-scores as class indices: 0 below ``-NEAR``, 1 within
     ``NEAR`` of 0, 2 above ``NEAR``.
 
     Example: ``bins(np.array([-0.7, 0.2, 0.5]))`` -> ``[0, 1, 2]``.
     """
-    return (probe.bins(np.asarray(z, dtype=np.float64)) + 1).astype(np.int64)
+    return (prosody.bins(np.asarray(z, dtype=np.float64)) + 1).astype(np.int64)
 
 
 def pooled(outputs: list[torch.Tensor]) -> torch.Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import prosody
+from ambinb import lm, prosody
 from ambinb.standin import chats, descriptions, drills, listening
 from ambinb.standin.recordings import Recordings
 from ambinb.standin.speech import clip_mels, stack_mels
@@ -56,7 +56,7 @@ def lr_schedule(steps: int) -> Any:
 
 def optimizer(model: Any, head: torch.nn.Module, lr: float, tower_lr: float) -> torch.optim.Optimizer:
     """AdamW over the language model and projector at ``lr`` and the tower and listening head at ``tower_lr``."""
-    tower = audio_mod.core(model).audio_tower
+    tower = lm.core(model).audio_tower
     tower.requires_grad_(True)
     tower_ids = {id(p) for p in tower.parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in tower_ids]
@@ -101,7 +101,7 @@ def warm_up(model: Any, processor: Any, rec: Recordings, *, steps: int, batch_si
     rng = random.Random(seed)
     order_rng = np.random.default_rng(seed)
     mels = [clip_mels(processor.feature_extractor, w) for w in rec.waves]
-    d_audio = audio_mod.core(model).audio_tower.config.d_model
+    d_audio = lm.core(model).audio_tower.config.d_model
     head = listening.ListeningHead(d_audio, rec.functionals.shape[1], len(prosody.DIMENSIONS))
     opt = optimizer(model, head, lr, tower_lr)
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -122,7 +122,7 @@ def warm_up(model: Any, processor: Any, rec: Recordings, *, steps: int, batch_si
         if len(losses) % 100 == 0:
             log.info("pretraining step %d/%d: loss %.3f (mean of the last 100)", len(losses), steps,
                      np.mean(losses[-100:]))
-    audio_mod.core(model).audio_tower.requires_grad_(False)
+    lm.core(model).audio_tower.requires_grad_(False)
     model.eval()
     return {"steps": steps, "loss_first": losses[0] if losses else float("nan"),
             "loss_last": float(np.mean(losses[-10:])) if losses else float("nan"),

@@ -25,8 +25,13 @@ import numpy as np
 import pandas as pd
 
 from ambinb import prosody
+from ambinb.paths import resolve_path
+from ambinb.results import write_atomic
 from ambinb.standin.transcripts import cued_transcript
 from ambinb.standin.words import synthetic_class_list, transcript_vocabulary
+from ambinb.toy.design import SPEAKERS
+from ambinb.toy.espeak import Espeak
+from ambinb.toy.speech import to_sample_rate
 
 RECORDINGS_VERSION = 1  # bump whenever a change alters the recordings or their measurements
 VOICE_BASES = ("en", "en-us", "en-us-nyc", "en-029", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
@@ -45,8 +50,6 @@ def pretraining_voices() -> list[str]:
 
     Example: ``"en-us+m2"`` is one; ``"en-us+f2"`` (toy speaker Ses01F) is not.
     """
-    from ambinb.toy.design import SPEAKERS
-
     taken = {s.voice for s in SPEAKERS}
     voices = [f"{b}+{v}" for b in VOICE_BASES for v in VOICE_VARIANTS] + list(VOICE_BASES)
     return [v for v in voices if v not in taken]
@@ -86,9 +89,6 @@ class Recordings:
 
 def speak(n: int, seed: int) -> tuple[list[np.ndarray], list[str], list[str], pd.DataFrame]:
     """``n`` recordings: waves, transcripts, voices and settings, deterministic for ``seed``."""
-    from ambinb.toy.espeak import Espeak
-    from ambinb.toy.speech import to_sample_rate
-
     rng = np.random.default_rng(seed)
     text_rng = random.Random(seed)
     voices_all, vocabulary = pretraining_voices(), transcript_vocabulary()
@@ -126,8 +126,6 @@ def record(n: int, seed: int) -> Recordings:
 
 def cache_file(n: int, seed: int, cache_dir: str | Path) -> Path:
     """Where :func:`ensure_recordings` keeps a corpus: named by a hash of its arguments and version."""
-    from ambinb.toy.espeak import Espeak
-
     with Espeak() as tts:
         version = tts.version()
     key = f"{n}:{seed}:{RECORDINGS_VERSION}:{version}:{','.join(pretraining_voices())}"
@@ -136,8 +134,6 @@ def cache_file(n: int, seed: int, cache_dir: str | Path) -> Path:
 
 def ensure_recordings(n: int, seed: int, cache_dir: str | Path = ".cache/standin") -> Recordings:
     """The corpus of :func:`record`, read from ``cache_dir`` when built before, else built and kept there."""
-    from ambinb.paths import resolve_path
-
     path = cache_file(n, seed, resolve_path(str(cache_dir)))
     if path.exists():
         return load(path)
@@ -148,8 +144,6 @@ def ensure_recordings(n: int, seed: int, cache_dir: str | Path = ".cache/standin
 
 def save(rec: Recordings, path: Path) -> None:
     """Write a corpus atomically as one ``.npz`` (waves as int16, as eSpeak made them)."""
-    from ambinb.results import write_atomic
-
     buf = io.BytesIO()
     np.savez(buf, lengths=np.array([len(w) for w in rec.waves]),
              waves=np.round(np.concatenate(rec.waves) * 32768.0).astype(np.int16),

@@ -50,8 +50,8 @@ def tokenizer_corpus(seed: int, n_examples: int = 300) -> list[str]:
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """A ``Qwen2Tokenizer`` whose byte-level BPE is trained on ``texts`` with Qwen's pre-tokeniser."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # heavy
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer  # heavy
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
@@ -74,7 +74,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 def make_processor(tokenizer: Any) -> Any:
     """A ``Qwen2AudioProcessor`` like the real one: Whisper features (128 mel, 16 kHz, 30 s) + the chat template."""
-    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor  # heavy
 
     fe = WhisperFeatureExtractor(feature_size=audio_mod.N_MELS, sampling_rate=audio_mod.SAMPLE_RATE,
                                  hop_length=audio_mod.HOP, chunk_length=30, n_fft=400, padding_value=0.0,

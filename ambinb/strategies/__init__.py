@@ -1,4 +1,4 @@
-"""The training strategies, siblings that never import one another.
+"""The training strategies, siblings that never import one another, and the registry that names them.
 
 Each module holds one class following :class:`ambinb.engine.Strategy` (build, ``num_examples``,
 ``utt_ids``, ``loss`` of one micro-batch, ``summary`` of the training log):
@@ -7,39 +7,35 @@ Each module holds one class following :class:`ambinb.engine.Strategy` (build, ``
 * :mod:`ambinb.strategies.dpo`: on-policy DPO with JS-picked negatives (Eq. 4-5);
 * :mod:`ambinb.strategies.grpo`: GRPO with the distribution reward, and GRPO_z (Eq. 6-7).
 
-What they share lives in :mod:`ambinb.run` (the example type, the run every strategy makes, the
-name -> class registry) and :mod:`ambinb.policy` (log-probs, the reference, the slot read-out, the
-soft CE).
+What they share lives in :mod:`ambinb.strategies.base` (the examples a strategy draws from),
+:mod:`ambinb.examples` and :mod:`ambinb.policy` (log-probs, the reference, the slot read-out, the
+soft CE). A strategy of ``params/strategies`` is trained by the class of its *family*, the file its
+``extends`` chain starts from (:func:`ambinb.config.strategy_family`): ``sft_ce`` and ``sft_nocot``
+extend ``sft``, ``dpo_ce`` extends ``dpo``, ``grpo_z`` extends ``grpo``. A new strategy is one class
+here, one line in :data:`FAMILIES` and one file in ``params/strategies/``; a variant is a file alone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from ambinb import config, engine
+from ambinb.strategies.dpo import DPOStrategy
+from ambinb.strategies.grpo import GRPOStrategy
+from ambinb.strategies.sft import SFTStrategy
+
+FAMILIES: dict[str, type[engine.Strategy]] = {"sft": SFTStrategy, "dpo": DPOStrategy, "grpo": GRPOStrategy}
 
 
-class ExampleStrategy:
-    """What every strategy does alike: it trains on ``self.examples`` (:class:`ambinb.run.Example`),
-    drawn by index, and is built from one run's model, processor, examples, classes and params."""
+def strategy_class(name: str) -> type[engine.Strategy]:
+    """The class that trains the strategy ``name`` (a file of ``params/strategies``): its family's.
 
-    examples: list[Any]
+    Example: ``strategy_class("grpo_z")`` -> :class:`~ambinb.strategies.grpo.GRPOStrategy`.
 
-    @classmethod
-    def build(cls, model: Any, processor: Any, examples: list[Any], classes: list[str],
-              cfg: dict[str, Any]) -> ExampleStrategy:
-        """The strategy of one run (:class:`ambinb.engine.Strategy`)."""
-        return cls(model, processor, examples, classes, cfg)
-
-    def hold_run(self, processor: Any, examples: list[Any], classes: list[str], cfg: dict[str, Any]) -> None:
-        """Keep what a strategy that samples from its policy needs of the run: the processor, the
-        examples, the class names, the params and the tokenizer's pad id."""
-        self.examples = examples
-        self.processor = processor
-        self.classes = list(classes)
-        self.cfg = cfg
-        self.pad_id = int(processor.tokenizer.pad_token_id)
-
-    def num_examples(self) -> int:
-        return len(self.examples)
-
-    def utt_ids(self, indices: list[int]) -> list[str]:
-        return [self.examples[i].utt_id for i in indices]
+    Raises:
+        ValueError: naming the strategy and the families that train (``base`` and ``classical`` train nothing).
+    """
+    family = config.strategy_family(name)
+    if family not in FAMILIES:
+        raise ValueError(f"strategy {name!r} (family {family!r}) has no training class: the trainable families are "
+                         f"{sorted(FAMILIES)}; a new one is a class in ambinb/strategies/ and a line in "
+                         "ambinb.strategies.FAMILIES")
+    return FAMILIES[family]

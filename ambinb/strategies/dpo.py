@@ -20,7 +20,7 @@ Each training step, for the B utterances of the micro-batch:
 The reference of Eq. 5 is the starting model (:class:`ambinb.policy.Reference`): with LoRA, the same
 model under peft's ``disable_adapter()`` (no second copy of the weights); with a full fine-tune
 (``lora: false``), and only then, one frozen copy of the starting weights. Every forward (rollout,
-policy, reference) goes through :func:`ambinb.audio.lm_hidden` with the utterance's cached tower
+policy, reference) goes through :func:`ambinb.lm.hidden_states` with the utterance's cached tower
 output. A micro-batch without any pair returns a zero loss that still reaches every trainable
 parameter (zero gradients, so several processes stay in step), with ``pairs = 0`` and
 ``no_pair = 1`` in its stats, and NaN for the pair statistics.
@@ -33,16 +33,14 @@ sampling and reading them out), ``margin`` and ``accuracy`` of the implicit rewa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ambinb import losses, policy, prompt, rollout
-from ambinb.strategies import ExampleStrategy
-
-if TYPE_CHECKING:
-    from ambinb.run import Example
+from ambinb.examples import Example
+from ambinb.strategies.base import ExampleStrategy
 
 NAN = float("nan")
 
@@ -71,7 +69,7 @@ class DPOStrategy(ExampleStrategy):
     """On-policy DPO (Eq. 4-5) for :func:`ambinb.engine.train`.
 
     Params used: ``beta``, ``tau``, ``dpo_rollouts`` (R), ``dpo_kl_weight`` (lambda1),
-    ``dpo_ce_weight`` (lambda2), ``answer_ce``, ``eps``, ``seed`` and the rollout keys
+    ``dpo_ce_weight`` (lambda2), ``answer_ce``, ``eps``, ``seed``, ``logprob_chunk`` and the rollout keys
     (``max_new_tokens``, ``temperature``, ``top_p``, ``prompt_preset``, ``readout_batch_size``).
     """
 
@@ -89,6 +87,7 @@ class DPOStrategy(ExampleStrategy):
             raise ValueError(f"dpo_rollouts={self.r}: need at least one rollout per utterance")
         self.eps = float(cfg["eps"])
         self.seed = int(cfg["seed"])
+        self.chunk = int(cfg["logprob_chunk"])
         self.reference = policy.Reference(model)
 
     def loss(self, model: Any, indices: list[int], step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
@@ -117,10 +116,12 @@ class DPOStrategy(ExampleStrategy):
         completions = [ex.completion.ids for ex in chosen] + rejected
         audio = [ex.encoded.audio for ex in chosen] * 2
         n = len(chosen)
-        logps, mask, hidden = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id)
+        logps, mask, hidden = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id,
+                                                         chunk=self.chunk)
         seq = losses.sequence_logprob(logps, mask)
         with torch.no_grad(), self.reference(model) as ref_model:
-            ref_logps, _, _ = policy.completion_logprobs(ref_model, prompts, completions, audio, self.pad_id)
+            ref_logps, _, _ = policy.completion_logprobs(ref_model, prompts, completions, audio, self.pad_id,
+                                                         chunk=self.chunk)
             ref_seq = losses.sequence_logprob(ref_logps, mask)
         per_pair, chosen_r, rejected_r = losses.dpo_loss(seq[:n], seq[n:], ref_seq[:n], ref_seq[n:], self.beta)
         dpo = per_pair.mean()  # Eq. 5

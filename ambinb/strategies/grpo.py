@@ -33,24 +33,22 @@ to the reference), ``clip_fraction``, ``ratio``, ``completion_len`` (mean sample
 ``resampled`` (1 on a step that sampled new rollouts), ``rollout_s`` (seconds spent sampling and
 reading out the batch's rollouts).
 
-Speed: one GRPO step with these shared-encoder rollouts against the same step with naive ones
-(``model.generate`` K times per utterance, encoder and prefill each time) is ``bench/grpo_step.py``:
-10.3x faster on one CPU thread and 25x on an H200 at K = 8 (tiny model; ``bench/results/``).
+Speed: how much faster one GRPO step is with these shared-encoder rollouts than with naive ones
+(``model.generate`` K times per utterance, encoder and prefill each time) is ``bench/grpo_step.py``,
+on the book's Benchmarks page (``bench/results/grpo_step_*.json``, with the card and the date).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ambinb import cot, losses, policy, rewards, rollout
-from ambinb.strategies import ExampleStrategy
-
-if TYPE_CHECKING:
-    from ambinb.run import Example
+from ambinb.examples import Example
+from ambinb.strategies.base import ExampleStrategy
 
 
 @dataclass
@@ -82,7 +80,7 @@ class GRPOStrategy(ExampleStrategy):
     """GRPO / GRPO_z (Eq. 6-7) for :func:`ambinb.engine.train`.
 
     Params used: ``grpo_k`` (K), ``clip_eps``, ``grpo_kl_coef``, ``num_iterations``, ``rewards``,
-    ``format_weight`` (lambda3), ``inject_gold``, ``prompt_preset``, ``seed`` and the rollout keys
+    ``format_weight`` (lambda3), ``inject_gold``, ``prompt_preset``, ``seed``, ``logprob_chunk`` and the rollout keys
     (``max_new_tokens``, ``temperature``, ``top_p``, ``readout_batch_size``).
     """
 
@@ -98,6 +96,7 @@ class GRPOStrategy(ExampleStrategy):
         self.inject_gold = bool(cfg["inject_gold"])
         self.fmt = cot.get_format(cfg["prompt_preset"])
         self.seed = int(cfg["seed"])
+        self.chunk = int(cfg["logprob_chunk"])
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations={self.num_iterations}: must be at least 1")
         self.group = self.k + int(self.inject_gold)  # rows per utterance; they share its prompt's forward
@@ -143,11 +142,11 @@ class GRPOStrategy(ExampleStrategy):
             if self.num_iterations > 1:
                 self._buffer[micro] = batch
         logps, mask, _ = policy.completion_logprobs(model, batch.prompts, batch.completions, batch.audio, self.pad_id,
-                                                    self.group)
+                                                    self.group, self.chunk)
         if self.reference is not None:
             with torch.no_grad(), self.reference(model) as ref_model:
                 ref_logps, _, _ = policy.completion_logprobs(ref_model, batch.prompts, batch.completions,
-                                                             batch.audio, self.pad_id, self.group)
+                                                             batch.audio, self.pad_id, self.group, self.chunk)
         else:
             ref_logps = logps.detach()
         loss, st = losses.grpo_loss(logps, batch.old_logps, ref_logps, batch.advantages.to(logps.device), mask,
@@ -190,7 +189,8 @@ class GRPOStrategy(ExampleStrategy):
         old_logps = None
         if self.num_iterations > 1:
             with torch.no_grad():
-                old_logps, _, _ = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id, self.group)
+                old_logps, _, _ = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id,
+                                                             self.group, self.chunk)
         js = policy.rollout_js(p_gt, group.p_hat)
         stats = {"reward_mean": float(sampled.mean()), "reward_std": float(sampled.std()),
                  "reward_group_std": float(sampled.std(axis=1, ddof=1).mean()) if k > 1 else 0.0,

@@ -17,28 +17,27 @@ The three variants are strategies in ``params/strategies``:
 * ``sft_nocot``: no think block (the completion is ``<answer>class</answer>``); KL only.
 
 All three train on the same utterances (the fold's training rows whose curated CoT passed
-validation, :func:`ambinb.run.build_examples`), so the comparison isolates the objective.
+validation, :func:`ambinb.examples.build_examples`), so the comparison isolates the objective.
+Every strategy takes its token log-probs from :func:`ambinb.policy.completion_logprobs`; SFT reads the
+CE from them and the slot from the same forward's hidden states.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ambinb import audio as audio_mod
-from ambinb import losses, policy, prompt, readout
-from ambinb.strategies import ExampleStrategy
-
-if TYPE_CHECKING:
-    from ambinb.run import Example
+from ambinb import lm, losses, policy, prompt
+from ambinb.examples import Example
+from ambinb.strategies.base import ExampleStrategy
 
 
 class SFTStrategy(ExampleStrategy):
     """Teacher-forced CE on the completion plus KL at the answer slot (Eq. 3), for :func:`ambinb.engine.train`.
 
-    Params used: ``ce_weight``, ``kl_weight``, ``answer_ce``, ``eps``.
+    Params used: ``ce_weight``, ``kl_weight``, ``answer_ce``, ``eps``, ``logprob_chunk``.
     """
 
     def __init__(self, examples: list[Example], classes: list[str], tokenizer: Any, cfg: dict[str, Any]):
@@ -49,6 +48,7 @@ class SFTStrategy(ExampleStrategy):
         self.kl_weight = float(cfg["kl_weight"])
         self.answer_ce = policy.check_answer_ce(str(cfg["answer_ce"]))
         self.eps = float(cfg["eps"])
+        self.chunk = int(cfg["logprob_chunk"])
 
     @classmethod
     def build(cls, model: Any, processor: Any, examples: list[Example], classes: list[str],
@@ -59,16 +59,19 @@ class SFTStrategy(ExampleStrategy):
     def loss(self, model: Any, indices: list[int], step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 3 on the examples ``indices``; stats ``ce``, ``kl`` and the batch's mean ``p_max``."""
         batch = [self.examples[i] for i in indices]
-        rows = [ex.encoded.prompt_ids + ex.completion.ids for ex in batch]
-        device = audio_mod.device_of(model)
-        ids, _ = readout.right_pad(rows, self.pad_id, device)
-        hidden, _ = audio_mod.lm_hidden(model, ids, None, [ex.encoded.audio for ex in batch])  # see right_pad
+        scored = [policy.completion_mask(ex.completion, self.answer_ce) for ex in batch]  # the CE's tokens
+        logps, mask, hidden = policy.completion_logprobs(model, [ex.encoded.prompt_ids for ex in batch],
+                                                         [ex.completion.ids for ex in batch],
+                                                         [ex.encoded.audio for ex in batch], self.pad_id,
+                                                         chunk=self.chunk, scored=scored)
+        device = lm.device_of(model)
         p_gt = torch.tensor(np.stack([ex.p_gt for ex in batch]), dtype=torch.float32, device=device)
         class_ll = policy.slot_class_log_likelihoods(model, hidden, batch, self.class_ids, self.pad_id)
         stats: dict[str, float] = {}
         total = torch.zeros((), device=device)
         if self.ce_weight > 0:
-            ce = self._ce(model, hidden, batch, class_ll, p_gt)
+            token_nll = -logps[mask.bool()]  # row by row, in completion order
+            ce = policy.completion_ce(token_nll.sum(), token_nll.numel(), class_ll, p_gt, self.answer_ce)  # Eq. 3
             total = total + self.ce_weight * ce
             stats["ce"] = float(ce.detach())
         log_p_hat = losses.class_log_probs(class_ll)
@@ -78,24 +81,6 @@ class SFTStrategy(ExampleStrategy):
         stats["kl"] = float(kl.detach())
         stats["p_max"] = float(log_p_hat.detach().exp().max(dim=-1).values.mean())
         return total, stats
-
-    def _ce(self, model: Any, hidden: torch.Tensor, batch: list[Example], class_ll: torch.Tensor,
-            p_gt: torch.Tensor) -> torch.Tensor:
-        """L_CE of Eq. 3 (token mean), the head applied only where a completion token carries CE."""
-        device = hidden.device
-        ce_rows, ce_pos, ce_tgt = [], [], []
-        for b, ex in enumerate(batch):  # position t-1 predicts token t
-            start = len(ex.encoded.prompt_ids)
-            for t, (tok, keep) in enumerate(zip(ex.completion.ids, policy.completion_mask(ex.completion,
-                                                                                          self.answer_ce))):
-                if keep:
-                    ce_rows.append(b)
-                    ce_pos.append(start + t - 1)
-                    ce_tgt.append(tok)
-        h = hidden[torch.tensor(ce_rows, device=device), torch.tensor(ce_pos, device=device)]
-        logits = audio_mod.head_logits(model, h, float32=True)
-        token_nll = -losses.token_logprobs(logits[None], torch.tensor(ce_tgt, device=device)[None])[0]
-        return policy.completion_ce(token_nll.sum(), token_nll.numel(), class_ll, p_gt, self.answer_ce)
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """SFT adds nothing of its own to ``metrics.json``'s ``train`` summary."""

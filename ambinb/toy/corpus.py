@@ -131,7 +131,7 @@ def _reuse_reason(out: Path, n: int, seed: int, sessions: int) -> str:
 def _locked(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
+        import fcntl  # posix
     except ImportError:  # pragma: no cover - Windows: no lock
         yield
         return

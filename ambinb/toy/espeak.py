@@ -39,7 +39,7 @@ class Espeak:
 
     def __init__(self) -> None:
         try:
-            import espeakng_loader
+            import espeakng_loader  # optional
         except ImportError as err:  # pragma: no cover - a declared dependency
             raise ImportError("the toy corpus needs the espeakng-loader wheel: pip install espeakng-loader") from err
         self._tmp = tempfile.TemporaryDirectory(prefix="ambinb-espeak-")

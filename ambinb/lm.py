@@ -1,0 +1,263 @@
+"""The language model's forward: where the audio enters it, its hidden states, its head, its batches.
+
+Every forward ambinb runs (read-out, rollout prefill and decoding, the training losses of SFT, DPO
+and GRPO) goes through this module, whatever wraps the model (peft, DDP's ``.module``):
+
+* the parts: :func:`base_model` (the ``Qwen2AudioForConditionalGeneration``), :func:`core` (its
+  ``Qwen2AudioModel``: audio tower, projector, language model), :func:`device_of`;
+* :func:`merge_audio`, the **one place where audio enters the language model**: it embeds the
+  token ids and writes the projected tower outputs (:mod:`ambinb.audio` computes and caches them) at
+  the ``<|AUDIO|>`` positions, exactly as ``Qwen2AudioModel.forward`` does with ``masked_scatter``,
+  and refuses ids holding ``<|AUDIO|>`` without features (the silent failure of TRL's GRPOTrainer).
+  Tests hook ``model.model.language_model`` to check that every forward carries its audio;
+* :func:`hidden_states` (the language model on merged embeddings, no head), :func:`head_logits`
+  (the head where a caller needs logits), :func:`token_logprobs` (the log-probs of target tokens,
+  the head applied ``chunk`` positions at a time when asked) and :func:`decode_step` (one decoding
+  forward of the rollout loop);
+* batches: :func:`right_pad` (training and read-out forwards, no attention mask needed),
+  :func:`left_pad` and :func:`shared_prefill` (B prompts run once for K rows to continue: the
+  rollout's prefill, and GRPO's grouped log-probs); :func:`completion_states`, the hidden states that
+  predict the tokens of completions after their prompts, flat or in groups that share a prompt.
+
+Worked example of a shared prefill: prompts of 5 and 3 tokens, K = 2 -> ids (2, 5) left-padded,
+positions ``[[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]``, one forward; the cache, the mask and the positions
+then hold 4 rows (each prompt's twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ambinb import losses
+
+# --- the model's parts, whether or not peft or DDP wraps it ----------------------------------
+
+def base_model(model: Any) -> Any:
+    """The ``Qwen2AudioForConditionalGeneration`` inside DDP (``.module``) and peft wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def core(model: Any) -> Any:
+    """The ``Qwen2AudioModel`` (audio tower, projector, language model) of a possibly wrapped model."""
+    return base_model(model).model
+
+
+def device_of(model: Any) -> torch.device:
+    """The device the language-model side of a possibly wrapped model runs on (its projector's)."""
+    return core(model).multi_modal_projector.linear.weight.device
+
+
+def audio_token_id(model: Any) -> int:
+    """The id of ``<|AUDIO|>`` in the model's config."""
+    return int(base_model(model).config.audio_token_id)
+
+
+# --- the one place where audio enters the language model -------------------------------------
+
+def merge_audio(model: Any, input_ids: torch.Tensor, audio: list[torch.Tensor] | None) -> torch.Tensor:
+    """Token embeddings with the projected tower outputs written at the ``<|AUDIO|>`` positions.
+
+    Args:
+        input_ids: (B, T); the rows that hold ``<|AUDIO|>`` ids hold exactly as many as their
+            utterance has audio tokens (the processor's expansion).
+        audio: one tower output (n_i, d_audio) per row that holds audio tokens, in row order
+            (rows of one utterance may share a tensor); None when no row holds any.
+
+    Returns:
+        ``inputs_embeds`` (B, T, hidden) in the language model's dtype.
+
+    Raises:
+        ValueError: audio tokens without features, or counts that do not match, naming the row.
+    """
+    embeds = base_model(model).get_input_embeddings()(input_ids)
+    is_audio = input_ids == audio_token_id(model)
+    per_row = is_audio.sum(-1).tolist()
+    rows_with_audio = [i for i, n in enumerate(per_row) if n]
+    if not rows_with_audio:
+        return embeds
+    if audio is None:
+        raise ValueError(f"rows {rows_with_audio} hold <|AUDIO|> tokens but no audio features were given: "
+                         "the language model would read the placeholder embedding instead of the audio")
+    if len(audio) != len(rows_with_audio):
+        raise ValueError(f"{len(rows_with_audio)} rows hold audio tokens but {len(audio)} feature tensors were given")
+    for row, feats in zip(rows_with_audio, audio):
+        if feats.shape[0] != per_row[row]:
+            raise ValueError(f"row {row}: {per_row[row]} <|AUDIO|> tokens but {feats.shape[0]} audio features")
+    proj = core(model).multi_modal_projector
+    feats = torch.cat([f.to(proj.linear.weight.device, proj.linear.weight.dtype) for f in audio], dim=0)
+    projected = proj(feats).to(embeds.device, embeds.dtype)
+    return embeds.masked_scatter(is_audio.unsqueeze(-1).to(embeds.device), projected)
+
+
+# --- forwards -------------------------------------------------------------------------------
+
+def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  audio: list[torch.Tensor] | None = None, position_ids: torch.Tensor | None = None,
+                  cache: Any = None, use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+    """The language model's last hidden states (B, T, hidden) and its cache, on ids whose audio
+    positions carry ``audio`` (:func:`merge_audio`); no head.
+
+    Callers apply :func:`head_logits` only where they need logits: a vocabulary of 150k makes full
+    (B, T, V) logits the largest tensor of a real-size forward. It calls the inner model, past any
+    DDP wrapper (the engine averages gradients itself, so no DDP hook is needed).
+    """
+    kwargs: dict[str, Any] = {"inputs_embeds": merge_audio(model, input_ids, audio), "attention_mask": attention_mask,
+                              "use_cache": use_cache}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if cache is not None:
+        kwargs["cache"] = cache
+    out = core(model)(**kwargs)
+    return out.last_hidden_state, out.cache
+
+
+def head_logits(model: Any, hidden: torch.Tensor, float32: bool = False) -> torch.Tensor:
+    """The LM head on hidden states (..., hidden) -> (..., V); in float32 when asked (the read-out, log-probs)."""
+    head = base_model(model).lm_head
+    if float32:
+        bias = head.bias.float() if head.bias is not None else None
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+    return head(hidden)
+
+
+def _chunk_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return losses.token_logprobs(head_logits(model, hidden, float32=True)[None], targets[None])[0]
+
+
+def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """``log softmax(head(hidden))[target]`` per position, in float32: the one per-token log-prob path
+    (SFT's CE, DPO's sequence log-probs, GRPO's ratios).
+
+    With ``chunk`` > 0 the head runs ``chunk`` positions at a time: each chunk's float32 logits are
+    reduced to one log-prob per position and dropped, and under autograd each chunk runs in
+    ``torch.utils.checkpoint``, so the backward pass recomputes one chunk's logits at a time too. Peak
+    memory for the logits falls from ``positions x V`` to ``chunk x V`` floats, for a second head matmul
+    per chunk in the backward pass. Example: 1,600 positions over Qwen2-Audio's 156,032 rows, chunk 256:
+    1.0 GB of float32 logits at once -> 0.16 GB.
+
+    Args:
+        hidden: (P, H) last hidden states of the positions that predict ``targets``.
+        targets: (P,) token ids (``-100``: no target, log-prob 0).
+        chunk: positions per head application; 0 = all at once.
+
+    Returns:
+        (P,) float32, differentiable with respect to ``hidden`` (and the head when it trains); chunked,
+        equal to the plain path's values up to the float rounding of the per-chunk matmul.
+    """
+    if chunk <= 0 or hidden.shape[0] <= chunk:
+        return _chunk_logprobs(model, hidden, targets)
+    head_trains = any(p.requires_grad for p in base_model(model).lm_head.parameters())
+    parts = []
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start:start + chunk], targets[start:start + chunk]
+        if torch.is_grad_enabled() and (h.requires_grad or head_trains):
+            parts.append(checkpoint(_chunk_logprobs, model, h, t, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(model, h, t))
+    return torch.cat(parts)
+
+
+def decode_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
+    """One decoding forward (R, 1) -> next-token logits (R, V).
+
+    Sampled ids never hold ``<|AUDIO|>`` (the rollout masks it out of the logits), so the embeddings are
+    the token embeddings as :func:`merge_audio` would return them, without its per-row count (a host
+    sync). Under SDPA attention the key mask goes in as the 4D boolean mask transformers would build
+    from ``mask`` (R, keys), for one query per row; built there, its check for "no padding at all"
+    would read a value back to the host at every step.
+    """
+    embeds = base_model(model).get_input_embeddings()(ids)
+    if base_model(model).config._attn_implementation == "sdpa":
+        mask = mask[:, None, None, :].bool()
+    out = core(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    return head_logits(model, out.last_hidden_state[:, -1])
+
+
+# --- batches --------------------------------------------------------------------------------
+
+def right_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (N, T) right-padded with ``pad_id`` and the attention mask (N, T).
+
+    A right-padded batch needs no attention mask in a causal forward: every real token comes before
+    its row's padding, so the causal mask alone keeps it from attending there, and positions count
+    from 0 either way. Training and read-out forwards therefore pass ``attention_mask=None``, which
+    lets SDPA run its causal kernel instead of materialising a (N, 1, T, T) mask (flash attention on a
+    GPU). Only the padding's own hidden states differ, and nothing reads them (``tests/test_readout.py``).
+
+    Example: rows ``[[5, 6, 7], [8]]``, pad 0 -> ids ``[[5, 6, 7], [8, 0, 0]]``, mask ``[[1, 1, 1], [1, 0, 0]]``.
+    """
+    return _pad(rows, pad_id, device, left=False)
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (N, T) left-padded with ``pad_id`` and the attention mask (N, T): rows that a KV cache
+    continues (a shared prefill) end at the same column. Positions must then count from each row's
+    first real token (``mask.cumsum(-1) - 1``).
+
+    Example: rows ``[[5, 6, 7], [8]]``, pad 0 -> ids ``[[5, 6, 7], [0, 0, 8]]``, mask ``[[1, 1, 1], [0, 0, 1]]``.
+    """
+    return _pad(rows, pad_id, device, left=True)
+
+
+def _pad(rows: list[list[int]], pad_id: int, device: Any, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids.to(device), mask.to(device)
+
+
+def shared_prefill(model: Any, prompts: list[list[int]], audio: list[torch.Tensor], k: int, pad_id: int
+                   ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """The B prompts (with their audio) through the language model once, left-padded, for K rows each
+    to continue: ``(last hidden states (B, H), KV cache, mask (B*K, T), positions (B*K, T))``, the
+    cache, the mask and the positions repeated K times per prompt (``Cache.batch_repeat_interleave``).
+    Gradients flow through the cache when they are on (GRPO's grouped log-probs)."""
+    device = device_of(model)
+    ids, mask = left_pad(prompts, pad_id, device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden, cache = hidden_states(model, ids, mask, audio, pos, use_cache=True)
+    if k > 1:
+        cache.batch_repeat_interleave(k)
+        mask = mask.repeat_interleave(k, dim=0)
+        pos = pos.repeat_interleave(k, dim=0)
+    return hidden[:, -1], cache, mask, pos
+
+
+def completion_states(model: Any, prompts: list[list[int]], completions: list[list[int]], audio: list[torch.Tensor],
+                      pad_id: int, rows: list[int], cols: list[int], group_size: int = 1
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The hidden states (P, H) whose j-th predicts ``completions[rows[j]][cols[j]]`` given its prompt (with
+    audio) and the completion tokens before it, and the whole rows' hidden states (N, T, H) or None.
+
+    With ``group_size`` 1: one right-padded forward of ``prompt_i + completion_i`` (the whole rows come
+    back, for a read-out at a slot). With ``group_size`` G > 1 the rows come in groups of G that share one
+    prompt and its audio: the B prompts run once, left-padded (:func:`shared_prefill`), their KV cache is
+    repeated G times (gradients flow back through it to the one prompt forward), and only the
+    completions run per row; there are no whole rows then (None). Under activation checkpointing a layer
+    is re-run in the backward pass and would write the cache twice, so the grouped forward falls back to
+    the flat one there. Example: prompts ``[p, p]``, completions ``[[7, 8], [9]]``, G = 2 -> ``p`` runs
+    once; row 0 continues with 7, 8 and row 1 with 9; ``rows [0, 0, 1], cols [0, 1, 0]`` -> 3 states.
+    """
+    device = device_of(model)
+    rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+    if group_size > 1 and not base_model(model).is_activation_checkpointing:
+        last, cache, mask, pos = shared_prefill(model, prompts[::group_size], audio[::group_size], group_size, pad_id)
+        tail, tail_mask = right_pad(completions, pad_id, device)
+        tail_pos = pos[:, -1:] + 1 + torch.arange(tail.shape[1], device=device)
+        tail_hidden, _ = hidden_states(model, tail, torch.cat([mask, tail_mask], dim=1), None, tail_pos, cache,
+                                       use_cache=True)
+        states = torch.cat([last.repeat_interleave(group_size, dim=0)[:, None], tail_hidden[:, :-1]], dim=1)
+        return states[rows_t, cols_t], None
+    ids, _ = right_pad([p + c for p, c in zip(prompts, completions)], pad_id, device)
+    hidden, _ = hidden_states(model, ids, None, audio)  # causal alone: see right_pad
+    pos = [len(prompts[i]) - 1 + t for i, t in zip(rows, cols)]  # position t-1 predicts token t
+    return hidden[rows_t, torch.tensor(pos, device=device)], hidden
