@@ -8,9 +8,9 @@ name. ``p_gt[i]`` and
 distribution read out at its answer slot.
 
 Registry (:data:`REWARDS`): ``format``, ``distribution``, ``grpo`` (= distribution + lambda3 format,
-Eq. 6, lambda3 = ``format_weight``) and ``gold`` (the reward GRPO_z gives its injected gold CoT). :func:`combined_reward` sums
-the rewards the params' ``rewards`` list names; :class:`ambinb.strategies.grpo.GRPOStrategy` scores
-its groups with it.
+Eq. 6, lambda3 = ``format_weight``) and ``gold`` (the reward GRPO_z gives its injected gold CoT).
+:func:`combined_reward` sums the rewards the params' ``rewards`` list names;
+:class:`ambinb.strategies.grpo.GRPOStrategy` scores its groups with it.
 
 Worked example (two classes, lambda3 = 0.1): p_gt = (0.5, 0.5), p_hat = (0.75, 0.25), a
 well-formed completion -> KL = 0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25) = 0.1438, reward

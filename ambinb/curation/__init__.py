@@ -48,7 +48,7 @@ from ambinb.curation.chat import (
 )
 from ambinb.curation.errors import AttemptError, CurationError
 from ambinb.curation.hedges import HEDGES, MIN_SHARE, hedge, read_hedges, synthesis_sentence
-from ambinb.curation.items import Item, Reply, class_names, make_items
+from ambinb.curation.items import Item, Reply, make_items
 from ambinb.curation.openai_backend import OpenAIBackend, api_key
 from ambinb.curation.run import (
     BACKENDS,
@@ -82,7 +82,7 @@ __all__ = [
     "READER_INSTRUCTIONS", "READER_RESOLVED_WEIGHT", "READER_SYNTHESIS_WEIGHT", "RESOLVED_SENTENCE",
     "STORE_FILE", "SUBSETS", "SUMMARY_FILE", "WRITER_INSTRUCTIONS", "AttemptError", "CotStore", "CurationError",
     "Item", "OpenAIBackend", "Outage", "Reply", "RunLock", "TemplateBackend", "accepted_cots", "add_tokens",
-    "api_key", "backoff_delay", "call_with_retries", "cited_cues", "class_names", "clear_and_ambiguous",
+    "api_key", "backoff_delay", "call_with_retries", "cited_cues", "clear_and_ambiguous",
     "closing_line", "cost_usd", "curate", "curate_one", "generation_messages", "hedge",
     "load_curated", "make_backend", "make_items", "parse_generation", "parse_validation", "read_hedges",
     "read_template_cot", "select_utterances", "store_path", "summarize", "synthesis_sentence",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ambinb import metrics, prosody
+from ambinb import labels, metrics, prosody
 
 
 @dataclass(frozen=True)
@@ -36,18 +36,10 @@ class Reply:
     tokens: dict[str, int] = field(default_factory=lambda: {"prompt": 0, "completion": 0})
 
 
-def class_names(df: pd.DataFrame) -> list[str]:
-    """The class names from a dataset table's ``p_<class>`` columns, in column order."""
-    names = [c[2:] for c in df.columns if c.startswith("p_")]
-    if len(names) < 2:
-        raise ValueError(f"the table has {len(names)} p_<class> columns; expected the dataset schema")
-    return names
-
-
 def make_items(df: pd.DataFrame, table: pd.DataFrame | None = None, reference: str = "corpus") -> list[Item]:
     """One :class:`Item` per row of a dataset table, with its prosody dimensions from ``table``
     (:func:`ambinb.prosody.prosody_table`, made with ``prosody_reference`` ``reference``) if given."""
-    classes = tuple(class_names(df))
+    classes = tuple(labels.class_names(df))
     p = metrics.check_distributions(df[[f"p_{c}" for c in classes]].to_numpy(), "p_gt")
     items = []
     for i, row in enumerate(df.itertuples(index=False)):

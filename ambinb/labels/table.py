@@ -34,12 +34,16 @@ ATTRS_SUFFIX = ".attrs.json"
 P_TOL = 1e-6
 
 
+def _prefixed(df: pd.DataFrame, prefix: str) -> list[str]:
+    return [c[len(prefix):] for c in df.columns if c.startswith(prefix)]
+
+
 def class_names(df: pd.DataFrame) -> list[str]:
     """The class names, in column order, from the ``p_<class>`` columns.
 
     Example: columns ``p_anger, p_happiness`` -> ``["anger", "happiness"]``.
     """
-    names = [c[2:] for c in df.columns if c.startswith("p_")]
+    names = _prefixed(df, "p_")
     if not names:
         raise LabelError(f"no p_<class> columns in the table (columns: {list(df.columns)})")
     return names
@@ -94,8 +98,7 @@ def _check_columns(df: pd.DataFrame, where: str) -> list[str]:
     if missing:
         raise LabelError(f"{where}: missing columns {missing}; the schema is {list(SCHEMA_COLUMNS)} "
                          f"+ votes_<class> + p_<class>")
-    classes = [c[2:] for c in df.columns if c.startswith("p_")]
-    vote_classes = [c[6:] for c in df.columns if c.startswith("votes_")]
+    classes, vote_classes = _prefixed(df, "p_"), _prefixed(df, "votes_")
     if len(classes) < 2 or classes != vote_classes:
         raise LabelError(f"{where}: p_<class> columns {classes} and votes_<class> columns {vote_classes} must "
                          f"name the same classes (at least two) in the same order")
