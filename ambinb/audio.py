@@ -39,7 +39,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ambinb import lm
+from ambinb import files, lm
 from ambinb.paths import resolve_path
 
 log = logging.getLogger(__name__)
@@ -369,10 +369,8 @@ class AudioFeatureCache:
             self._tower[key] = res
             path = self._disk_path(*key)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                torch.save(res, tmp)
-                os.replace(tmp, path)
+                with files.atomic(path) as tmp:  # a full disk: "no space left on device while writing <path>"
+                    torch.save(res, tmp)
         device = lm.device_of(self.model)
         return [(out[i] if i in out else self._tower[keys[i]]).to(device) for i in range(len(keys))]
 

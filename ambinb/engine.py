@@ -24,17 +24,18 @@ loop does the rest:
 * Fail-fast: a loss or gradient norm that is not finite stops the run with
   :class:`NonFiniteError`, naming the step and the batch's utterances, before the optimizer step,
   so a NaN state is never applied nor checkpointed.
-* ``checkpoint.pt`` is written every ``checkpoint_every`` optimizer steps and at the end
-  (atomically: a write that fails, for instance for lack of space, removes its temporary file and
-  leaves the previous checkpoint as it was); ``train_log.jsonl`` holds one line per optimizer step
-  (loss, KL, learning rate, the strategy's stats), rewritten from the checkpoint's history on resume
-  so it never holds steps that were lost.
+* ``checkpoint.pt`` is written every ``checkpoint_every`` optimizer steps and at the end, through
+  :func:`ambinb.files.atomic`: a write that fails removes its temporary file and leaves the previous
+  checkpoint as it was, and a full disk, which ``torch.save`` reports as
+  ``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ...``, is said as
+  ``no space left on device while writing <run>/checkpoint.pt``. ``train_log.jsonl`` holds one line
+  per optimizer step (loss, KL, learning rate, the strategy's stats), rewritten from the checkpoint's
+  history on resume so it never holds steps that were lost.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ambinb import config, results
+from ambinb import config, files, results
 from ambinb.progress import bar as progress_bar
 
 CHECKPOINT = "checkpoint.pt"
@@ -185,18 +186,8 @@ def _save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, ste
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "history": history,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object: a failed write raises OSError with its errno
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(err.errno, f"no space left on device while writing {path} (the temporary file is "
-                                     "removed, the previous checkpoint is intact): free some space and rerun "
-                                     "to resume") from err
-        raise
+    with files.atomic(path) as tmp:  # a full disk: OSError "no space left on device while writing <path>"
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, list[dict[str, Any]]]:

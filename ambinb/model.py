@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ambinb import lm, standin
+from ambinb import files, lm, standin
 from ambinb.paths import resolve_path
 
 
@@ -172,12 +172,17 @@ def prepare_trainable(model: Any, cfg: dict[str, Any]) -> Any:
 
 
 def save_trained(model: Any, processor: Any, out_dir: str | os.PathLike) -> Path:
-    """Save what training changed: the LoRA adapter (peft model) or the full model and processor."""
+    """Save what training changed: the LoRA adapter (peft model) or the full model and processor.
+
+    The folder is written whole or not at all (:func:`ambinb.files.atomic`): a full disk, which
+    safetensors reports as ``SafetensorError``, fails with ``no space left on device while writing
+    <out_dir>``, and an adapter saved before stays as it was.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    if not hasattr(model, "peft_config"):
-        processor.save_pretrained(out_dir)
+    with files.atomic(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        if not hasattr(model, "peft_config"):
+            processor.save_pretrained(tmp)
     return out_dir
 
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ambinb import labels, metrics, results  # noqa: E402
+from ambinb import files, labels, metrics, results  # noqa: E402
 
 
 def label_overview(df: pd.DataFrame, ambiguous_max_p: float = metrics.AMBIGUOUS_MAX_P) -> plt.Figure:
@@ -54,12 +54,10 @@ def label_overview(df: pd.DataFrame, ambiguous_max_p: float = metrics.AMBIGUOUS_
 
 
 def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save a figure atomically (temporary name, then rename), creating the folder."""
+    """Save a figure atomically (:func:`ambinb.files.atomic`), creating the folder; the format is the suffix's."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    with files.atomic(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or None)
     return path
 
 

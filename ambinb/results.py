@@ -3,7 +3,8 @@
 Every evaluation (a trained model, the base model, the ``classical`` reference) lands in its run
 folder through :func:`write_evaluation`, so the sweeps, ``06_ablations`` and the book read one
 format. A run is finished when its ``metrics.json`` exists and parses (:func:`is_finished`);
-files are written to a temporary name and renamed, so a crash never leaves half a file.
+files are written through :func:`ambinb.files.write_atomic` (a temporary name, then a rename), so a
+crash or a full disk never leaves half a file.
 
 What the training chapters (03-05) show of a finished run comes from here too: the held-out table
 beside the prior and the base model (:func:`held_out_table`, :func:`held_out_note`) and the clearest
@@ -18,7 +19,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ambinb import metrics
+from ambinb.files import write_atomic  # every run-folder file is written through it
 from ambinb.paths import project_root, run_folder
 
 PACKAGES = ("ambinb", "torch", "transformers", "peft", "trl", "accelerate", "numpy", "pandas", "scipy",
@@ -35,24 +36,6 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 TABLE_METRICS = ("js", "bc", "r2", "brier", "kl", "entropy_corr", "collapse_rate")  # a held-out table's columns
 PARAMS_FILE = "params.json"
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _jsonable(obj: Any) -> Any:

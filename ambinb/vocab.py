@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ambinb import audio as audio_mod
+from ambinb.files import write_atomic
 from ambinb.paths import project_root
 from ambinb.standin import tokenizer as standin_tokenizer
 
@@ -94,10 +95,7 @@ def cached_vocab_and_merges(cache_dir: str | Path | None = None) -> tuple[dict[s
         return data["vocab"], [tuple(m) for m in data["merges"]]
     check_ranks(read_ranks(path), sha)
     vocab, merges = _vocab_and_merges(path)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"vocab": vocab, "merges": merges}))
-    tmp.replace(file)
+    write_atomic(file, json.dumps({"vocab": vocab, "merges": merges}))
     return vocab, merges
 
 

@@ -2,10 +2,11 @@
 index it passes, and the faults it stops on (a non-finite step, a full disk while checkpointing)."""
 
 import math
-from pathlib import Path
+import re
 
 import pytest
 import torch
+from full_disk import small_disk  # noqa: F401
 
 from ambinb import config, engine
 
@@ -147,21 +148,32 @@ def test_a_non_finite_step_stops_before_the_optimizer_and_the_checkpoint(tmp_pat
     assert [r["step"] for r in resumed] == list(range(1, 21))
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-def test_a_full_disk_while_checkpointing_says_so_and_leaves_the_last_checkpoint(tmp_path):
-    """The temporary checkpoint file is made a link to /dev/full (every write: ENOSPC) after step 5, so the
-    write at step 6 fails for lack of space: the error says so with the path, the temporary file is gone,
-    and checkpoint.pt still holds step 3."""
-    tmp = tmp_path / f".{engine.CHECKPOINT}.tmp"
+class Padded(torch.nn.Module):
+    """The regression's Linear(5, 1) beside 14,000 trainable zeros that the loss weighs by 0: a checkpoint
+    (weights and Adam's two moments) of ~180 KB, so a 256 KiB disk holds one but not a second beside it."""
 
-    def fill_disk(step, row):
-        if step == 5:
-            tmp.symlink_to("/dev/full")
+    def __init__(self):
+        super().__init__()
+        self.linear = _model()
+        self.pad = torch.nn.Parameter(torch.zeros(14_000))
 
-    with pytest.raises(OSError, match=f"no space left on device while writing {tmp_path / engine.CHECKPOINT}"):
-        engine.train(_model(), Regression(), _tc(), tmp_path, progress=False, on_step=fill_disk)
-    assert not tmp.exists() and not tmp.is_symlink()
-    assert torch.load(tmp_path / engine.CHECKPOINT, weights_only=False)["step"] == 3
+    def forward(self, x):
+        return self.linear(x) + 0.0 * self.pad.sum()
+
+
+def test_a_full_disk_while_checkpointing_says_so_and_leaves_the_last_checkpoint(small_disk):  # noqa: F811
+    """The run folder is a 256 KiB tmpfs: the checkpoint of step 3 fits, the temporary one of step 6 fills
+    the disk inside torch.save, which raises "RuntimeError: [enforce fail at inline_container.cc:672] .
+    unexpected pos ...". The user reads that the disk is full, with the path; no temporary file is left,
+    and checkpoint.pt and the log still hold step 3."""
+    run = small_disk
+    with pytest.raises(OSError, match=re.escape(f"no space left on device while writing {run / engine.CHECKPOINT}")) \
+            as info:
+        engine.train(Padded(), Regression(), _tc(), run, progress=False)
+    assert "unexpected pos" in str(info.value.__cause__), "torch.save's own error, not an ENOSPC"
+    assert sorted(p.name for p in run.iterdir()) == [engine.CHECKPOINT, engine.TRAIN_LOG]
+    assert torch.load(run / engine.CHECKPOINT, weights_only=False)["step"] == 3
+    assert [r["step"] for r in engine.read_log(run)] == [1, 2, 3]
 
 
 def test_train_config_reads_every_key_from_the_params():

@@ -18,8 +18,8 @@ LIB = Path(__file__).resolve().parent.parent / "ambinb"
 
 # bottom to top; a package name covers its submodules
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"ambinb", "paths", "metrics", "losses", "cot", "sampling", "stopping", "merge", "progress",
-                     "paper", "parameters"}),
+    ("foundations", {"ambinb", "paths", "files", "metrics", "losses", "cot", "sampling", "stopping", "merge",
+                     "progress", "paper", "parameters"}),
     ("files and parameters", {"results", "rewards", "prosody", "config", "notebook", "outputs", "benchpage"}),
     ("data and curation", {"labels", "toy", "cues", "perception", "plots", "curation", "classical"}),
     ("the model", {"lm", "audio", "prompt", "readout", "standin", "model", "vocab"}),

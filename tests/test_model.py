@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
 from conftest_model import audio_logits, tiny, tiny_dir, tone
+from full_disk import fill, small_disk  # noqa: F401
 
 from ambinb import config, lm
 from ambinb import model as M
@@ -98,6 +100,22 @@ def test_adapter_saves_and_loads_with_the_run(tiny, tiny_dir, tmp_path):
     base, _ = M.load_model(cfg)
     assert not torch.allclose(audio_logits(base, processor, wave), after, atol=1e-4)
 
+
+
+def test_a_full_disk_while_saving_the_adapter_says_so_and_keeps_the_last_one(tiny, small_disk):  # noqa: F811
+    """The run folder is a 256 KiB tmpfs: the first adapter (~75 KB) fits; then the disk is filled to
+    16 KB, so the second save fails inside safetensors. The user reads that the disk is full, with the
+    folder; no temporary is left, and the first adapter is as it was, file for file."""
+    model, processor = tiny
+    peft_model = M.apply_lora(model, config.resolve())
+    out = small_disk / "adapter"
+    M.save_trained(peft_model, processor, out)
+    saved = {p.name: p.read_bytes() for p in out.iterdir()}
+    fill(small_disk, leave=16 * 1024)
+    with pytest.raises(OSError, match=re.escape(f"no space left on device while writing {out}")):
+        M.save_trained(peft_model, processor, out)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["adapter", "filler"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == saved
 
 def test_activation_checkpointing_recomputes_and_keeps_loss_and_gradients(tiny):
     """With ``activation_checkpointing`` each decoder layer runs again in backward (a forward hook inside

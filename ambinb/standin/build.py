@@ -10,14 +10,13 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ambinb import lm, prompt
+from ambinb import files, lm, prompt
 from ambinb.paths import resolve_path
 from ambinb.standin.architecture import share_word_embeddings, tiny_config
 from ambinb.standin.pretrain import warm_up
@@ -86,24 +85,19 @@ def build_tiny(out_dir: str | os.PathLike, **spec: Any) -> Path:
     """Build the tiny stand-in (:func:`make_tiny` with the :data:`TINY_KEYS` of ``spec``) and save it
     as a checkpoint folder.
 
-    The folder is written under a temporary name and renamed, so concurrent builders never leave
-    half a model; it holds the model, the processor and ``ambinb_tiny.json`` (spec, warm-up stats).
+    The folder is written under a temporary name and renamed (:func:`ambinb.files.atomic`, with
+    :func:`install_build` for concurrent builders), so no builder leaves half a model and a full disk
+    says so; it holds the model, the processor and ``ambinb_tiny.json`` (spec, warm-up stats).
     """
     out_dir = Path(out_dir)
     args = {k: v for k, v in spec.items() if k in TINY_KEYS}
     start = time.perf_counter()
     model, processor, stats = make_tiny(**args)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with files.atomic(out_dir, install=lambda tmp, out: install_build(tmp, out, spec)) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         info = {"spec": spec, "warmup": stats, "build_seconds": time.perf_counter() - start, "machine": machine()}
         (tmp / TINY_SPEC_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        install_build(tmp, out_dir, spec)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("built the tiny stand-in in %s (%.1f s)", out_dir, time.perf_counter() - start)
     return out_dir
 
