@@ -5,7 +5,8 @@ from a hub id or a local folder, with ``dtype``, ``device`` and ``attn_implement
 params; the audio tower is frozen. An empty ``model_name_or_path`` selects the tiny stand-in
 (:mod:`ambinb.standin`), built on first use. Nothing can be downloaded on the project's machines, so
 the tests load local folders; a folder that is not a Qwen2-Audio checkpoint fails with its path and
-what it holds instead.
+what it holds instead. :func:`why_absent` tells, without loading anything, whether the model is on
+this machine at all.
 
 What trains (:func:`prepare_trainable`): with ``lora: true``, peft LoRA on the language model's
 q, k, v, o, gate, up and down projections only, chosen by the ``lora_target_regex`` param (the audio
@@ -120,6 +121,33 @@ def load_model(cfg: dict[str, Any]) -> tuple[Any, Any]:
     elif not path.startswith(("/", "~")) and (resolve_path(path)).exists():
         path = str(resolve_path(path))
     return load_checkpoint(path, cfg["dtype"], cfg["device"], cfg["attn_implementation"])
+
+
+def why_absent(cfg: dict[str, Any]) -> str:
+    """Why the run's model cannot be loaded without a download, or "" when it can: the tiny stand-in
+    (built here) and a local folder can; a hub id only when the Hugging Face cache holds it. Reads
+    nothing but the file system, so a chapter that merely looks at the model (the tower probe of
+    ``02_curate_cot``) can skip it on a laptop without the 7B weights instead of waiting on the hub.
+
+    Example: ``model_name_or_path: Qwen/Qwen2-Audio-7B-Instruct``, never downloaded ->
+    ``"Qwen/Qwen2-Audio-7B-Instruct is not on this machine (a hub id, not in the Hugging Face cache)"``;
+    ``model_name_or_path: ""`` -> ``""``.
+    """
+    from huggingface_hub import try_to_load_from_cache  # heavy
+
+    name = str(cfg["model_name_or_path"])
+    if not name:
+        return ""
+    local = Path(name).expanduser() if name.startswith(("/", "~", ".")) else resolve_path(name)
+    if local.exists():
+        return ""
+    if name.startswith(("/", "~", ".")):
+        return f"{name} is not on this machine (no such folder)"
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # HFValidationError: not shaped like a hub id either
+        return f"{name} is not on this machine (no such folder, and not a hub id)"
+    return "" if isinstance(cached, str) else f"{name} is not on this machine (a hub id, not in the Hugging Face cache)"
 
 
 # --- LoRA and what trains -------------------------------------------------------------------

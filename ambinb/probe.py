@@ -16,10 +16,15 @@ predicts that three-way bin (-1, 0, +1) of the gold z-score:
 
 :func:`tower_features` computes the pooled tower outputs of a dataset table with the run's model
 and feature cache (``feature_cache_dir``), so later chapters reuse what it computed.
+:func:`tower_probe` is the probe of ``02_curate_cot``: it runs only where there are clips and the
+model is on this machine, and otherwise says why it skipped (:func:`why_skipped`): curating with a
+remote LLM needs neither audio nor the 7B weights.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +33,7 @@ import pandas as pd
 
 from ambinb import audio, prosody
 from ambinb import model as model_mod
+from ambinb.files import write_atomic
 from ambinb.progress import bar
 
 C = 1.0  # the logistic regression's inverse L2 strength (on standardised features)
@@ -151,3 +157,44 @@ def tower_features(df: pd.DataFrame, cfg: dict[str, Any], progress: bool = True)
         waves = [audio.load_row_audio(r, cfg) for r in chunk]
         pooled.append(pool(cache.features([str(r["utt_id"]) for r in chunk], waves)))
     return np.concatenate(pooled)
+
+
+def why_skipped(df: pd.DataFrame, cfg: dict[str, Any]) -> str:
+    """Why the tower probe cannot run here, or "" when it can: it needs clips (a label-only copy has
+    none) and the model whose tower it reads on this machine (:func:`ambinb.model.why_absent`).
+    Loads nothing.
+
+    Example: label-only CREMA-D with ``model_name_or_path: Qwen/Qwen2-Audio-7B-Instruct``, never
+    downloaded -> ``"none of the 7442 utterances has audio (a label-only copy); Qwen/Qwen2-Audio-7B-Instruct
+    is not on this machine (a hub id, not in the Hugging Face cache)"``.
+    """
+    reasons = []
+    if not (df["audio_path"].fillna("").astype(str) != "").any():
+        reasons.append(f"none of the {len(df)} utterances has audio (a label-only copy)")
+    absent = model_mod.why_absent(cfg)
+    if absent:
+        reasons.append(absent)
+    return "; ".join(reasons)
+
+
+def tower_probe(df: pd.DataFrame, cfg: dict[str, Any], path: str | os.PathLike,
+                progress: bool = True) -> pd.DataFrame | None:
+    """:func:`by_reference` of :func:`tower_features` for the rows of ``df`` that have audio, saved as
+    CSV to ``path``; prints one line, what it did or why it skipped (:func:`why_skipped`).
+
+    Returns:
+        The probe table, or None when skipped (then no model is loaded and nothing is written).
+
+    Example: the toy corpus -> ``tower outputs of 240 clips in 3.1 s; saved runs/toy/curation/tower_probe.csv``;
+    label-only CREMA-D -> ``tower probe skipped: none of the 7442 utterances has audio (...)``.
+    """
+    why = why_skipped(df, cfg)
+    if why:
+        print(f"tower probe skipped: {why}. Curation needs neither; the chapter goes on without the probe")
+        return None
+    start = time.perf_counter()
+    heard = df[df["audio_path"].fillna("").astype(str) != ""]
+    hearing = by_reference(tower_features(heard, cfg, progress), heard, cfg)
+    write_atomic(path, hearing.to_csv())
+    print(f"tower outputs of {len(heard)} clips in {time.perf_counter() - start:.1f} s; saved {path}")
+    return hearing

@@ -16,12 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 from fake_openai import FakeOpenAI, audio_parts
 
-from ambinb import config, cot, cues, curation, metrics
+from ambinb import config, cot, cues, curation, metrics, notebook
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
 TRANSCRIPTS = ["Stop lying to me!", "I'm so happy for you.", "I miss her so much.", "The train leaves at seven.",
@@ -645,6 +646,50 @@ def test_notebook_02_takes_overrides_and_sends_audio_to_the_server(tmp_path, key
         (sent,) = audio_parts(call["body"])
         wavs = table.loc[table["transcript"] == call["transcript"], "audio_path"]
         assert sent["format"] == "wav" and base64.b64decode(sent["data"]) in {Path(p).read_bytes() for p in wavs}
+
+
+CREMA_D = Path(os.environ.get("AMBINB_CREMA_D", Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d"))
+CREMA_D_TABLES = ("processedResults/tabulatedVotes.csv", "SentenceFilenames.csv", "VideoDemographics.csv")
+
+
+def test_notebook_02_on_label_only_crema_d_needs_no_model_and_reports_a_dead_server_soon(tmp_path, key_env,
+                                                                                         monkeypatch):
+    """backend openai on a label-only CREMA-D copy (the real vote tables, linked; no AudioWAV/) with the
+    dataset's model, qwen2_audio_7b, a hub id never downloaded here. The tower probe says in one line why
+    it skipped and loads nothing, and a curation server that is not there stops the chapter within two
+    minutes. The kernel's Hugging Face cache is an empty folder and the hub is offline, so a model load
+    would fail at once in the probe's cell, never reaching the curation."""
+    if not all((CREMA_D / name).is_file() for name in CREMA_D_TABLES):
+        pytest.skip(f"the CREMA-D tables are not at {CREMA_D} (set AMBINB_CREMA_D)")
+    copy = tmp_path / "crema-d"
+    (copy / "processedResults").mkdir(parents=True)
+    for name in CREMA_D_TABLES:
+        (copy / name).symlink_to(CREMA_D / name)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = config.resolve(dataset="crema_d", data_root=str(copy))
+    assert (cfg["model"], cfg["model_name_or_path"]) == ("qwen2_audio_7b", "Qwen/Qwen2-Audio-7B-Instruct")
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    overrides = {"api_key_env": KEY_ENV, "prosody_cache": str(tmp_path / "cache"),
+                 "feature_cache_dir": str(tmp_path / "features")}
+    started = time.monotonic()
+    with pytest.raises(notebook.NotebookError) as info:
+        notebook.execute("02_curate_cot", tmp_path / "02.ipynb", {
+            "dataset": "crema_d", "backend": "openai", "base_url": url, "data_root": str(copy),
+            "run_root": str(tmp_path / "runs"), "overrides": overrides})
+    elapsed = time.monotonic() - started
+    assert elapsed < 120, f"the dead server was reported after {elapsed:.0f} s"
+    assert re.match(rf"02_curate_cot.ipynb failed at In \[\d+\]: CurationError: cannot reach {re.escape(url)} "
+                    r"after \d+ attempts", str(info.value)), str(info.value)
+    executed = nbformat.read(re.search(r"the executed notebook is (\S+)\)", str(info.value))[1], as_version=4)
+    (cell,) = [c for c in executed.cells if c.get("id") == "cell-probe"]
+    printed = "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream")
+    assert printed.splitlines() == [
+        "tower probe skipped: none of the 7442 utterances has audio (a label-only copy); "
+        "Qwen/Qwen2-Audio-7B-Instruct is not on this machine (a hub id, not in the Hugging Face cache). "
+        "Curation needs neither; the chapter goes on without the probe"]
+    assert "ModelLoadError" not in json.dumps(executed), "a model load was attempted"
+    assert not (tmp_path / "features").exists() and not (tmp_path / "hf" / "hub").exists()
 
 
 # --- kill and resume ---------------------------------------------------------------------------------

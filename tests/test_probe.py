@@ -3,6 +3,7 @@ not find one in noise; the pooled tower outputs of real clips through the featur
 
 from __future__ import annotations
 
+import huggingface_hub.constants
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,3 +138,30 @@ def test_tower_features_pool_the_cached_tower_outputs(tiny_dir, tmp_path):  # no
     again = audio.feature_cache(model, processor, cfg)
     again.features(["u0"], [audio.load_wav(paths[0])])
     assert again.hits == 1 and again.tower_calls == 0
+
+
+def test_the_probe_is_skipped_without_clips_or_a_model_here_and_loads_nothing(tmp_path, monkeypatch, capsys):
+    def no_load(cfg):
+        raise AssertionError("the probe loaded a model")
+
+    monkeypatch.setattr(probe.model_mod, "load_model", no_load)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    label_only = pd.DataFrame({"utt_id": ["a", "b"], "audio_path": ["", None]})
+    heard = pd.DataFrame({"utt_id": ["a"], "audio_path": ["/clips/a.wav"]})
+    hub = config.resolve(overrides={"model_name_or_path": "Qwen/Qwen2-Audio-7B-Instruct"})
+    missing = {**hub, "model_name_or_path": str(tmp_path / "nowhere")}
+    assert probe.why_skipped(heard, config.resolve()) == ""  # the stand-in is always here
+    assert probe.why_skipped(label_only, config.resolve()) == "none of the 2 utterances has audio (a label-only copy)"
+    assert probe.why_skipped(heard, missing) == f"{tmp_path / 'nowhere'} is not on this machine (no such folder)"
+    assert probe.tower_probe(label_only, hub, tmp_path / "tower_probe.csv") is None
+    assert capsys.readouterr().out == (
+        "tower probe skipped: none of the 2 utterances has audio (a label-only copy); Qwen/Qwen2-Audio-7B-Instruct "
+        "is not on this machine (a hub id, not in the Hugging Face cache). Curation needs neither; the chapter goes "
+        "on without the probe\n")
+    assert not (tmp_path / "tower_probe.csv").exists()
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2-Audio-7B-Instruct"  # once downloaded, the hub id is here
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    assert probe.why_skipped(heard, hub) == ""
