@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ambinb import curation, metrics, paper, results
+from ambinb import curation, learning, metrics, paper, results
 from ambinb import perception as perception_mod
-from ambinb.paths import resolve_path
+from ambinb.paths import parse_run_name, resolve_path
 
 MAIN_METRICS = ("js", "bc", "r2", "brier")
 LOWER_IS_BETTER = {"js": True, "bc": False, "r2": False, "brier": True, "kl": True, "r2_cod": False,
@@ -89,19 +89,29 @@ def _test_dataset(path: Path, m: dict) -> str:
     return declared or (pair[1] if pair else folder)
 
 
+def run_metrics_files(run_root: str) -> list[tuple[Path, int, int]]:
+    """``(metrics.json path, fold, seed)`` of every test run under ``run_root`` (``<dataset>/<strategy>/fold<k>``
+    or ``fold<k>-seed<s>``, :func:`ambinb.paths.parse_run_name`), sorted; validation runs are not among them."""
+    found = []
+    for path in sorted(resolve_path(run_root).glob("*/*/fold*/metrics.json")):
+        parsed = parse_run_name(path.parts[-2])
+        if parsed is not None:
+            found.append((path, *parsed))
+    return found
+
+
 def collect(run_root: str = "runs") -> pd.DataFrame:
-    """One row per finished run: dataset (the run-folder name), strategy, fold, folder, train_dataset and
-    test_dataset (the two sides of a ``<train>_to_<test>`` folder, else the dataset twice), every metric,
-    and the fold's prior metrics (columns ``prior_<metric>``)."""
-    root = resolve_path(run_root)
+    """One row per finished run: dataset (the run-folder name), strategy, fold, seed, folder, train_dataset
+    and test_dataset (the two sides of a ``<train>_to_<test>`` folder, else the dataset twice), every
+    metric, and the fold's prior metrics (columns ``prior_<metric>``)."""
     rows = []
-    for path in sorted(root.glob("*/*/fold*/metrics.json")):
+    for path, fold, seed in run_metrics_files(run_root):
         try:
             m = json.loads(path.read_text())
         except ValueError:
             continue  # a run still being written is not finished
         pair = split_cross(path.parts[-4])
-        row = {"dataset": path.parts[-4], "strategy": path.parts[-3], "fold": int(path.parts[-2][4:]),
+        row = {"dataset": path.parts[-4], "strategy": path.parts[-3], "fold": fold, "seed": seed,
                "folder": str(path.parent), "train_dataset": pair[0] if pair else path.parts[-4],
                "test_dataset": _test_dataset(path, m)}
         row.update({k: v for k, v in m["metrics"].items()})
@@ -123,7 +133,7 @@ def budgets(run_root: str = "runs") -> pd.DataFrame:
     different budgets show each value, joined by ``/``.
     """
     rows = []
-    for path in sorted(resolve_path(run_root).glob("*/*/fold*/metrics.json")):
+    for path, _, _ in run_metrics_files(run_root):
         try:
             m = json.loads(path.read_text())
         except ValueError:
@@ -163,7 +173,8 @@ def with_prior_rows(runs: pd.DataFrame) -> pd.DataFrame:
 
 def summary(runs: pd.DataFrame, strategies: list[str], datasets: list[str], folds: list[int],
             metric_names: tuple[str, ...] = MAIN_METRICS) -> pd.DataFrame:
-    """Mean and sd over folds per (dataset, strategy), with ``n_folds`` out of ``len(folds)`` expected.
+    """Mean and sd over every finished run per (dataset, strategy), folds and seeds alike, with ``n_folds``
+    (distinct folds) out of ``len(folds)`` expected, ``n_seeds`` (seeds per fold, at most) and ``n_runs``.
 
     A strategy with no finished fold appears with NaN and ``n_folds`` 0 (shown as missing).
     """
@@ -172,7 +183,9 @@ def summary(runs: pd.DataFrame, strategies: list[str], datasets: list[str], fold
     for ds in datasets:
         for st in strategies:
             sel = runs[(runs.dataset == ds) & (runs.strategy == st) & runs.fold.isin(folds)] if len(runs) else runs
-            row = {"dataset": ds, "strategy": st, "n_folds": len(sel), "expected": len(folds)}
+            seeds = sel.groupby("fold").size().max() if len(sel) and "seed" in sel else int(bool(len(sel)))
+            row = {"dataset": ds, "strategy": st, "n_folds": sel.fold.nunique() if len(sel) else 0,
+                   "n_seeds": int(seeds), "n_runs": len(sel), "expected": len(folds)}
             for m in metric_names:
                 vals = sel[m].to_numpy(dtype=float) if len(sel) else np.array([])
                 row[m] = vals.mean() if vals.size else np.nan
@@ -181,13 +194,17 @@ def summary(runs: pd.DataFrame, strategies: list[str], datasets: list[str], fold
     return pd.DataFrame(out).set_index(["dataset", "strategy"])
 
 
-def pooled_predictions(run_root: str, dataset: str, strategy: str, folds: list[int]) -> pd.DataFrame:
-    """Predictions of every finished fold of one (dataset, strategy), concatenated with a ``fold`` column."""
+def pooled_predictions(run_root: str, dataset: str, strategy: str, folds: list[int],
+                       seeds: list[int] | None = None) -> pd.DataFrame:
+    """Predictions of every finished run of one (dataset, strategy) in ``folds`` (and ``seeds``; None: every
+    seed), concatenated with ``fold`` and ``seed`` columns."""
     frames = []
-    for k in folds:
-        folder = resolve_path(run_root) / dataset / strategy / f"fold{k}"
-        if results.is_finished(folder):
-            frames.append(results.read_predictions(folder).assign(fold=k))
+    base = resolve_path(run_root) / dataset / strategy
+    runs = sorted(p for p in (parse_run_name(f.name) for f in base.glob("fold*")) if p) if base.exists() else []
+    for k, s in runs:
+        folder = base / (f"fold{k}" + (f"-seed{s}" if s else ""))
+        if k in folds and (seeds is None or s in seeds) and results.is_finished(folder):
+            frames.append(results.read_predictions(folder).assign(fold=k, seed=s))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -268,17 +285,28 @@ def perception(run_root: str, dataset: str, folds: list[int], strategy: str = "b
 
 def pooled_ci(run_root: str, dataset: str, strategy: str, folds: list[int], n_boot: int = 1000,
               seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Bootstrap 95 % CIs of every metric over all held-out utterances of the finished folds."""
+    """Bootstrap 95 % CIs of every metric over all held-out utterances of the finished folds; an utterance's
+    rows under several seeds are drawn together (:func:`ambinb.metrics.cluster_indices`)."""
     preds = pooled_predictions(run_root, dataset, strategy, folds)
     if preds.empty:
         return {}
-    return metrics.bootstrap_ci(np.stack(preds.p_gt), np.stack(preds.p_hat), n_boot=n_boot, seed=seed)
+    groups = preds["fold"].astype(str) + "/" + preds["utt_id"].astype(str)
+    sizes = groups.value_counts()
+    if sizes.min() != sizes.max():  # a seed that finished only some folds: its runs are left out of the CI
+        full = preds.groupby(["fold", "seed"]).size().index
+        n_seeds = preds.groupby("fold")["seed"].nunique().min()
+        keep = {(k, s) for k, s in full if s in sorted(preds[preds.fold == k].seed.unique())[:n_seeds]}
+        preds = preds[[(k, s) in keep for k, s in zip(preds.fold, preds.seed)]]
+        groups = preds["fold"].astype(str) + "/" + preds["utt_id"].astype(str)
+    return metrics.bootstrap_ci(np.stack(preds.p_gt), np.stack(preds.p_hat), n_boot=n_boot, seed=seed,
+                                groups=groups.to_numpy())
 
 
 def format_table(table: pd.DataFrame, metric_names: tuple[str, ...] = MAIN_METRICS,
                  paper: pd.DataFrame | None = None, cis: dict | None = None) -> pd.DataFrame:
     """Cells ``mean ± sd`` (``[lo, hi]`` CI when given), the best strategy per dataset in bold
-    (Markdown ``**``), ``missing`` where no fold finished, and the paper's value beside ours."""
+    (Markdown ``**``), ``missing`` where no fold finished, and the paper's value beside ours; a ``runs``
+    column (``2 folds x 3 seeds``) when some row pools several seeds."""
     cells = pd.DataFrame(index=table.index)
     for m in metric_names:
         col = []
@@ -302,19 +330,26 @@ def format_table(table: pd.DataFrame, metric_names: tuple[str, ...] = MAIN_METRI
             cells.loc[(ds, best), m] = f"**{cells.loc[(ds, best), m]}**"
         if paper is not None:
             cells[f"{m} (paper)"] = [f"{paper.loc[i, m]:.2f}" if i in paper.index else "" for i in table.index]
+    if "n_seeds" in table and (table["n_seeds"] > 1).any():  # what each mean ± sd is over
+        cells["runs"] = [f"{int(r.n_folds)} folds x {int(r.n_seeds)} seeds" if r.n_seeds > 1 else
+                         f"{int(r.n_folds)} folds" for r in table.itertuples()]
     return cells
 
 
 def paired_tests(run_root: str, dataset: str, strategies: list[str], folds: list[int], metric: str = "js",
                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """For each pair of strategies with predictions on the same utterances: the mean per-utterance
-    difference of ``metric`` (a - b) with a paired bootstrap 95 % CI, and a paired t-test over folds."""
-    per_utt = {}
+    difference of ``metric`` (a - b) with a paired bootstrap 95 % CI over utterances, and a paired t-test
+    over folds. A strategy run under several seeds enters with each utterance's metric averaged over its
+    seeds (the seeds pooled; ``seeds`` says how many), so the CI covers both sampling and seeds."""
+    per_utt, n_seeds = {}, {}
     for st in strategies:
         preds = pooled_predictions(run_root, dataset, st, folds)
         if not preds.empty:
             values = getattr(metrics, metric)(np.stack(preds.p_gt), np.stack(preds.p_hat))
-            per_utt[st] = pd.DataFrame({"utt_id": preds.utt_id, "fold": preds.fold, metric: values})
+            frame = pd.DataFrame({"utt_id": preds.utt_id, "fold": preds.fold, "seed": preds.seed, metric: values})
+            per_utt[st] = frame.groupby(["utt_id", "fold"], as_index=False)[metric].mean()
+            n_seeds[st] = int(frame.groupby("fold")["seed"].nunique().max())
     rng = np.random.default_rng(seed)
     rows = []
     for a, b in combinations(per_utt, 2):
@@ -328,8 +363,44 @@ def paired_tests(run_root: str, dataset: str, strategies: list[str], folds: list
                   if len(by_fold) > 1 else np.nan)
         rows.append({"a": a, "b": b, f"mean {metric}(a) - {metric}(b)": diff.mean(),
                      "ci95_low": np.quantile(boot, 0.025), "ci95_high": np.quantile(boot, 0.975),
-                     "folds": len(by_fold), "paired t-test p (folds)": p_fold, "utterances": len(diff)})
+                     "folds": len(by_fold), "seeds": f"{n_seeds[a]}/{n_seeds[b]}",
+                     "paired t-test p (folds)": p_fold, "utterances": len(diff)})
     return pd.DataFrame(rows)
+
+
+def sampled_trends(run_root: str, datasets: list[str], folds: list[int]) -> pd.DataFrame:
+    """Did each on-policy run's own samples improve? One row per finished run that logged them: dataset,
+    strategy, fold, seed, the quantity (:data:`ambinb.learning.SAMPLED`: DPO's ``rollout_js``, GRPO's
+    ``reward_mean``), its means over the first and the last fifth of the steps (the run's
+    ``metrics.json`` ``train`` entries), the change and ``improved``."""
+    rows = []
+    for path, fold, seed in run_metrics_files(run_root):
+        dataset, strategy = path.parts[-4], path.parts[-3]
+        if dataset not in datasets or fold not in folds:
+            continue
+        train = json.loads(path.read_text()).get("train", {})
+        for key, higher in learning.SAMPLED.values():
+            if f"{key}_first_fifth" in train:
+                tr = learning.Trend(key, float(train[f"{key}_first_fifth"]), float(train[f"{key}_last_fifth"]),
+                                    higher)
+                rows.append({"dataset": dataset, "strategy": strategy, "fold": fold, "seed": seed, "key": key,
+                             "first_fifth": tr.first, "last_fifth": tr.last, "change": tr.change,
+                             "improved": tr.improved})
+    return pd.DataFrame(rows)
+
+
+def sampled_verdicts(trends: pd.DataFrame) -> list[str]:
+    """One sentence per (dataset, strategy) of :func:`sampled_trends`: in how many runs the samples improved.
+
+    Example: ``"toy/dpo: rollout_js improved in 6 of 6 runs (mean change -0.021)"``.
+    """
+    if trends.empty:
+        return []
+    out = []
+    for (ds, st, key), g in trends.groupby(["dataset", "strategy", "key"], sort=False):
+        out.append(f"{ds}/{st}: {key} improved in {int(g.improved.sum())} of {len(g)} runs "
+                   f"(mean change {g.change.mean():+.3f})")
+    return out
 
 
 def reliability(preds: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
@@ -348,7 +419,7 @@ def disagreements(run_root: str, dataset: str, strategies: list[str], folds: lis
     (largest pairwise JS between any two strategies), with each strategy's p_hat and the p_gt."""
     table = None
     for st in strategies:
-        preds = pooled_predictions(run_root, dataset, st, folds)
+        preds = pooled_predictions(run_root, dataset, st, folds, seeds=[0])
         if preds.empty:
             continue
         part = preds[["utt_id", "fold", "p_gt", "p_hat"]].rename(columns={"p_hat": st})
@@ -371,7 +442,7 @@ def existing_strategies(run_root: str, dataset: str) -> list[str]:
 
 def folders(run_root: str) -> list[Path]:
     """Every run folder with a finished evaluation."""
-    return sorted(p.parent for p in resolve_path(run_root).glob("*/*/fold*/metrics.json"))
+    return [path.parent for path, _, _ in run_metrics_files(run_root)]
 
 
 def table2(run_root: str, datasets: list[str], folds: list[int], n_boot: int = 1000) -> pd.DataFrame:

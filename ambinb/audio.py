@@ -1,16 +1,20 @@
 """Audio in: wav files, mel features, and the frozen tower's outputs, computed once per utterance.
 
-The Qwen2-Audio encoder always sees 3,000 mel frames (30 s, zero-padded) and its key padding is
-masked, so an utterance's tower output depends on that utterance alone. With the tower frozen (the
-paper's setting: LoRA on the language model only) the output never changes, so
+The audio tower of every family ambinb trains (:mod:`ambinb.families`) gives each utterance an
+output that depends on that utterance alone: Qwen2-Audio's encoder sees 3,000 mel frames (30 s,
+zero-padded) with its key padding masked; Qwen2.5-Omni's sees only the valid frames, in 2 s chunks.
+With the tower frozen (the paper's setting: LoRA on the language model only) the output never
+changes, so
 :class:`AudioFeatureCache` computes it once per utterance and every later forward (epochs, K
 rollouts, policy / old-policy / reference passes, read-outs) reuses it.
 
 Design:
 
-* The cache stores the tower's *last hidden state* (before ``multi_modal_projector``), cut to the
-  utterance's audio-token count. The projector runs where the audio enters the language model
-  (:func:`ambinb.lm.merge_audio`), so it can be trained (full fine-tune) while the tower stays frozen.
+* The cache stores the tower's output, cut to the utterance's audio-token count: Qwen2-Audio's
+  *last hidden state* before ``multi_modal_projector``, whose projector runs where the audio enters
+  the language model (:func:`ambinb.lm.merge_audio`), so it can be trained (full fine-tune) while the
+  tower stays frozen; Qwen2.5-Omni's tower ends in its own projection, so its output is cached as
+  the language model reads it. How the tower runs is its family's ``tower_outputs`` (:func:`run_tower`).
 * Keys are ``(utt_id, sha1 of the 16 kHz waveform, hash of the tower weights)``: a regenerated
   corpus or a changed tower never hits a stale entry. On disk (``feature_cache_dir``) the entries
   live under ``<dir>/<tower hash>.<format>/``, one file per utterance holding that utterance's bytes
@@ -162,11 +166,15 @@ def wave_hash(wave: np.ndarray) -> str:
 def mel_features(feature_extractor: Any, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Whisper log-mel features padded to 30 s, as ``Qwen2AudioProcessor`` computes them.
 
+    The padding is 30 s whatever the extractor's own ``chunk_length``: Qwen2.5-Omni's pads to 300 s,
+    and a clip's valid frames are the same at either length (the tests compare them), so every
+    family's features have the one shape the cache keeps.
+
     Returns:
         ``input_features`` (B, 128, 3000) float32 and ``feature_attention_mask`` (B, 3000) long.
     """
     out = feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_attention_mask=True,
-                            padding="max_length", return_tensors="pt")
+                            padding="max_length", max_length=N_FRAMES * HOP, return_tensors="pt")
     return out["input_features"].float(), out["attention_mask"].long()
 
 
@@ -183,7 +191,7 @@ def n_audio_tokens(n_frames: int | torch.Tensor) -> int | torch.Tensor:
 def tower_hash(model: Any) -> str:
     """sha1 over the audio tower's parameter names, shapes, dtypes and bytes (16 hex digits)."""
     h = hashlib.sha1()
-    for name, tensor in sorted(lm.core(model).audio_tower.state_dict().items()):
+    for name, tensor in sorted(lm.audio_tower(model).state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -192,66 +200,27 @@ def tower_hash(model: Any) -> str:
 
 def tower_is_frozen(model: Any) -> bool:
     """True when no audio-tower parameter requires a gradient."""
-    return not any(p.requires_grad for p in lm.core(model).audio_tower.parameters())
-
-
-def tower_window(feature_attention_mask: torch.Tensor) -> int:
-    """Mel frames the tower must see for a batch: the longest valid length plus 4, made even, at
-    most :data:`N_FRAMES`.
-
-    Every kept output of the tower depends only on valid frames and the one padding frame after
-    them (two stride-2 convolutions, attention masked to valid keys, pairwise pooling), so running
-    on this window gives the same kept outputs as running on all 3,000 frames, ~10x cheaper for a
-    3 s clip. Example: valid lengths 280 and 200 -> 284.
-    """
-    longest = int(feature_attention_mask.sum(-1).max()) if feature_attention_mask.numel() else 0
-    return min(N_FRAMES, longest + 4 + longest % 2)
-
-
-def _encode(tower: Any, features: torch.Tensor, mask: Any) -> torch.Tensor:
-    """The audio encoder's layers on ``features`` of any even frame count (the encoder's own
-    forward insists on 3,000 frames): convolutions, positions, layers, pooling, final norm."""
-    x = torch.nn.functional.gelu(tower.conv1(features.to(tower.conv1.weight.dtype)))
-    x = torch.nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
-    x = x + tower.embed_positions.weight[: x.shape[1]]
-    x = torch.nn.functional.dropout(x, p=tower.dropout, training=tower.training)
-    for layer in tower.layers:
-        x = layer(x, mask)
-    x = tower.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)
-    return tower.layer_norm(x)
+    return not any(p.requires_grad for p in lm.audio_tower(model).parameters())
 
 
 def run_tower(model: Any, input_features: torch.Tensor, feature_attention_mask: torch.Tensor,
               windowed: bool = True) -> list[torch.Tensor]:
-    """The audio tower's last hidden state per utterance, cut to its audio-token count.
+    """The audio tower's output per utterance, cut to its audio-token count, as the model's own
+    forward merges it (before any projector outside the tower): the family's ``tower_outputs``.
 
-    Builds the same key-padding mask as ``Qwen2AudioModel.forward`` so that the result equals what
-    the full path merges (before the projector). With ``windowed`` (the default) the tower runs on
-    the first :func:`tower_window` frames only (equal results, see there); ``windowed=False`` runs
-    the encoder's own forward on all 3,000. Gradients flow when the tower is trainable.
+    With ``windowed`` (the default) Qwen2-Audio's tower runs on the frames a batch needs only
+    (:func:`ambinb.families.qwen2_audio.tower_window`, equal results); ``windowed=False`` runs its
+    own forward on all 3,000. Qwen2.5-Omni's own forward already runs on the valid frames only, so
+    both are the same call there. Gradients flow when the tower is trainable.
+
+    Args:
+        input_features: (B, 128, 3000) from :func:`mel_features`.
+        feature_attention_mask: (B, 3000), 1 on valid frames.
 
     Returns:
         One tensor (n_audio_tokens_i, d_audio) per row of ``input_features``.
     """
-    from transformers.masking_utils import create_bidirectional_mask  # heavy
-
-    tower = lm.core(model).audio_tower
-    device = tower.conv1.weight.device
-    feature_attention_mask = feature_attention_mask.to(device)
-    width = tower_window(feature_attention_mask) if windowed else input_features.shape[-1]
-    input_features = input_features[..., :width].to(device)
-    frames = feature_attention_mask.sum(-1)
-    conv_lengths = (frames - 1) // 2 + 1
-    n_tokens = n_audio_tokens(frames)
-    max_len = (width - 2) // 2 + 1
-    mask_2d = (torch.arange(max_len, device=device)[None, :] < conv_lengths[:, None]).long()
-    dummy = torch.zeros((input_features.shape[0], max_len, 1), dtype=tower.conv1.weight.dtype, device=device)
-    mask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
-    if width == tower.config.max_source_positions * 2:  # the full input: the encoder's own forward
-        hidden = tower(input_features, attention_mask=mask).last_hidden_state
-    else:
-        hidden = _encode(tower, input_features, mask)
-    return [hidden[i, : int(n)] for i, n in enumerate(n_tokens.tolist())]
+    return lm.family(model).tower_outputs(lm.audio_tower(model), input_features, feature_attention_mask, windowed)
 
 
 # --- the feature cache ----------------------------------------------------------------------
@@ -286,7 +255,7 @@ class _Mel:
 class AudioFeatureCache:
     """Tower outputs per utterance, computed once (frozen tower) and reused; mel features otherwise.
 
-    Each utterance goes through the tower on its own, at its own window (:func:`tower_window`): in a
+    Each utterance goes through the tower on its own (at its own window, for Qwen2-Audio): in a
     batch, the padding window that the longest clip sets moves the float rounding of a shorter clip's
     output (by about 1e-6 on the tiny stand-in), and an RL run turns such a difference into another
     run. Computed alone, an utterance's output is a function of that utterance and the weights only,

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ambinb import labels, metrics, prosody
+from ambinb import labels, metrics, prosody, runlock
 from ambinb.paths import run_folder
 from ambinb.results import prior_distribution, write_evaluation
 
@@ -145,20 +145,23 @@ def run_classical(cfg: dict[str, Any], df: pd.DataFrame | None = None) -> dict[s
 
     Returns:
         The ``metrics.json`` content.
+
+    Raises:
+        RunningElsewhere: another process holds the run folder (:mod:`ambinb.runlock`).
     """
     start = time.perf_counter()
-    df = labels.load_dataset(cfg) if df is None else df
-    classes = labels.class_names(df)
-    train, test = labels.split_for_run(df, cfg)
-    audio = audio_features(df, cfg) if cfg["classical_audio"] else None
-    x_train, x_test, names = design_matrices(train, test, audio, cfg)
-    p_train, p_test = labels.p_matrix(train), labels.p_matrix(test)
-    model = fit_soft(x_train, p_train, float(cfg["classical_c"]))
-    p_hat = predict_soft(model, x_test)
-    out = run_folder(cfg, "classical")
-    extra = {"n_train": len(train), "n_test": len(test), "n_features": len(names),
-             "n_audio_features": sum(n.startswith("egemaps:") for n in names),
-             "n_words": sum(n.startswith("word:") for n in names),
-             "wall_s": round(time.perf_counter() - start, 2)}
-    return write_evaluation(out, test["utt_id"].astype(str).tolist(), classes, p_test, p_hat,
-                            prior_distribution(p_train), {**cfg, "strategy": "classical"}, extra=extra)
+    with runlock.hold_run(run_folder(cfg, "classical")) as out:
+        df = labels.load_dataset(cfg) if df is None else df
+        classes = labels.class_names(df)
+        train, test = labels.split_for_run(df, cfg)
+        audio = audio_features(df, cfg) if cfg["classical_audio"] else None
+        x_train, x_test, names = design_matrices(train, test, audio, cfg)
+        p_train, p_test = labels.p_matrix(train), labels.p_matrix(test)
+        model = fit_soft(x_train, p_train, float(cfg["classical_c"]))
+        p_hat = predict_soft(model, x_test)
+        extra = {"n_train": len(train), "n_test": len(test), "n_features": len(names),
+                 "n_audio_features": sum(n.startswith("egemaps:") for n in names),
+                 "n_words": sum(n.startswith("word:") for n in names),
+                 "wall_s": round(time.perf_counter() - start, 2)}
+        return write_evaluation(out, test["utt_id"].astype(str).tolist(), classes, p_test, p_hat,
+                                prior_distribution(p_train), {**cfg, "strategy": "classical"}, extra=extra)

@@ -190,6 +190,9 @@ RULES: dict[str, Rule] = {
     "trackers": _text(rf"\s*|\s*({_TRACKER})\s*(,\s*({_TRACKER})\s*)*", f"comma-separated names of {list(TRACKERS)}"),
     "ce_weight": _at_least(0), "kl_weight": _at_least(0), "answer_ce": _one_of("soft", "majority", "none"),
     # DPO and GRPO
+    "answer_action": _one_of("any_class", "written"), "dpo_positive": _one_of("gold", "best_rollout"),
+    "reference": _one_of("base", "init"), "init_from": _text(r"|[a-z0-9_]+", '"" or a strategy name'),
+    "init_root": _text(r".*", "a folder or \"\""),
     "beta": _positive(), "tau": _share(), "dpo_rollouts": _at_least(1), "dpo_kl_weight": _at_least(0),
     "dpo_ce_weight": _at_least(0), "grpo_k": _at_least(1),
     "clip_eps": Rule(low=0, high=1, low_open=True, high_open=True),
@@ -350,7 +353,9 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
     Args:
         dataset: a file in ``params/datasets``.
         strategy: a file in ``params/strategies`` (``base``, ``sft``, ``dpo``, ...).
-        model: a file in ``params/models``; None takes the dataset's ``model``.
+        model: a file in ``params/models``; None takes ``overrides["model"]`` when given (how a sweep or a
+            notebook without a ``model`` parameter switches the backbone: ``overrides: {model:
+            qwen2_5_omni_3b}``), else the dataset's ``model``.
         overrides: extra ``key: value`` pairs applied last (papermill ``-y`` or sweep files).
         **params: a notebook's other literal parameters; None leaves a key to the layers.
             ``$AMBINB_RUN_ROOT``, when set, replaces the default ``run_root`` (the test suite uses it);
@@ -379,7 +384,7 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
     ds_path = _layer_file("datasets", dataset)
     _apply(cfg, load_yaml(ds_path), str(ds_path), declared, sources)
     layers.append(f"datasets/{dataset}.yaml")
-    model = model or cfg["model"]
+    model = model or (overrides or {}).get("model") or cfg["model"]
     for name, path in _model_and_strategy_files(model, strategy):
         _apply(cfg, load_yaml(path), str(path), declared, sources)
         layers.append(name)

@@ -8,11 +8,13 @@ What the model writes (preset ``ambinb``, the paper's Table 1 structure)::
     Step 2 (audio): Volume: ... Speed: ... Pitch: ... Tone: ...
     Step 3 (synthesis): ...
     </think>
-    <answer>anger</answer>
+    <answer> anger</answer>
 
-The distribution p_hat is read out at the slot right after the answer tag
-(:mod:`ambinb.readout`). Curation writes think blocks with :func:`render_think`; training, rollouts and the
-format reward parse them with the functions below. The ``audio_reasoner`` preset places the slot
+The distribution p_hat is read out at the slot right after the answer tag (:mod:`ambinb.readout`),
+where the class name stands after one space (:func:`slot_text`: the space makes the slot a token
+boundary of Qwen's BPE, so the ids scored there are the ids the model writes). Curation writes
+think blocks with :func:`render_think`; training, rollouts and the format reward parse them with
+the functions below. The ``audio_reasoner`` preset places the slot
 after Audio-Reasoner's own ``<RESPONSE>`` tag so that checkpoint can be read out as a baseline.
 """
 
@@ -86,15 +88,32 @@ def answer_prefix(think: str, fmt: OutputFormat = AMBINB) -> str:
     return f"{think}\n{fmt.answer_open}" if think else fmt.answer_open
 
 
+def slot_text(answer: str) -> str:
+    """A class name as it stands in the answer slot: after one space.
+
+    Qwen's pre-tokeniser glues a tag's ``>`` to a letter that follows it (``">sadness"`` is one
+    pre-token, which the real vocabulary splits ``>s ad ness``), so without the space the model never
+    writes the ``>`` that the slot follows. After a space the name is a word of its own (``" sadness"``,
+    one token ``Ġsadness`` on the real vocabulary, as is every class name of the toy, IEMOCAP and
+    CREMA-D), and the read-out is the softmax over single class-token logits at one slot.
+
+    Example: ``slot_text("sadness")`` -> ``" sadness"``.
+    """
+    return f" {answer}"
+
+
 def render_output(think: str, answer: str, fmt: OutputFormat = AMBINB) -> str:
-    """The full completion: think block, answer tag, class name, closing tag."""
-    return f"{answer_prefix(think, fmt)}{answer}{fmt.answer_close}"
+    """The full completion: think block, answer tag, the class name after a space (:func:`slot_text`), closing tag.
+
+    Example: ``render_output("", "anger")`` -> ``"<answer> anger</answer>"``.
+    """
+    return f"{answer_prefix(think, fmt)}{slot_text(answer)}{fmt.answer_close}"
 
 
 def split_output(completion: str, fmt: OutputFormat = AMBINB) -> tuple[str, str | None]:
     """Split a completion into (think block, answer text or None when no answer tag pair is found).
 
-    Example: ``split_output("<think>x</think>\\n<answer>anger</answer>")`` -> ``("<think>x</think>", "anger")``.
+    Example: ``split_output("<think>x</think>\\n<answer> anger</answer>")`` -> ``("<think>x</think>", "anger")``.
     """
     start = completion.find(fmt.answer_open)
     if start < 0:
@@ -125,11 +144,11 @@ def format_ok(completion: str, classes: list[str], fmt: OutputFormat = AMBINB) -
 
 def answer_ok(completion: str, classes: list[str], fmt: OutputFormat = AMBINB) -> bool:
     """The format check of a completion without a think block (``use_cot: false``): True when it is
-    the answer alone, ``<answer>class</answer>`` with a valid class name (case-insensitive, surrounding
+    the answer alone, ``<answer> class</answer>`` with a valid class name (case-insensitive, surrounding
     whitespace allowed), so the readout slot right after the answer tag is found.
 
-    Example: ``answer_ok("<answer>anger</answer>", ["anger"])`` -> True;
-    ``answer_ok("<think>x</think>\\n<answer>anger</answer>", ["anger"])`` -> False.
+    Example: ``answer_ok("<answer> anger</answer>", ["anger"])`` -> True;
+    ``answer_ok("<think>x</think>\\n<answer> anger</answer>", ["anger"])`` -> False.
     """
     text = completion.strip()
     if not (text.startswith(fmt.answer_open) and text.endswith(fmt.answer_close)):

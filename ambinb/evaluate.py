@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ambinb import audio, cot, labels, lm, prompt, readout, results, rollout
+from ambinb import audio, cot, labels, lm, prompt, readout, results, rollout, runlock
 from ambinb import model as model_mod
 from ambinb.merge import merged_lora
 from ambinb.paths import run_dir, run_folder
@@ -36,26 +36,26 @@ from ambinb.progress import bar as progress_bar
 
 # use_cot -> the name of the format check metrics.json records beside format_rate
 FORMAT_CHECKS = {True: "cot", False: "answer"}
-# tokens a use_cot: false completion may write beyond the longest <answer>class</answer><|im_end|>
+# tokens a use_cot: false completion may write beyond the longest <answer> class</answer><|im_end|>
 NOCOT_SLACK_TOKENS = 4
 
 
 def direct_readout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: list[str],
                    cfg: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """p_hat at the answer slot that directly follows the prompt (no think block), and the completion
-    ``<answer>top class</answer>`` that greedy decoding of the slot would write."""
+    ``<answer> top class</answer>`` that greedy decoding of the slot would write."""
     tok = processor.tokenizer
     fmt = cot.get_format(cfg["prompt_preset"])
     slot = prompt.completion_ids(tok, "", classes[0], fmt)
     prefixes = [e.prompt_ids + slot.ids[: slot.slot] for e in encoded]
-    p = readout.read_out(model, prefixes, [e.audio for e in encoded], prompt.class_ids(tok, classes),
+    p = readout.read_out(model, prefixes, [e.audio for e in encoded], prompt.class_ids(tok, classes, fmt),
                          int(tok.pad_token_id), int(cfg["readout_batch_size"])).detach().cpu().numpy()
     texts = [cot.render_output("", classes[int(i)], fmt) for i in p.argmax(axis=1)]
     return p.astype(np.float64), texts
 
 
 def nocot_budget(tokenizer: Any, classes: list[str], fmt: cot.OutputFormat) -> int:
-    """Tokens a ``use_cot: false`` completion is given: the longest ``<answer>class</answer><|im_end|>``
+    """Tokens a ``use_cot: false`` completion is given: the longest ``<answer> class</answer><|im_end|>``
     over ``classes`` plus :data:`NOCOT_SLACK_TOKENS` (room to show it would write more)."""
     return max(len(prompt.completion_ids(tokenizer, "", c, fmt).ids) for c in classes) + NOCOT_SLACK_TOKENS
 
@@ -95,7 +95,7 @@ def predict(model: Any, processor: Any, df: pd.DataFrame, cfg: dict[str, Any],
     A model trained without a think block (``use_cot: false``, the ``sft_nocot`` strategy) is read
     out right after the prompt and the answer tag, as it was trained (p_hat, :func:`direct_readout`).
     Its completion is what it writes itself: a short greedy generation from the prompt alone
-    (:func:`generate_answers`, a few tokens beyond the longest ``<answer>class</answer><|im_end|>``),
+    (:func:`generate_answers`, a few tokens beyond the longest ``<answer> class</answer><|im_end|>``),
     judged by :func:`ambinb.cot.answer_ok`; ``answer_found`` says whether it holds a class name in
     the answer tags, ``tokens`` counts its generated ids.
 
@@ -181,15 +181,15 @@ def evaluate(model: Any, processor: Any, test_df: pd.DataFrame, cfg: dict[str, A
 def run_base(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The ``base`` strategy: evaluate the model as loaded on the fold's test split.
 
-    Writes ``run_folder(cfg, "base")`` and returns its ``metrics.json`` content.
+    Writes ``run_folder(cfg, "base")``, holding it (:mod:`ambinb.runlock`), and returns its ``metrics.json`` content.
     """
     cfg = {**cfg, "strategy": "base"}
-    df = labels.load_dataset(cfg)
-    train_df, test_df = labels.split_for_run(df, cfg)
-    p_prior = results.prior_distribution(labels.p_matrix(train_df))
-    model, processor = model_mod.load_model(cfg)
-    out = run_folder(cfg, "base")
-    return evaluate(model, processor, test_df, cfg, out, p_prior, progress=progress)
+    with runlock.hold_run(run_folder(cfg, "base")) as out:
+        df = labels.load_dataset(cfg)
+        train_df, test_df = labels.split_for_run(df, cfg)
+        p_prior = results.prior_distribution(labels.p_matrix(train_df))
+        model, processor = model_mod.load_model(cfg)
+        return evaluate(model, processor, test_df, cfg, out, p_prior, progress=progress)
 
 
 # --- cross-domain (Table 3) -------------------------------------------------------------------
@@ -225,6 +225,7 @@ def run_cross_domain(cfg: dict[str, Any], progress: bool = True) -> dict[str, An
     Raises:
         ValueError: ``train_dataset`` or ``test_dataset`` empty, or a test class the training set lacks.
         FileNotFoundError: the in-domain run has not finished (run its sweep first); the message says which.
+        RunningElsewhere: another process holds the run folder (:mod:`ambinb.runlock`).
     """
     train, test, fold = str(cfg["train_dataset"]), str(cfg["test_dataset"]), int(cfg["fold"])
     if not train or not test:
@@ -246,8 +247,8 @@ def run_cross_domain(cfg: dict[str, Any], progress: bool = True) -> dict[str, An
                                                    "classes": []}), fold)
     prior = restrict_prior(results.prior_distribution(labels.p_matrix(train_df)), labels.class_names(train_df),
                            labels.class_names(test_df))
-    model, processor = model_mod.load_trained(source / "adapter", cfg)
-    out = run_dir(cfg["dataset"], cfg["strategy"], fold, cfg["run_root"])
-    return evaluate(model, processor, test_df, cfg, out, prior, progress=progress,
-                    extra={"source_run": str(source), "train_dataset": train, "test_dataset": test,
-                           "n_train_rows": len(train_df)})
+    with runlock.hold_run(run_dir(cfg["dataset"], cfg["strategy"], fold, cfg["run_root"])) as out:
+        model, processor = model_mod.load_trained(source / "adapter", cfg)
+        return evaluate(model, processor, test_df, cfg, out, prior, progress=progress,
+                        extra={"source_run": str(source), "train_dataset": train, "test_dataset": test,
+                               "n_train_rows": len(train_df)})

@@ -6,7 +6,7 @@ cache), the completion the positives and SFT teacher-force (the CoT, or none wit
 false``, then the majority class as the answer: :func:`ambinb.prompt.completion_ids`), and p_gt.
 
 Example: a training row ``utt_id u1, consensus anger, p_anger 0.75, p_sadness 0.25`` with an
-accepted CoT -> ``Example("u1", <prompt ids + tower output>, <CoT + <answer>anger</answer>>, [0.75, 0.25])``.
+accepted CoT -> ``Example("u1", <prompt ids + tower output>, <CoT + <answer> anger</answer>>, [0.75, 0.25])``.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 Every forward ambinb runs (read-out, rollout prefill and decoding, the training losses of SFT, DPO
 and GRPO) goes through this module, whatever wraps the model (peft, DDP's ``.module``):
 
-* the parts: :func:`base_model` (the ``Qwen2AudioForConditionalGeneration``), :func:`core` (its
-  ``Qwen2AudioModel``: audio tower, projector, language model), :func:`device_of`;
+* the parts, through the model's family (:mod:`ambinb.families`: Qwen2-Audio, Qwen2.5-Omni's
+  Thinker): :func:`base_model` (the loaded ``...ForConditionalGeneration``), :func:`family`,
+  :func:`core` (towers and language model), :func:`text_model` (the language model, no head),
+  :func:`head`, :func:`audio_tower`, :func:`towers`, :func:`device_of`, :func:`audio_token_id`;
 * :func:`merge_audio`, the **one place where audio enters the language model**: it embeds the
-  token ids and writes the projected tower outputs (:mod:`ambinb.audio` computes and caches them) at
-  the ``<|AUDIO|>`` positions, exactly as ``Qwen2AudioModel.forward`` does with ``masked_scatter``,
-  and refuses ids holding ``<|AUDIO|>`` without features (the silent failure of TRL's GRPOTrainer).
-  Tests hook ``model.model.language_model`` to check that every forward carries its audio;
+  token ids and writes the projected tower outputs (:mod:`ambinb.audio` computes and caches them;
+  :func:`project_audio`) at the ``<|AUDIO|>`` positions, exactly as the model's own forward does with
+  ``masked_scatter``, and refuses ids holding ``<|AUDIO|>`` without features (the silent failure of
+  TRL's GRPOTrainer). Tests hook :func:`text_model` to check that every forward carries its audio;
 * :func:`hidden_states` (the language model on merged embeddings, no head), :func:`head_logits`
   (the head where a caller needs logits), :func:`token_logprobs` (the log-probs of target tokens,
   the head applied ``chunk`` positions at a time when asked) and :func:`decode_step` (one decoding
@@ -31,30 +33,72 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ambinb import losses
+from ambinb import families, losses
+from ambinb.families.base import Family
 
 # --- the model's parts, whether or not peft or DDP wraps it ----------------------------------
 
 def base_model(model: Any) -> Any:
-    """The ``Qwen2AudioForConditionalGeneration`` inside DDP (``.module``) and peft wrappers."""
+    """The loaded model (``Qwen2AudioForConditionalGeneration``, ``Qwen2_5OmniThinkerForConditionalGeneration``)
+    inside DDP (``.module``) and peft wrappers."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def family(model: Any) -> Family:
+    """The family adapter of a possibly wrapped model, from its config's ``model_type``."""
+    return families.of(base_model(model).config)
+
+
 def core(model: Any) -> Any:
-    """The ``Qwen2AudioModel`` (audio tower, projector, language model) of a possibly wrapped model."""
-    return base_model(model).model
+    """The inner model holding the towers and the language model (``Qwen2AudioModel``,
+    ``Qwen2_5OmniThinkerModel``) of a possibly wrapped model."""
+    return getattr(base_model(model), family(model).core)
+
+
+def text_model(model: Any) -> Any:
+    """The language model without its head: where the merged embeddings go in (and tests hook)."""
+    return getattr(core(model), family(model).text_model)
+
+
+def head(model: Any) -> Any:
+    """The LM head (hidden -> vocabulary rows)."""
+    return getattr(base_model(model), family(model).head)
+
+
+def towers(model: Any) -> dict[str, Any]:
+    """The frozen encoders by attribute name, the audio tower first (Qwen2.5-Omni: ``audio_tower``, ``visual``)."""
+    inner = core(model)
+    return {name: getattr(inner, name) for name in family(model).towers}
+
+
+def audio_tower(model: Any) -> Any:
+    """The audio tower (its outputs are cached by :class:`ambinb.audio.AudioFeatureCache`)."""
+    return getattr(core(model), family(model).towers[0])
 
 
 def device_of(model: Any) -> torch.device:
-    """The device the language-model side of a possibly wrapped model runs on (its projector's)."""
-    return core(model).multi_modal_projector.linear.weight.device
+    """The device the language-model side of a possibly wrapped model runs on (its token embeddings')."""
+    return base_model(model).get_input_embeddings().weight.device
 
 
 def audio_token_id(model: Any) -> int:
     """The id of ``<|AUDIO|>`` in the model's config."""
-    return int(base_model(model).config.audio_token_id)
+    return int(getattr(base_model(model).config, family(model).audio_token))
+
+
+def project_audio(model: Any, audio: list[torch.Tensor]) -> torch.Tensor:
+    """Tower outputs (n_i, d_audio), concatenated and mapped to the language model's width: through the
+    family's projector (Qwen2-Audio's ``multi_modal_projector``), or as they are where the tower ends in
+    its own projection (Qwen2.5-Omni). Example: outputs of 50 and 25 rows -> (75, hidden)."""
+    name = family(model).projector
+    if not name:
+        embed = base_model(model).get_input_embeddings().weight
+        return torch.cat([f.to(embed.device, embed.dtype) for f in audio], dim=0)
+    proj = getattr(core(model), name)
+    weight = next(proj.parameters())
+    return proj(torch.cat([f.to(weight.device, weight.dtype) for f in audio], dim=0))
 
 
 # --- the one place where audio enters the language model -------------------------------------
@@ -88,9 +132,7 @@ def merge_audio(model: Any, input_ids: torch.Tensor, audio: list[torch.Tensor] |
     for row, feats in zip(rows_with_audio, audio):
         if feats.shape[0] != per_row[row]:
             raise ValueError(f"row {row}: {per_row[row]} <|AUDIO|> tokens but {feats.shape[0]} audio features")
-    proj = core(model).multi_modal_projector
-    feats = torch.cat([f.to(proj.linear.weight.device, proj.linear.weight.dtype) for f in audio], dim=0)
-    projected = proj(feats).to(embeds.device, embeds.dtype)
+    projected = project_audio(model, audio).to(embeds.device, embeds.dtype)
     return embeds.masked_scatter(is_audio.unsqueeze(-1).to(embeds.device), projected)
 
 
@@ -103,8 +145,11 @@ def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     positions carry ``audio`` (:func:`merge_audio`); no head.
 
     Callers apply :func:`head_logits` only where they need logits: a vocabulary of 150k makes full
-    (B, T, V) logits the largest tensor of a real-size forward. It calls the inner model, past any
-    DDP wrapper (the engine averages gradients itself, so no DDP hook is needed).
+    (B, T, V) logits the largest tensor of a real-size forward. It calls the language model itself
+    (:func:`text_model`), past any DDP wrapper (the engine averages gradients itself, so no DDP hook is
+    needed) and past the multimodal wrapper, whose own forward would merge audio a second way (and, for
+    Qwen2.5-Omni, rebuild its 3-D positions from the ids; with audio and text only they equal these 1-D
+    ones, which its language model expands to three).
     """
     kwargs: dict[str, Any] = {"inputs_embeds": merge_audio(model, input_ids, audio), "attention_mask": attention_mask,
                               "use_cache": use_cache}
@@ -112,17 +157,17 @@ def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
         kwargs["position_ids"] = position_ids
     if cache is not None:
         kwargs["cache"] = cache
-    out = core(model)(**kwargs)
+    out = text_model(model)(**kwargs)
     return out.last_hidden_state, out.cache
 
 
 def head_logits(model: Any, hidden: torch.Tensor, float32: bool = False) -> torch.Tensor:
     """The LM head on hidden states (..., hidden) -> (..., V); in float32 when asked (the read-out, log-probs)."""
-    head = base_model(model).lm_head
+    head_ = head(model)
     if float32:
-        bias = head.bias.float() if head.bias is not None else None
-        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
-    return head(hidden)
+        bias = head_.bias.float() if head_.bias is not None else None
+        return torch.nn.functional.linear(hidden.float(), head_.weight.float(), bias)
+    return head_(hidden)
 
 
 def _chunk_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -151,7 +196,7 @@ def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chun
     """
     if chunk <= 0 or hidden.shape[0] <= chunk:
         return _chunk_logprobs(model, hidden, targets)
-    head_trains = any(p.requires_grad for p in base_model(model).lm_head.parameters())
+    head_trains = any(p.requires_grad for p in head(model).parameters())
     parts = []
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start:start + chunk], targets[start:start + chunk]
@@ -174,7 +219,7 @@ def decode_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Te
     embeds = base_model(model).get_input_embeddings()(ids)
     if base_model(model).config._attn_implementation == "sdpa":
         mask = mask[:, None, None, :].bool()
-    out = core(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    out = text_model(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
     return head_logits(model, out.last_hidden_state[:, -1])
 
 

@@ -174,17 +174,38 @@ def score(p_gt: np.ndarray, p_hat: np.ndarray) -> dict[str, float]:
     return out
 
 
+def cluster_indices(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_boot, n_rows)`` row indices of a bootstrap that draws groups with replacement, every row of a
+    drawn group kept. The groups must be of one size (the rows of each utterance under every seed).
+
+    Example: groups ``[a, a, b, b]`` -> each resample is two drawn groups' rows, e.g. ``[2, 3, 0, 1]``.
+
+    Raises:
+        ValueError: groups of different sizes (a seed missing for some utterances), naming the sizes.
+    """
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if counts.min() != counts.max():
+        raise ValueError(f"bootstrap groups must be of one size, got sizes {sorted(set(counts.tolist()))}")
+    members = np.argsort(inverse, kind="stable").reshape(len(counts), counts[0])
+    return members[rng.integers(0, len(counts), size=(n_boot, len(counts)))].reshape(n_boot, -1)
+
+
 def bootstrap_ci(p_gt: np.ndarray, p_hat: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+                 level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence intervals of every metric in :func:`score`, resampling
     utterances with replacement (deterministic for a seed).
+
+    ``groups`` (one label per row) resamples whole groups instead of rows: the rows of one utterance
+    under several training seeds stay together, so seeds narrow the interval only as far as they
+    make each utterance's prediction less noisy (:func:`cluster_indices`).
 
     The inputs are checked once; per-utterance quantities (the five metrics, the entropies) are
     computed once and resampled, so each resample's value equals :func:`score` on that resample.
     """
     p, q = _pair(p_gt, p_hat)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, p.shape[0], size=(n_boot, p.shape[0]))
+    idx = rng.integers(0, p.shape[0], size=(n_boot, p.shape[0])) if groups is None else \
+        cluster_indices(np.asarray(groups), n_boot, rng)
     per = {name: globals()[name](p, q) for name in PER_UTTERANCE}
     samples: dict[str, np.ndarray] = {name: per[name][idx].mean(axis=1) for name in PER_UTTERANCE}
     h_p, h_q = entropy(p), entropy(q)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ambinb import parameters
+from ambinb import parameters, runlock
 from ambinb import progress as progress_bars
 from ambinb.paths import project_root
 
@@ -43,10 +43,14 @@ def execute(name: str, output: str | os.PathLike, params: dict[str, Any] | None 
     library resolve against the project root, so the result does not depend on the caller's
     working directory. It talks to this process over IPC, never TCP (see the module docstring).
     Progress bars in the kernel leave one line each in the notebook and log their details to
-    ``<output without .ipynb>.log`` beside it (:func:`ambinb.progress.logging_to`).
+    ``<output without .ipynb>.log`` beside it (:func:`ambinb.progress.logging_to`). The output's
+    folder is held for the whole run (:func:`ambinb.runlock.hold`; the kernel inherits the lock), so
+    two executions never write one folder at once.
 
     Raises:
         ValueError: a parameter the notebook does not declare, before anything runs.
+        RunningElsewhere: another process holds the output's folder
+            (``runs/toy/sft/fold0 is running in process 4242; skipped``), before the kernel starts.
         NotebookError: a cell failed; the first line says which notebook, which cell and the error
             (``03_sft.ipynb failed at In [4]: ValueError: ...``), the output notebook holds the rest.
     """
@@ -59,20 +63,19 @@ def execute(name: str, output: str | os.PathLike, params: dict[str, Any] | None 
     os.environ.setdefault("TQDM_MININTERVAL", "10")  # a bar in an executed notebook: a few lines, not hundreds
     parameters.check_given(src, params)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.running.ipynb")
     sockets = tempfile.mkdtemp(prefix="ambinb-kernel-")
     ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "k")}} if os.name != "nt" else {})
     try:
-        with progress_bars.logging_to(progress_bars.log_path(output)):  # bars: one line each, details in the log
+        with runlock.hold(output.parent.absolute()), progress_bars.logging_to(progress_bars.log_path(output)):
             papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress,
                                        cwd=str(src.parent), kernel_name="python3", execution_timeout=timeout,
-                                       config=ipc)
+                                       config=ipc)  # the kernel inherits the lock (ambinb.runlock)
+            os.replace(tmp, output)
     except PapermillExecutionError as err:
         first = (str(err.evalue).strip().splitlines() or [""])[0]
         raise NotebookError(f"{src.name} failed at {err.exec_count and f'In [{err.exec_count}]' or 'a cell'}: "
                             f"{err.ename}: {first}\n(the executed notebook is {tmp})") from err
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
-    os.replace(tmp, output)
     return output

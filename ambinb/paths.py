@@ -8,6 +8,7 @@ which choose settings without the test fold, under ``runs/<dataset>/<strategy>/v
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,11 @@ def is_path_name(value: Any) -> bool:
 
 
 def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os.PathLike = "runs",
-            validation: int | None = None) -> Path:
-    """The run folder ``<root>/<dataset>/<strategy>/fold<k>/`` (no fold part when ``fold`` is None).
+            validation: int | None = None, seed: int = 0) -> Path:
+    """The run folder ``<root>/<dataset>/<strategy>/fold<k>/`` (no fold part when ``fold`` is None), and
+    ``fold<k>-seed<s>/`` for a seed other than 0: runs that differ only by their seed never share a folder
+    (``run_dir("toy", "dpo", 1, seed=2)`` -> ``<root>/toy/dpo/fold1-seed2``; :func:`parse_run_name` reads
+    the name back).
 
     Fold-independent artefacts (labels, curated CoTs) use ``fold=None``:
     ``run_dir("toy", "labels")`` -> ``<root>/runs/toy/labels``. A validation run (test fold ``k``
@@ -87,11 +91,21 @@ def run_dir(dataset: str, strategy: str, fold: int | None = None, root: str | os
     for name, value in (("fold", fold), ("validation", validation)):
         if value is not None and (int(value) != value or value < 0):
             raise ValueError(f"{name}={value!r}: expected a non-negative integer")
+    tail = f"-seed{int(seed)}" if int(seed) else ""
     if validation is None:
-        return base / f"fold{int(fold)}"
+        return base / f"fold{int(fold)}{tail}"
     if int(validation) == int(fold):
         raise ValueError(f"validation fold {validation} is the test fold: it must be one of the training folds")
-    return base / "validation" / f"fold{int(fold)}-val{int(validation)}"
+    return base / "validation" / f"fold{int(fold)}-val{int(validation)}{tail}"
+
+
+def parse_run_name(name: str) -> tuple[int, int] | None:
+    """``(fold, seed)`` of a test run's folder name (:func:`run_dir`), or None for any other name.
+
+    Example: ``parse_run_name("fold1")`` -> ``(1, 0)``; ``"fold1-seed2"`` -> ``(1, 2)``; ``"fold0-val4"`` -> None.
+    """
+    match = re.fullmatch(r"fold(\d+)(?:-seed(\d+))?", name)
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
 
 
 def fold_count(cfg: dict[str, Any]) -> int:
@@ -126,4 +140,16 @@ def validation_fold(cfg: dict[str, Any]) -> int | None:
 def run_folder(cfg: dict[str, Any], strategy: str | None = None) -> Path:
     """The run folder of a resolved config (its dataset, ``strategy`` or its own, fold, run root and split)."""
     return run_dir(cfg["dataset"], strategy or cfg["strategy"], int(cfg["fold"]), cfg["run_root"],
-                   validation_fold(cfg))
+                   validation_fold(cfg), int(cfg["seed"]))
+
+
+def init_run_folder(cfg: dict[str, Any]) -> Path | None:
+    """The run folder a DPO/GRPO run starts from (``init_from``), or None: that strategy's seed-0 run of the
+    same dataset, fold and split, under ``init_root`` (empty: this run's own run root).
+
+    Example: ``init_from: sft`` for ``dpo`` fold 0, seed 2 -> ``<run_root>/toy/sft/fold0``: every seed of an
+    on-policy strategy starts from the same SFT model.
+    """
+    if not cfg.get("init_from"):
+        return None
+    return run_folder({**cfg, "seed": 0, "run_root": cfg.get("init_root") or cfg["run_root"]}, cfg["init_from"])

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ambinb import files, labels, metrics, results  # noqa: E402
+from ambinb import files, labels, learning, metrics, results  # noqa: E402
 
 
 def label_overview(df: pd.DataFrame, ambiguous_max_p: float = metrics.AMBIGUOUS_MAX_P) -> plt.Figure:
@@ -120,6 +120,31 @@ def training_curves(history: list[dict], keys: tuple[str, ...] = ("loss", "ce", 
             smooth = pd.Series(values).rolling(window, min_periods=1).mean()
             ax.plot(steps, smooth, lw=1.6, color="tab:blue")
         ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def sampled_curve(history: list[dict], keys: tuple[tuple[str, bool], ...]) -> plt.Figure:
+    """What the policy samples, step by step: one panel per ``(key, higher_is_better)``, the raw values faint,
+    a moving average over a tenth of the steps bold, the first and last fifth shaded, and the change between
+    their means in the title (:func:`ambinb.learning.trend`), which says whether the samples improved."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.0), squeeze=False)
+    for ax, (key, higher) in zip(axes[0], keys):
+        rows = [row for row in history if key in row and np.isfinite(row[key])]
+        steps = np.array([row["step"] for row in rows])
+        series = learning.values(rows, key)
+        tr = learning.trend(rows, key, higher)
+        if series.size:
+            ax.plot(steps, series, lw=0.7, alpha=0.35, color="tab:blue")
+            ax.plot(steps, learning.smooth(series, max(2, series.size // 10)), lw=1.8, color="tab:blue")
+            n = max(1, series.size // 5)
+            for part, value in ((steps[:n], tr.first), (steps[-n:], tr.last)):
+                ax.axvspan(part[0], part[-1], color="tab:orange", alpha=0.12)
+                ax.hlines(value, part[0], part[-1], color="tab:orange", lw=2)
+        ax.set_title(f"{key}: {tr.first:.3f} -> {tr.last:.3f} ({tr.change:+.3f})\n"
+                     f"{'higher' if higher else 'lower'} is better; {'improved' if tr.improved else 'not improved'}",
+                     fontsize=9)
         ax.set_xlabel("step")
     fig.tight_layout()
     return fig

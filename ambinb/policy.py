@@ -34,6 +34,7 @@ from ambinb import config, engine, lm, metrics, prompt, readout
 from ambinb.examples import Example
 
 ANSWER_CE = config.RULES["answer_ce"].allowed()  # soft, majority, none
+ANSWER_ACTIONS = config.RULES["answer_action"].allowed()  # any_class, written
 
 
 def check_answer_ce(value: str) -> str:
@@ -45,6 +46,15 @@ def check_answer_ce(value: str) -> str:
     if value not in ANSWER_CE:
         raise ValueError(f"answer_ce={value!r}: choose one of {ANSWER_CE}")
     return value
+
+
+def answer_col(ids: list[int], slot: int, first_ids: set[int]) -> int | None:
+    """The column of a completion's answer slot when a class name stands there (its first token is one of
+    ``first_ids``), else None (no answer tag, or something else written after it).
+
+    Example: ids ``[.., <answer>, anger, </answer>]`` with the slot at 7 and anger's id in ``first_ids`` -> 7.
+    """
+    return slot if slot < len(ids) and ids[slot] in first_ids else None
 
 
 def completion_mask(completion: prompt.CompletionIds, answer_ce: str) -> list[int]:
@@ -102,8 +112,8 @@ def slot_class_log_likelihoods(model: Any, hidden: torch.Tensor, examples: Seque
 
 def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
                         audio: list[torch.Tensor], pad_id: int, group_size: int = 1, chunk: int = 0,
-                        scored: list[list[int]] | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                        scored: list[list[int]] | None = None, answer_cols: list[int | None] | None = None,
+                        answer_ids: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-probability of every completion token given its prompt (with audio) and the tokens before it:
     the one per-token log-prob path of every strategy (SFT's CE, DPO's Eq. 5, GRPO's Eq. 7).
 
@@ -122,6 +132,10 @@ def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[
         chunk: completion positions per head application (0 = all at once).
         scored: per completion, 1 for the tokens that need a log-prob (SFT's :func:`completion_mask`);
             None scores every token. The head runs at the scored positions only.
+        answer_cols: per completion, the column of the class name at its answer slot (:func:`answer_col`)
+            or None; there the log-prob is that of writing *any* of ``answer_ids``,
+            ``log sum_c p(c)`` (``answer_action: any_class``), not of the written name.
+        answer_ids: the class names' first token ids.
 
     Returns:
         ``(logps (N, W), mask (N, W), hidden)``: W the longest completion, ``logps[i, t]`` the log-prob
@@ -139,12 +153,26 @@ def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[
         targets.extend(c[t] for t in keep)
     h, hidden = lm.completion_states(model, prompts, completions, audio, pad_id, rows, cols, group_size)
     flat = lm.token_logprobs(model, h, torch.tensor(targets, device=device), chunk)
+    if answer_cols is not None:
+        flat = _any_class(model, h, flat, rows, cols, answer_cols, answer_ids or [])
     rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
     width = max(len(c) for c in completions)
     logps = torch.zeros((len(completions), width), dtype=flat.dtype, device=device).index_put((rows_t, cols_t), flat)
     mask = torch.zeros((len(completions), width), dtype=torch.float32, device=device)
     mask[rows_t, cols_t] = 1.0
     return logps, mask, hidden
+
+
+def _any_class(model: Any, h: torch.Tensor, flat: torch.Tensor, rows: list[int], cols: list[int],
+               answer_cols: list[int | None], answer_ids: list[int]) -> torch.Tensor:
+    """``flat`` with the log-prob at each row's answer column replaced by ``log sum_c p(c)`` over ``answer_ids``."""
+    at = [j for j, (i, t) in enumerate(zip(rows, cols)) if answer_cols[i] is not None and t == answer_cols[i]]
+    if not at:
+        return flat
+    index = torch.tensor(at, device=flat.device)
+    logp = torch.log_softmax(lm.head_logits(model, h[index], float32=True), dim=-1)
+    mass = torch.logsumexp(logp[:, torch.tensor(answer_ids, device=flat.device)], dim=-1)
+    return flat.index_put((index,), mass)
 
 
 def _check_rows(prompts: list[list[int]], completions: list[list[int]], audio: list[torch.Tensor],

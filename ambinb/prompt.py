@@ -4,15 +4,17 @@ One user turn holds the audio (``<|audio_bos|><|AUDIO|><|audio_eos|>`` through t
 template, exactly as Qwen2-Audio-7B-Instruct renders it), the transcript, the class list and the
 instructions; the assistant turn is the completion that :mod:`ambinb.cot` defines. Two presets:
 
-* ``ambinb``: ``<think>`` with a Keywords line and the three steps, then ``<answer>class</answer>``.
+* ``ambinb``: ``<think>`` with a Keywords line and the three steps, then ``<answer> class</answer>``.
 * ``audio_reasoner``: Audio-Reasoner's own ``<THINK>``/``<RESPONSE>`` style, so that checkpoint is
   evaluated as a baseline in the format it was trained on; the readout slot follows ``<RESPONSE>``.
 
-Tokenisation is by segments, and every caller uses the functions here so that training, rollouts
-and the readout see the same ids: the prompt (the chat text with ``<|AUDIO|>`` expanded to the
-utterance's audio-token count, as ``Qwen2AudioProcessor`` does), then ``answer_prefix(think)``,
-then the class name, then the closing tag and ``<|im_end|>``, each tokenised on its own. (Qwen's
-pre-tokeniser would otherwise glue ``>`` to the class name: ``">anger"`` is one pre-token.)
+Every caller uses the functions here so that training, rollouts and the readout see the same ids:
+the prompt (the chat text with ``<|AUDIO|>`` expanded to the utterance's audio-token count, as
+``Qwen2AudioProcessor`` does), then the completion ``render_output(think, answer) + <|im_end|>``
+tokenised as the one text the model writes. The class name stands after a space
+(:func:`ambinb.cot.slot_text`), so the answer tag's ``>`` ends a pre-token and the completion's ids
+split at the slot exactly as ``answer_prefix(think)`` and the name tokenised on their own:
+:func:`completion_ids` checks it, and :func:`class_ids` scores the names as they stand there.
 
 Example (tiny model, 2 s clip): ``prompt_ids`` -> ``[<|im_start|>, system, ..., <|audio_bos|>,
 <|AUDIO|> x 50, <|audio_eos|>, ..., <|im_start|>, assistant, \\n]``.
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb.cot import AUDIO_ASPECTS, OutputFormat, answer_prefix, get_format
+from ambinb.cot import AMBINB, AUDIO_ASPECTS, OutputFormat, answer_prefix, get_format, render_output, slot_text
 
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
@@ -34,8 +36,8 @@ ENDOFTEXT = "<|endoftext|>"
 _INSTRUCTIONS = {
     "ambinb": (
         "Which emotion does the speaker express? Reason inside {think_open} {think_close}: Keywords, Step 1 "
-        "(text), Step 2 (audio: " + ", ".join(AUDIO_ASPECTS) + "), Step 3 (synthesis). Then answer with one class "
-        "inside {answer_open} {answer_close}."
+        "(text), Step 2 (audio: " + ", ".join(AUDIO_ASPECTS) + "), Step 3 (synthesis). Then answer with one class, "
+        "written as {answer}."
     ),
     "audio_reasoner": (
         "What emotion does the speaker express in this audio? Choose one of the listed classes and give "
@@ -60,7 +62,7 @@ def user_text(transcript: str, classes: list[str], preset: str = "ambinb", utt_i
         raise PromptError(f"{utt_id or '?'}: need at least two class names, got {classes}")
     fmt = get_format(preset)
     instructions = _INSTRUCTIONS[preset].format(think_open=fmt.think_open, think_close=fmt.think_close,
-                                                answer_open=fmt.answer_open, answer_close=fmt.answer_close)
+                                                answer=render_output("", "class", fmt))
     return (f'Transcript: "{str(transcript).strip()}"\n'
             f"Classes: {', '.join(classes)}\n"
             f"{instructions}")
@@ -95,13 +97,37 @@ def prompt_ids(tokenizer: Any, text: str, n_audio: int) -> list[int]:
     return segment_ids(tokenizer, text.replace(audio_mod.AUDIO_TOKEN, audio_mod.AUDIO_TOKEN * int(n_audio)))
 
 
-def class_ids(tokenizer: Any, classes: list[str]) -> list[list[int]]:
-    """Each class name's ids as it is scored at the answer slot (tokenised on its own)."""
-    out = [segment_ids(tokenizer, c) for c in classes]
-    empty = [c for c, ids in zip(classes, out) if not ids]
+def class_ids(tokenizer: Any, classes: list[str], fmt: OutputFormat | str = AMBINB) -> list[list[int]]:
+    """Each class name's ids as it is scored at the answer slot: the ids the name has in a complete
+    answer (:func:`completion_ids` without a think block, which checks that they are the ids of
+    ``slot_text(name)`` on its own). A name of several tokens keeps them all: the read-out scores it whole.
+
+    Example (the real vocabulary): ``class_ids(tok, ["sadness", "Disgust"])`` -> ``[[50878], [4093, 70, 590]]``
+    (``Ġsadness``; ``ĠDis``, ``g``, ``ust``).
+
+    Raises:
+        PromptError: an empty name, or one whose ids cross the slot's boundaries.
+    """
+    empty = [c for c in classes if not c.strip()]
     if empty:
-        raise PromptError(f"class names {empty} tokenise to nothing")
+        raise PromptError(f"class names {empty} are empty")
+    out = []
+    for c in classes:
+        answer = completion_ids(tokenizer, "", c, fmt)
+        out.append(answer.ids[answer.slot: answer.slot + answer.answer_len])
     return out
+
+
+def suppressed_ids(tokenizer: Any, head_rows: int) -> list[int]:
+    """The ids a completion never holds, masked out of every sampling step: ``<|AUDIO|>``,
+    ``<|audio_bos|>``, ``<|audio_eos|>`` (a sampled audio token would break the next forward), and the
+    head's rows past the tokenizer, ``len(tokenizer)`` to ``head_rows - 1``, which are no token at all.
+
+    Example: Qwen2-Audio-7B's head has 156,032 rows and its tokenizer 151,649 ids -> the three audio
+    ids (151646..151648) and 151649..156031.
+    """
+    audio = [int(i) for i in tokenizer.convert_tokens_to_ids(list(audio_mod.AUDIO_SPECIAL_TOKENS))]
+    return audio + list(range(len(tokenizer), int(head_rows)))
 
 
 def eos_ids(tokenizer: Any) -> list[int]:
@@ -121,16 +147,30 @@ class CompletionIds:
 
 def completion_ids(tokenizer: Any, think: str, answer: str, fmt: OutputFormat | str = "ambinb",
                    close: bool = True) -> CompletionIds:
-    """Ids of ``answer_prefix(think) + answer + answer_close + <|im_end|>``, by segments.
+    """Ids of the completion ``render_output(think, answer) + <|im_end|>`` (without the close tag and
+    ``<|im_end|>`` when not ``close``), tokenised as the one text the model writes.
 
-    Example: ``completion_ids(tok, "<think>...</think>", "anger")`` -> ids whose ``slot`` points at
-    the ids of ``"anger"``; the readout at that slot scores the class names.
+    Its first ``slot`` ids are those of ``answer_prefix(think)`` alone and the next ``answer_len``
+    those of ``slot_text(answer)`` alone, so the read-out after the prefix scores the name as the
+    model writes it.
+
+    Example: ``completion_ids(tok, "<think>...</think>", "anger")`` -> ids ``[.., </, think, >\\n, <, answer,
+    >, Ġanger, </, answer, >, <|im_end|>]`` (real vocabulary) with ``slot`` at ``Ġanger``, ``answer_len`` 1.
+
+    Raises:
+        PromptError: the whole text's ids do not split there (a name whose last character merges with
+            the close tag, e.g. ``"other."``: ``.</`` is one pre-token).
     """
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
     prefix = segment_ids(tokenizer, answer_prefix(think, fmt))
-    name = segment_ids(tokenizer, answer)
-    tail = segment_ids(tokenizer, fmt.answer_close) + [int(tokenizer.convert_tokens_to_ids(IM_END))] if close else []
-    return CompletionIds(prefix + name + tail, len(prefix), len(name))
+    name = segment_ids(tokenizer, slot_text(answer))
+    text = render_output(think, answer, fmt) + IM_END if close else answer_prefix(think, fmt) + slot_text(answer)
+    ids = segment_ids(tokenizer, text)
+    if ids[: len(prefix)] != prefix or ids[len(prefix): len(prefix) + len(name)] != name:
+        raise PromptError(f"class name {answer!r}: the completion {text[-60:]!r} does not tokenise into the "
+                          f"answer prefix, then {slot_text(answer)!r} on its own; choose a name that ends in "
+                          "a letter or digit")
+    return CompletionIds(ids, len(prefix), len(name))
 
 
 @dataclass

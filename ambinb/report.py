@@ -87,7 +87,7 @@ def sweep_work(spec: dict[str, Any], runs: list[sweep.Run], workers: int | None)
         sweep.run_sweep(runs, workers=workers or int(spec.get("workers") or 1),
                         threads_per_run=spec.get("threads_per_run"))
         print(sweep.status_table(runs))
-        return {"runs": [{"run": f"{r.dataset}/{r.strategy}/fold{r.fold}", "status": r.status,
+        return {"runs": [{"run": r.label, "status": r.status,
                           "seconds": round(r.seconds, 1)} for r in runs]}
     return work
 

@@ -8,18 +8,18 @@ The shared path (:func:`generate_group`), per batch of B utterances:
    (:func:`ambinb.lm.shared_prefill`); the KV cache, the attention mask and the last logits are then
    repeated K times (``Cache.batch_repeat_interleave``), so the prompt (audio positions included) is
    never recomputed per sample;
-3. decoding: B*K rows step by step with the three audio special tokens masked out of the logits
-   (a sampled ``<|AUDIO|>`` would break the next forward), temperature / top-p sampling from one
-   seeded ``torch.Generator`` (or greedy), until the answer close tag, ``<|im_end|>``/``<|endoftext|>``
-   or ``max_new_tokens``. The close tag is found on token ids (:mod:`ambinb.stopping`: one table
-   lookup per row and step, on the device), the generated ids stay on the device, and each step
-   makes one host sync (which rows finished). Two loops (``rollout_decode``): ``dynamic`` drops
-   finished rows from the batch and the KV cache; ``static`` keeps every row in a preallocated
-   ``StaticCache`` (finished rows are fed along, never sampled), which ``compiled`` runs through
-   ``torch.compile`` (CUDA graphs on a GPU). All give the same tokens on the CPU (tests). LoRA
-   adapters are merged into the weights while sampling (``rollout_merge_lora``;
-   :func:`ambinb.merge.merged_lora` restores the exact base weights after). ``timings`` reports
-   seconds per phase of the loop (:class:`PhaseClock`), for profiling;
+3. decoding: B*K rows step by step with :func:`ambinb.prompt.suppressed_ids` masked out of the
+   logits (the three audio special tokens, and the head's rows past the tokenizer, which are no
+   token), temperature / top-p sampling from one seeded ``torch.Generator`` (or greedy), until the
+   answer close tag, ``<|im_end|>``/``<|endoftext|>`` or ``max_new_tokens``. The close tag is found
+   on token ids (:mod:`ambinb.stopping`: one table lookup per row and step, on the device), the
+   generated ids stay on the device, and each step makes one host sync (which rows finished). Two
+   loops (``rollout_decode``): ``dynamic`` drops finished rows from the batch and the KV cache;
+   ``static`` keeps every row in a preallocated ``StaticCache`` (finished rows are fed along, never
+   sampled), which ``compiled`` runs through ``torch.compile`` (CUDA graphs on a GPU). All give the
+   same tokens on the CPU (tests). LoRA adapters are merged into the weights while sampling
+   (``rollout_merge_lora``; :func:`ambinb.merge.merged_lora` restores the exact base weights after).
+   ``timings`` reports seconds per phase of the loop (:class:`PhaseClock`), for profiling;
 4. readout (:func:`rollout`, :func:`read_trajectories`): p_hat for every trajectory at the slot
    right after the answer tag *the model generated*; a trajectory without one gets the tag appended
    to its text (``answer_prefix(think)``) and is read out there, with ``answer_found = False``.
@@ -63,6 +63,13 @@ class Trajectory:
     format_ok: bool             # PAPER.md's format check on ``text``
     stop: str                   # "answer_close", "eos" or "budget"
 
+    @property
+    def reasoning_len(self) -> int:
+        """How many of ``token_ids`` come before the answer slot: through the model's own answer tag, or
+        all of them when it wrote none (the read-out tag was appended). Example: ``<think>..</think>``
+        ``<answer>`` ``anger`` ``</answer>`` as 40 + 3 + 1 + 3 ids -> 43."""
+        return len(self.readout_ids) if self.answer_found else len(self.token_ids)
+
 
 @dataclass
 class GroupRollout:
@@ -75,11 +82,6 @@ class GroupRollout:
 
     def flat(self) -> list[Trajectory]:
         return [t for group in self.trajectories for t in group]
-
-
-def suppressed_ids(tokenizer: Any) -> list[int]:
-    """The ids that are never sampled: ``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``."""
-    return [int(i) for i in tokenizer.convert_tokens_to_ids(list(audio_mod.AUDIO_SPECIAL_TOKENS))]
 
 
 DECODES = ("dynamic", "static", "compiled")
@@ -262,7 +264,7 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
     n_rows = len(encoded) * k
     automaton = stopping.tag_automaton(tokenizer, fmt.answer_close).to(device, logits.shape[-1])
     eos = torch.tensor(prompt.eos_ids(tokenizer), device=device)
-    suppress = torch.tensor(suppressed_ids(tokenizer), device=device)
+    suppress = torch.tensor(prompt.suppressed_ids(tokenizer, logits.shape[-1]), device=device)
     kept = score_ids is not None
     rows = _Rows(torch.zeros((n_rows, max_new_tokens), dtype=torch.long, device=device),
                  torch.zeros(n_rows, dtype=torch.long, device=device), torch.arange(n_rows, device=device),
@@ -350,7 +352,7 @@ def rollout(model: Any, processor: Any, encoded: list[prompt.Encoded], classes: 
     tok = processor.tokenizer
     fmt = cot.get_format(cfg["prompt_preset"])
     k = int(cfg["rollout_k"] if k is None else k)
-    class_ids = prompt.class_ids(tok, classes)
+    class_ids = prompt.class_ids(tok, classes, fmt)
     score_ids = [ids[0] for ids in class_ids] if slot_scores_exact(model, class_ids) else None
     scores: list[torch.Tensor] = []  # filled by the HF loop when score_ids is given
     if generator is None:
@@ -420,6 +422,7 @@ def generate_naive(model: Any, processor: Any, texts: list[str], waves: list[Any
     (the encoder and the prompt prefill run K times). Same suppression and stopping rules."""
     tok = processor.tokenizer
     device = lm.device_of(model)
+    suppress = prompt.suppressed_ids(tok, lm.head(model).weight.shape[0])
     out = []
     for text, wave in zip(texts, waves):
         inputs = processor(text=[text], audio=[wave], sampling_rate=audio_mod.SAMPLE_RATE, return_tensors="pt")
@@ -429,7 +432,7 @@ def generate_naive(model: Any, processor: Any, texts: list[str], waves: list[Any
             torch.manual_seed(seed + j)
             gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=not greedy,
                                  temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
-                                 top_k=None, suppress_tokens=suppressed_ids(tok), eos_token_id=prompt.eos_ids(tok),
+                                 top_k=None, suppress_tokens=suppress, eos_token_id=prompt.eos_ids(tok),
                                  pad_token_id=tok.pad_token_id, stop_strings=[cot.AMBINB.answer_close],
                                  tokenizer=tok)
             group.append(gen[0, inputs["input_ids"].shape[1]:].tolist())

@@ -25,10 +25,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ambinb import audio, curation, engine, evaluate, labels, results, strategies
+from ambinb import audio, curation, engine, evaluate, labels, results, runlock, strategies
 from ambinb import model as model_mod
 from ambinb.examples import build_examples
-from ambinb.paths import run_folder
+from ambinb.paths import init_run_folder, run_folder
 
 
 def check_notebook(cfg: dict[str, Any], notebook: str) -> None:
@@ -64,6 +64,30 @@ def training_cots(cfg: dict[str, Any], df: pd.DataFrame, train_df: pd.DataFrame)
     return {u: c for u, c in curation.accepted_cots(cfg).items() if u in wanted}
 
 
+def init_folder(cfg: dict[str, Any]) -> Path | None:
+    """The ``adapter/`` of the run ``init_from`` names (:func:`ambinb.paths.init_run_folder`), or None.
+
+    Raises:
+        FileNotFoundError: that run has not finished (run it first; a sweep runs it first).
+    """
+    folder = init_run_folder(cfg)
+    if folder is None:
+        return None
+    if not results.is_finished(folder) or not (folder / "adapter").exists():
+        raise FileNotFoundError(f"init_from={cfg['init_from']!r}: {folder} holds no finished {cfg['init_from']} run "
+                                f"with an adapter/; run {cfg['init_from']} for this fold and split first")
+    return folder / "adapter"
+
+
+def trainable_start(cfg: dict[str, Any], model: Any) -> Any:
+    """The policy before training: the loaded model, with the ``init_from`` run's weights folded in when the
+    reference is that starting point (``reference: init``), then made trainable (LoRA or full)."""
+    source = init_folder(cfg)
+    if source is not None and cfg["reference"] == "init":
+        model = model_mod.fold_in(model, source)
+    return model_mod.prepare_trainable(model, cfg)
+
+
 def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train ``cfg["strategy"]`` on the fold's training rows and evaluate it, into ``run_folder(cfg)``.
 
@@ -75,8 +99,12 @@ def run(cfg: dict[str, Any], progress: bool = True, stop_at: int | None = None) 
 
     Returns:
         What :func:`train_and_evaluate` returns.
+
+    Raises:
+        RunningElsewhere: another process holds the run folder (:mod:`ambinb.runlock`).
     """
-    return train_and_evaluate(cfg, strategies.strategy_class(str(cfg["strategy"])), progress, stop_at)
+    with runlock.hold_run(run_folder(cfg)):  # one writer per run folder (a second raises RunningElsewhere)
+        return train_and_evaluate(cfg, strategies.strategy_class(str(cfg["strategy"])), progress, stop_at)
 
 
 def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy], progress: bool = True,
@@ -99,10 +127,12 @@ def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy],
         train_df, test_df = labels.split_for_run(df, cfg)
         cots = training_cots(cfg, df, train_df)
         model, processor = model_mod.load_model(cfg)
-    model = model_mod.prepare_trainable(model, cfg)
+    model = trainable_start(cfg, model)
     cache = audio.feature_cache(model, processor, cfg)
     examples = build_examples(train_df, cots, processor, cache, cfg, progress)
     strategy = strategy_cls.build(model, processor, examples, labels.class_names(train_df), cfg)
+    if cfg["reference"] == "base" and init_folder(cfg) is not None:  # the reference is taken: the base model
+        model_mod.load_into(model, init_folder(cfg))
     tc = engine.TrainConfig.from_cfg(cfg)
     history = engine.train(model, strategy, tc, out, accelerator, resume=bool(cfg["resume"]),
                            progress=progress and accelerator.is_main_process, stop_at=stop_at)
@@ -110,7 +140,8 @@ def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy],
     stopped = stop_at is not None and len(history) < tc.total_steps(len(examples))
     if stopped or not accelerator.is_main_process:
         return {**info, "metrics": None}
-    model_mod.save_trained(model, processor, out / "adapter")
+    folded = init_folder(cfg) if cfg["reference"] == "init" else None
+    model_mod.save_trained(model, processor, out / "adapter", folded)
     model.eval()
     prior = results.prior_distribution(labels.p_matrix(train_df))
     train_seconds = time.time() - start

@@ -18,6 +18,12 @@ rerun finishes the rest and loses nothing; a failing run is reported and the oth
 finished run whose recorded parameters differ from what the sweep asks now is still skipped (it is
 never overwritten), but marked ``stale`` with the keys that differ: delete its folder, or give the
 sweep its own ``run_root``, to run it again.
+
+Each run is made while its worker holds the run folder's lock (:mod:`ambinb.runlock`). A notebook's
+kernel runs under its worker's lock. Two sweeps on one run root (or a sweep and a hand-run notebook)
+therefore share the runs instead of training one twice. A run another process holds is skipped
+(``running elsewhere``), and a run it finished meanwhile is not run again (``done elsewhere``).
+Neither counts as a failure.
 """
 
 from __future__ import annotations
@@ -35,12 +41,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from ambinb import config, notebook, parameters, results
-from ambinb.paths import is_path_name, resolve_path, run_folder
+from ambinb import config, notebook, parameters, results, runlock
+from ambinb.paths import init_run_folder, is_path_name, resolve_path, run_folder
 from ambinb.progress import bar as progress_bar
 
-SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "workers", "run_root", "overrides",
-              "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
+SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "seeds", "strategy_seeds", "workers", "run_root",
+              "overrides", "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
 # recorded parameters that say where or how a run was launched, not what it computed
 LAUNCH_KEYS = {"run_root", "layers", "description", "runner", "device"}  # device: each process records its own
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -48,7 +54,7 @@ EXECUTORS = ("local", "slurm", "submitit-local")
 
 @dataclass
 class Run:
-    """One (dataset, strategy, fold) of a sweep."""
+    """One (dataset, strategy, fold, seed) of a sweep; the seed, when the sweep sets one, is in ``overrides``."""
 
     dataset: str
     strategy: str
@@ -66,8 +72,18 @@ class Run:
 
     @property
     def label(self) -> str:
-        """``dataset/strategy/fold<k>`` (``/<variant>`` when there is one), as the terminal shows a run."""
-        return f"{self.dataset}/{self.strategy}/fold{self.fold}" + (f"/{self.variant}" if self.variant else "")
+        """``dataset/strategy/fold<k>`` (``fold1-seed2`` for seed 2; ``/<variant>`` when there is one), as the
+        terminal shows a run."""
+        seed = f"-seed{self.seed}" if self.seed else ""
+        return f"{self.dataset}/{self.strategy}/fold{self.fold}{seed}" + (f"/{self.variant}" if self.variant else "")
+
+    @property
+    def seed(self) -> int:
+        return int(self.overrides.get("seed", 0))
+
+    def needs(self) -> Path | None:
+        """The run folder this run starts from (``init_from``: that strategy's seed-0 run of the same fold), or None."""
+        return init_run_folder(self.config())
 
     def config(self) -> dict[str, Any]:
         return config.resolve(dataset=self.dataset, strategy=self.strategy, fold=self.fold,
@@ -108,9 +124,15 @@ def _check_counts(spec: dict[str, Any], path: Path) -> None:
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    bad = [f for f in spec["folds"] if not is_int(f) or f < 0]
-    if bad:
-        raise config.ConfigError(f"{path}: 'folds' must list non-negative integers, got {bad}")
+    lists = {"folds": spec["folds"], "seeds": spec.get("seeds", [0]),
+             **{f"strategy_seeds.{k}": v for k, v in (spec.get("strategy_seeds") or {}).items()}}
+    for key, values in lists.items():
+        bad = values if not isinstance(values, list) or not values else [v for v in values if not is_int(v) or v < 0]
+        if bad:
+            raise config.ConfigError(f"{path}: '{key}' must list non-negative integers, got {bad}")
+    extra = sorted(set(spec.get("strategy_seeds") or {}) - set(spec["strategies"]))
+    if extra:
+        raise config.ConfigError(f"{path}: strategy_seeds names {extra}, which the sweep does not run")
     for key in ("workers", "threads_per_run"):
         if spec.get(key) is not None and (not is_int(spec[key]) or spec[key] < 1):
             raise config.ConfigError(f"{path}: '{key}' must be an integer >= 1, got {spec[key]!r}")
@@ -148,6 +170,13 @@ def run_overrides(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
     return {**(spec.get("overrides") or {}), **((spec.get("strategy_overrides") or {}).get(strategy) or {})}
 
 
+def seed_overrides(spec: dict[str, Any], strategy: str) -> list[dict[str, int]]:
+    """One override per seed a strategy runs with: ``strategy_seeds[strategy]``, else ``seeds``, else none
+    (the params' seed). Example: ``seeds: [0, 1]`` -> ``[{"seed": 0}, {"seed": 1}]``; neither key -> ``[{}]``."""
+    seeds = (spec.get("strategy_seeds") or {}).get(strategy, spec.get("seeds"))
+    return [{"seed": int(s)} for s in seeds] if seeds else [{}]
+
+
 def stale_keys(run: Run) -> list[str]:
     """Keys whose value in a finished run's ``params.json`` differs from what the sweep resolves now."""
     path = run.folder / results.PARAMS_FILE
@@ -167,9 +196,10 @@ def expand(spec: dict[str, Any], run_root: str | None = None) -> list[Run]:
     """
     root = run_root or spec.get("run_root") or config.resolve()["run_root"]
     variants = spec.get("variants") or {"": {}}
-    runs = [Run(d, s, int(f), str(Path(root) / v) if v else str(root), {**run_overrides(spec, s), **extra}, v)
+    runs = [Run(d, s, int(f), str(Path(root) / v) if v else str(root), {**run_overrides(spec, s), **extra, **seed}, v)
             for v, extra in variants.items()
-            for d in spec["datasets"] for s in spec["strategies"] for f in spec["folds"]]
+            for d in spec["datasets"] for s in spec["strategies"] for f in spec["folds"]
+            for seed in seed_overrides(spec, s)]
     for run in runs:
         try:
             runner = run.config()["runner"]
@@ -204,10 +234,32 @@ def limit_threads(threads: int) -> None:
 
 
 def execute_run(run: Run, threads: int | None = None) -> Run:
-    """Run one (dataset, strategy, fold); never raises: the error lands in ``run.error``."""
+    """Run one (dataset, strategy, fold) holding its run folder; never raises: the error lands in ``run.error``.
+
+    A run folder that another process holds (another sweep, a notebook) is left to it: ``running
+    elsewhere``, with the line ``toy/sft/fold0 is running in process 4242; skipped``. One that another
+    process finished while this sweep got to it is ``done elsewhere``, and is not run again.
+    """
     start = time.time()
     if threads:
         limit_threads(threads)
+    before = runlock.last_holder(run.folder)  # who finished it, should it be finished once held
+    try:
+        with runlock.hold(run.folder):  # its runner and its notebook's kernel run under this lock
+            _execute_held(run, before)
+    except runlock.RunningElsewhere as err:
+        run.status, run.error = "running elsewhere", f"in process {err.pid}"
+        print(f"{run.label} is running in process {err.pid}; skipped", flush=True)
+    run.seconds = time.time() - start
+    return run
+
+
+def _execute_held(run: Run, finisher: int | None) -> None:
+    """The body of :func:`execute_run`, once the run folder is held (``finisher``: its holder before)."""
+    if results.is_finished(run.folder):
+        run.status, run.error = "done elsewhere", f"by process {finisher}"
+        print(f"{run.label} was finished by process {finisher} meanwhile; skipped", flush=True)
+        return
     try:
         runner = run.config()["runner"]
         if ":" in runner:
@@ -223,8 +275,6 @@ def execute_run(run: Run, threads: int | None = None) -> Run:
         log = run.folder / "error.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc())
-    run.seconds = time.time() - start
-    return run
 
 
 def first_line(err: BaseException) -> str:
@@ -238,17 +288,25 @@ def first_line(err: BaseException) -> str:
 
 
 def status_table(runs: list[Run]) -> str:
-    """A plain-text table: one line per run with its status, wall time, held-out JS or error."""
+    """A plain-text table: one line per run with its status, wall time, held-out JS or error.
+
+    A run that another process holds shows ``running elsewhere  in process 4242``; one that another
+    process finished meanwhile shows ``done elsewhere`` with its JS and that process.
+    """
     width = max([len(r.variant) for r in runs] + [7]) if any(r.variant for r in runs) else 0
     column = (lambda text: f"{text:<{width}}  ") if width else (lambda text: "")
-    lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  {column('variant')}{'status':<8} {'time':>7}  result"]
+    seeded = any(r.seed for r in runs)
+    seed = (lambda text: f"{text:>4}  ") if seeded else (lambda text: "")
+    status_w = max([len(r.status) for r in runs] + [8])
+    lines = [f"{'dataset':<10} {'strategy':<11} {'fold':>4}  {seed('seed')}{column('variant')}"
+             f"{'status':<{status_w}} {'time':>7}  result"]
     for r in runs:
         result = r.error
-        if r.status in ("done", "skipped", "stale"):
+        if r.status in ("done", "skipped", "stale", "done elsewhere"):
             m = results.read_metrics(r.folder)["metrics"]
             result = f"JS {m['js']:.3f}  BC {m['bc']:.3f}" + (f"  ({r.error})" if r.error else "")
-        lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {column(r.variant)}{r.status:<8} "
-                     f"{r.seconds:>6.0f}s  {result}")
+        lines.append(f"{r.dataset:<10} {r.strategy:<11} {r.fold:>4}  {seed(r.seed)}{column(r.variant)}"
+                     f"{r.status:<{status_w}} {r.seconds:>6.0f}s  {result}")
     return "\n".join(lines)
 
 
@@ -284,21 +342,40 @@ def run_sweep(runs: list[Run], workers: int = 1, executor: str = "local", slurm:
         return _run_submitit(runs, todo, executor, slurm or {})
 
     bar = progress_bar(total=len(todo), desc="sweep", disable=not progress or not todo)
+    waiting = order_by_needs(todo)
     if workers <= 1:
-        for run in todo:
-            bar.set_postfix_str(f"{run.dataset}/{run.strategy}/fold{run.fold}")
+        for run in waiting:
+            bar.set_postfix_str(run.label)
             execute_run(run, threads_per_run)
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(execute_run, run, threads_per_run): i for i, run in enumerate(todo)}
-            for fut in as_completed(futures):
-                done = fut.result()
-                todo[futures[fut]].__dict__.update(done.__dict__)
-                bar.set_postfix_str(f"{done.dataset}/{done.strategy}/fold{done.fold} {done.status}")
+            futures: dict[Any, Run] = {}
+            needs = {id(r): r.needs() for r in waiting}
+            while waiting or futures:
+                busy = {r.folder for r in waiting} | {r.folder for r in futures.values()}
+                ready = [r for r in waiting if needs[id(r)] not in busy - {r.folder}]
+                ready = ready or ([] if futures else waiting[:1])  # a cycle of needs: its runs fail plainly
+                for run in ready[:max(workers - len(futures), 0)]:  # a run waits for the run it starts from
+                    waiting.remove(run)
+                    futures[pool.submit(execute_run, run, threads_per_run)] = run
+                fut = next(as_completed(futures))
+                run = futures.pop(fut)
+                run.__dict__.update(fut.result().__dict__)
+                bar.set_postfix_str(f"{run.label} {run.status}")
                 bar.update()
     bar.close()
     return runs
+
+
+def order_by_needs(todo: list[Run]) -> list[Run]:
+    """The runs in sweep order, except that a run another run starts from (``init_from``) goes first.
+
+    Example: ``[dpo fold0 (init_from: sft), sft fold0]`` -> ``[sft fold0, dpo fold0]``. With several
+    workers, :func:`run_sweep` also holds a run back until the run it needs has finished.
+    """
+    needed = {r.needs() for r in todo} - {None}
+    return [r for r in todo if r.folder in needed] + [r for r in todo if r.folder not in needed]
 
 
 def _run_submitit(runs: list[Run], todo: list[Run], executor: str, slurm: dict[str, Any]) -> list[Run]:

@@ -10,8 +10,9 @@ metrics never depend on the backend). Per call:
    collapsed back to the single placeholder (vLLM's Qwen2-Audio processor expands it again from
    the waveform), ``multi_modal_data={"audio": [(wave, 16000)]}``, and ``SamplingParams(n=K,
    temperature, top_p, max_tokens=max_new_tokens, stop=[answer close tag], stop_token_ids=
-   <|im_end|>/<|endoftext|>)``, the three audio special tokens banned by a -100 logit bias (as
-   the HF path masks them);
+   <|im_end|>/<|endoftext|>)``, :func:`ambinb.prompt.suppressed_ids` (the three audio special
+   tokens and the head's rows that are no token) banned by a -100 logit bias (as the HF path masks
+   them);
 3. every completion's token ids and finish reason become the HF path's ``(ids, stop)`` pair
    (:func:`to_ids_and_stop`), and :func:`ambinb.rollout.rollout` then builds the same
    :class:`~ambinb.rollout.Trajectory` objects (``make_trajectory``) and reads p_hat out with the
@@ -41,11 +42,11 @@ import numpy as np
 import torch
 
 from ambinb import audio as audio_mod
-from ambinb import cot, labels, prompt, standin
+from ambinb import cot, labels, lm, prompt, standin
 
 EXTRA = "pip install 'ambinb[vllm]'"
 BACKENDS = ("hf", "vllm")
-BANNED_BIAS = -100.0  # vLLM's (OpenAI's) lowest logit bias: the audio special tokens are never sampled
+BANNED_BIAS = -100.0  # vLLM's (OpenAI's) lowest logit bias: the suppressed ids are never sampled
 
 # runtime parameter name prefix (transformers 5) -> checkpoint name prefix (what vLLM's load_weights reads)
 _CHECKPOINT_PREFIXES = (("model.language_model.", "language_model.model."),
@@ -194,7 +195,7 @@ class VLLMSampler:
         self.sync(model)
         audio_id = int(tokenizer.convert_tokens_to_ids(audio_mod.AUDIO_TOKEN))
         eos = prompt.eos_ids(tokenizer)
-        banned = tokenizer.convert_tokens_to_ids(list(audio_mod.AUDIO_SPECIAL_TOKENS))
+        banned = prompt.suppressed_ids(tokenizer, lm.head(model).weight.shape[0])
         params = self.sampling_params(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                       stop=[fmt.answer_close], include_stop_str_in_output=True, stop_token_ids=eos,
                                       logit_bias={int(i): BANNED_BIAS for i in banned},

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ambinb import audio as A  # noqa: E402
-from ambinb import config, prompt, readout, rollout, standin  # noqa: E402
+from ambinb import config, lm, prompt, readout, rollout, standin  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import CLASSES, TRANSCRIPTS, sync, waves  # noqa: E402
 
@@ -47,7 +47,8 @@ def time_naive(model, processor, texts, ws, k, max_new, device, batched):
             inputs = processor(text=[text], audio=[w], sampling_rate=A.SAMPLE_RATE, return_tensors="pt").to(device)
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=max_new, do_sample=True, temperature=1.0, top_p=1.0,
-                                     top_k=None, num_return_sequences=k, suppress_tokens=rollout.suppressed_ids(tok),
+                                     top_k=None, num_return_sequences=k,
+                                     suppress_tokens=prompt.suppressed_ids(tok, lm.head(model).weight.shape[0]),
                                      eos_token_id=prompt.eos_ids(tok), pad_token_id=tok.pad_token_id,
                                      stop_strings=["</answer>"], tokenizer=tok)
             gen = out[:, inputs["input_ids"].shape[1]:]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ambinb import cot, lm, prompt, rollout, sampling
+from ambinb import cot, lm, prompt, sampling
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def generate_group(model, tokenizer, encoded, k, max_new_tokens, greedy=False, t
         mask = mask.repeat_interleave(k, dim=0)
         pos = pos.repeat_interleave(k, dim=0)
     n_rows = len(encoded) * k
-    suppress = torch.tensor(rollout.suppressed_ids(tokenizer), device=device)
+    suppress = torch.tensor(prompt.suppressed_ids(tokenizer, logits.shape[-1]), device=device)
     out = [[] for _ in range(n_rows)]
     stop = ["budget"] * n_rows
     active = torch.arange(n_rows, device=device)

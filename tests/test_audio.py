@@ -1,5 +1,6 @@
 """Audio in: wav loading and its bad inputs, mel features and token counts, the feature cache, and
-the one place where audio enters the language model (cached path == transformers' full path)."""
+the one place where audio enters the language model (cached path == transformers' full path), for
+each family (the Qwen2-Audio stand-in and a tiny Qwen2.5-Omni Thinker: ``family_model``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest_model import encode_waves, tiny, tiny_dir, tone
+from conftest_model import encode_waves, family_model, omni, omni_dir, omni_processor, tiny, tiny_dir, tone
 
 from ambinb import audio as A
 from ambinb import lm
+from ambinb.families import qwen2_audio
 
-FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+FIXTURES = (tiny, tiny_dir, family_model, omni, omni_dir, omni_processor)  # conftest_model's, used by name below
 
 # --- waveforms --------------------------------------------------------------------------------
 
@@ -70,8 +72,10 @@ def test_token_count_formula_by_hand():
         A.check_duration(np.zeros(100, dtype=np.float32), "utt_short")
 
 
-def test_mel_features_and_counts_match_the_processor(tiny):
-    _, processor = tiny
+def test_mel_features_and_counts_match_the_processor(family_model):
+    """ambinb's features and placeholder counts are the processor's (Qwen2.5-Omni's pads to 300 s: its
+    first 3,000 frames are ambinb's, padding included)."""
+    _, processor = family_model
     waves = [tone(1.0, 200), tone(2.5, 300)]
     feats, mask = A.mel_features(processor.feature_extractor, waves)
     assert feats.shape == (2, 128, 3000) and mask.shape == (2, 3000)
@@ -80,7 +84,8 @@ def test_mel_features_and_counts_match_the_processor(tiny):
     inputs = processor(text=[text, text], audio=waves, sampling_rate=16_000, return_tensors="pt", padding=True)
     audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     assert (inputs["input_ids"] == audio_id).sum(-1).tolist() == [A.n_audio_tokens(100), A.n_audio_tokens(250)]
-    assert torch.equal(inputs["input_features"], feats)
+    assert torch.equal(inputs["input_features"][..., : A.N_FRAMES], feats)
+    assert torch.equal(inputs["feature_attention_mask"][..., : A.N_FRAMES], mask)
 
 
 def test_compact_mel_round_trip_is_exact(tiny):
@@ -101,22 +106,27 @@ class _TowerCounter:
     def __init__(self, model):
         self.rows = 0
         # conv1 is the first module of every tower path (the encoder's own forward and the windowed one)
-        self.handle = lm.core(model).audio_tower.conv1.register_forward_hook(self._hook)
+        self.handle = lm.audio_tower(model).conv1.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         self.rows += int(args[0].shape[0])
 
 
-def test_cached_features_equal_the_full_path(tiny):
-    model, processor = tiny
+def test_cached_features_equal_the_full_path(family_model):
+    """The model's own forward on the processor's inputs (its tower, merge and positions; Qwen2.5-Omni's
+    processor pads on the left, 300 s of features, a clip of more than one 2 s chunk) == ambinb's path
+    (the cached tower outputs, lm.merge_audio, positions counted from each row's first token)."""
+    model, processor = family_model
     waves = [tone(1.2, 180), tone(2.3, 330)]
     texts = ["<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nHow does this sound?<|im_end|>\n"] * 2
     inputs = processor(text=texts, audio=waves, sampling_rate=16_000, return_tensors="pt", padding=True)
+    mask = inputs["attention_mask"]
     with torch.no_grad():
         full = model(**inputs).logits
         cache = A.AudioFeatureCache(model, processor.feature_extractor)
         feats = cache.features(["a", "b"], waves)
-        cached = lm.head_logits(model, lm.hidden_states(model, inputs["input_ids"], inputs["attention_mask"], feats)[0])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cached = lm.head_logits(model, lm.hidden_states(model, inputs["input_ids"], mask, feats, pos)[0])
     real = inputs["attention_mask"].bool()
     assert torch.allclose(full[real], cached[real], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(feats[0][:5], feats[1][:5])  # two wavs, two different feature sets
@@ -139,7 +149,7 @@ def test_tower_runs_once_per_utterance_and_disk_entries_are_reused(tiny, tmp_pat
     assert counter.rows == 4
     # other tower weights: another hash, another folder
     with torch.no_grad():
-        lm.core(model).audio_tower.layer_norm.bias.add_(0.5)
+        lm.audio_tower(model).layer_norm.bias.add_(0.5)
     changed = A.AudioFeatureCache(model, processor.feature_extractor, cache_dir=tmp_path)
     assert changed.key != cache.key
     changed.features(["a"], [waves[0]])
@@ -147,9 +157,9 @@ def test_tower_runs_once_per_utterance_and_disk_entries_are_reused(tiny, tmp_pat
     counter.handle.remove()
 
 
-def test_trainable_tower_is_not_cached_and_gets_gradients(tiny):
-    model, processor = tiny
-    lm.core(model).audio_tower.requires_grad_(True)
+def test_trainable_tower_is_not_cached_and_gets_gradients(family_model):
+    model, processor = family_model
+    lm.audio_tower(model).requires_grad_(True)
     counter = _TowerCounter(model)
     cache = A.AudioFeatureCache(model, processor.feature_extractor)
     wave = tone(1.0, 300)
@@ -157,7 +167,7 @@ def test_trainable_tower_is_not_cached_and_gets_gradients(tiny):
         feats = cache.features(["a"], [wave])
     assert counter.rows == 2 and len(cache._mel) == 1  # mel computed once, tower run each time
     feats[0].sum().backward()
-    assert lm.core(model).audio_tower.conv1.weight.grad.abs().sum() > 0
+    assert lm.audio_tower(model).conv1.weight.grad.abs().sum() > 0
 
 
 def test_merge_refuses_audio_tokens_without_features(tiny):
@@ -167,13 +177,13 @@ def test_merge_refuses_audio_tokens_without_features(tiny):
     with pytest.raises(ValueError, match="no audio features"):
         lm.merge_audio(model, ids, None)
     with pytest.raises(ValueError, match="row 0: 2 <|AUDIO|> tokens but 3 audio features"):
-        lm.merge_audio(model, ids, [torch.zeros(3, lm.core(model).audio_tower.config.d_model)])
+        lm.merge_audio(model, ids, [torch.zeros(3, lm.audio_tower(model).config.d_model)])
 
 
-def test_audio_positions_of_the_language_model_input_carry_the_projected_features(tiny):
-    model, processor = tiny
+def test_audio_positions_of_the_language_model_input_carry_the_projected_features(family_model):
+    model, processor = family_model
     captured = []
-    text = lm.core(model).language_model
+    text = lm.text_model(model)
     handle = text.register_forward_pre_hook(lambda m, a, kw: captured.append(kw["inputs_embeds"].detach()),
                                           with_kwargs=True)
     waves = [tone(1.0, 200), tone(1.0, 500)]
@@ -181,7 +191,7 @@ def test_audio_positions_of_the_language_model_input_carry_the_projected_feature
     ids = torch.tensor([e.prompt_ids for e in enc])
     with torch.no_grad():
         lm.hidden_states(model, ids, torch.ones_like(ids), [e.audio for e in enc])
-        proj = [lm.core(model).multi_modal_projector(e.audio) for e in enc]
+        proj = [lm.project_audio(model, [e.audio]) for e in enc]
     handle.remove()
     audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     embeds = captured[0]
@@ -249,21 +259,21 @@ def test_windowed_tower_equals_the_encoders_own_forward(tiny):
     model, processor = tiny
     waves = [tone(1.0, 220), tone(2.7, 440), tone(0.3, 180)]
     feats, masks = A.mel_features(processor.feature_extractor, waves)
-    assert A.tower_window(masks) == int(masks.sum(-1).max()) + 4
+    assert qwen2_audio.tower_window(masks) == int(masks.sum(-1).max()) + 4
     with torch.no_grad():
         full = A.run_tower(model, feats, masks, windowed=False)
         short = A.run_tower(model, feats, masks)
     assert [f.shape for f in full] == [s.shape for s in short]
     assert all(torch.allclose(f, s, atol=1e-5) for f, s in zip(full, short))
     whole = torch.ones(1, A.N_FRAMES, dtype=torch.long)
-    assert A.tower_window(whole) == A.N_FRAMES
+    assert qwen2_audio.tower_window(whole) == A.N_FRAMES
 
 
-def test_an_utterances_cached_output_does_not_depend_on_what_it_was_computed_with(tiny, tmp_path):
+def test_an_utterances_cached_output_does_not_depend_on_what_it_was_computed_with(family_model, tmp_path):
     """Computed alongside longer clips or alone, an utterance's tower output is the same to the bit, so
     what a run reads from a cache does not depend on which run, batch or test filled the cache first
     (batched, the padding window moves its float rounding by about 1e-6, and RL runs amplify that)."""
-    model, processor = tiny
+    model, processor = family_model
     waves = [tone(0.8, 220), tone(3.0, 440), tone(1.5, 330)]
     together = A.AudioFeatureCache(model, processor.feature_extractor).features(["a", "b", "c"], waves)
     for i, utt_id in enumerate(["a", "b", "c"]):

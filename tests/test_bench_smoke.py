@@ -27,6 +27,7 @@ COMMANDS = {
     "sft_vs_trl": ["bench/sft_vs_trl.py", "--smoke"],
     "dpo_vs_trl": ["bench/dpo_vs_trl.py", "--smoke", "--modes", "lora"],
     "full_size": ["bench/full_size.py", "--smoke"],
+    "full_size_omni_3b": ["bench/full_size.py", "--smoke", "--model", "qwen2_5_omni_3b"],
     "rollouts": ["bench/rollouts.py", "--k", "2", "--utterances", "1", "--seconds", "1", "--max-new-tokens", "4",
                  "--skip-hf-batched"],
 }
@@ -129,6 +130,85 @@ def test_full_size_smoke_runs_every_section(bench_runs):
     page = benchpage.full_size_table(data)
     assert "TFLOP/s" in page and "largest SFT batch" in page and "Memory floor" in page
     assert benchpage.full_size_keys(data)["grpo_step_s"] == g["step_seconds"]
+    _estimate_beside_the_run(data)
+
+
+def _estimate_beside_the_run(data: dict) -> None:
+    """The smoke run's memory estimate: at its SFT batch's token counts, which the model-free count gives too."""
+    from bench import full_size
+
+    est = data["memory_estimate"]
+    assert est["batch"] == data["settings"]["batch"] and est["total_gib"] > est["fixed_gib"] > 0
+    assert est["measured_peak_gib"] is None  # no CUDA peak on the CPU
+    ckpt = [r for r in data["max_batch"] if r["activation_checkpointing"]]
+    assert est["measured_largest_batch"] == ckpt[0]["largest"]
+    processor = full_size.PROCESSORS[data["spec"]["family"]]()
+    counted = full_size.token_counts(processor, est["batch"], data["settings"]["audio_seconds"],
+                                     data["settings"]["completion_tokens"])
+    assert counted == (est["sequence_tokens"], est["completion_tokens"])  # the tower's audio count, without a tower
+
+
+def test_full_size_smoke_runs_qwen2_5_omni_3b(bench_runs):
+    data = _finished(bench_runs, "full_size_omni_3b")
+    assert data["smoke"] is True and data["model"] == "qwen2_5_omni_3b" and data["spec"]["family"] == "qwen2_5_omni"
+    assert data["spec"]["text"]["vocab_size"] == 151_936 and data["spec"]["text"]["hidden_size"] < 100
+    assert data["parameters"]["other"] > 0  # the vision tower, built (never run)
+    assert data["audio_tokens"] == 25 and data["prompt_tokens"] > 100 and data["completion_tokens"] >= 12
+    assert all(r["ms_per_step"] > 0 for r in data["decode"]) and len(data["sft"]) == 2
+    assert data["grpo"]["rollout_tokens"] > 0 and data["grpo_step_s"] == data["grpo"]["step_seconds"]
+    assert data["sft_mfu"] > 0 and data["decode_floor_ms"] > 0
+    _estimate_beside_the_run(data)
+
+
+def _lora_by_shapes(text: dict, r: int = 8) -> int:
+    """r x (in + out) of q, k, v, o, gate, up, down in every layer."""
+    h, inter = text["hidden_size"], text["intermediate_size"]
+    head_dim = h // text["num_attention_heads"]
+    q, kv = text["num_attention_heads"] * head_dim, text["num_key_value_heads"] * head_dim
+    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + inter) + (inter + h)
+    return r * per_layer * text["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("model", ["qwen2_audio_7b", "qwen2_5_omni_7b", "qwen2_5_omni_3b"])
+def test_full_size_estimate_adds_up(model, tmp_path):
+    """``--estimate`` on the CPU (the full-size model on the meta device): positive parts that sum to the total."""
+    from bench import full_size
+
+    path = tmp_path / "estimate.json"
+    full_size.main(["--estimate", "--model", model, "--out", str(path)])
+    data = json.loads(path.read_text())
+    est = data["memory_estimate"]
+    assert data["bench"] == "full_size_estimate" and data["model"] == model and est["batch"] == 8
+    fixed, per_sequence = est["fixed"], est["per_sequence"]
+    assert set(fixed) == {"parameters_bf16", "lora_fp32_grad_adamw", "head_fp32_copy"}
+    assert set(per_sequence) == {"checkpointed_layer_inputs", "recomputed_layer", "completion_logits_fp32"}
+    assert all(v > 0 for v in [*fixed.values(), *per_sequence.values()])
+    assert est["fixed_gib"] == pytest.approx(sum(fixed.values()))
+    assert est["per_sequence_gib"] == pytest.approx(sum(per_sequence.values()))
+    assert est["total_gib"] == pytest.approx(est["fixed_gib"] + 8 * est["per_sequence_gib"])
+    assert fixed["parameters_bf16"] * 2**30 == pytest.approx(2 * sum(est["parameters"].values()))
+    assert fixed["head_fp32_copy"] * 2**30 == pytest.approx(4 * est["parameters"]["head"])
+    text = full_size.SPECS[model]["text"]
+    assert est["lora_parameters"] == _lora_by_shapes(text)  # peft on the meta model = the shapes' count
+    assert est["parameters"]["head"] == text["vocab_size"] * text["hidden_size"]
+    # the benchmark's real counts: 5 s of audio (125 positions) in the prompt, a completion of at least 200 tokens
+    assert est["completion_tokens"] >= 200 and est["sequence_tokens"] > est["completion_tokens"] + 125
+    assert 5 < est["total_gib"] < 40
+
+
+def test_memory_estimate_by_hand():
+    """Qwen2-Audio-7B at 427 tokens, 200 of them completion (the docstring's example), batch 8."""
+    from bench import full_size
+
+    est = full_size.memory_estimate(full_size.FULL, 8, 427, 200)
+    fixed = 8_397_094_912 * 2 + 19_988_480 * 16 + 639_107_072 * 4
+    per_sequence = 32 * 427 * 4096 * 2 + 427 * (10 * 4096 + 3 * 11008) * 2 + 3 * 201 * 156_032 * 4
+    assert est["fixed_gib"] == pytest.approx(fixed / 2**30)
+    assert est["per_sequence_gib"] == pytest.approx(per_sequence / 2**30)
+    assert est["total_gib"] == pytest.approx((fixed + 8 * per_sequence) / 2**30)
+    assert round(est["total_gib"], 1) == 22.4
+    assert full_size.memory_estimate(full_size.FULL, 8, 427, 200, card_gib=80.0)["largest_batch"] == \
+        int((80.0 - est["fixed_gib"]) // est["per_sequence_gib"])
 
 
 def test_decode_bytes_by_hand():

@@ -29,16 +29,18 @@ def test_missing_audio_aspect_raises():
 
 def test_output_split_and_format_ok():
     out = cot.render_output(think(), "anger")
-    assert out.endswith("</think>\n<answer>anger</answer>")
+    assert out.endswith("</think>\n<answer> anger</answer>")  # the name after one space: cot.slot_text
+    assert cot.render_output("", "anger") == "<answer> anger</answer>" and cot.slot_text("fear") == " fear"
     assert cot.split_output(out) == (think(), "anger")
     assert cot.format_ok(out, CLASSES)
     assert cot.format_ok(out.replace("anger</answer>", "Anger</answer>"), CLASSES)
+    assert cot.format_ok(out.replace("> anger", ">anger"), CLASSES)  # the format reward's rule asks no space
 
 
 @pytest.mark.parametrize("broken", [
-    lambda o: o.replace("<answer>anger</answer>", ""),                     # no answer
+    lambda o: o.replace("<answer> anger</answer>", ""),                    # no answer
     lambda o: o.replace("anger</answer>", "rage</answer>"),                # not a class
-    lambda o: o + "<answer>anger</answer>",                                # tags twice
+    lambda o: o + "<answer> anger</answer>",                               # tags twice
     lambda o: o.replace("Step 2 (audio):", "Audio:"),                      # a step missing
     lambda o: o.replace("<think>", "").replace("</think>", "</think><think>"),  # order broken
     lambda o: o.replace("Step 1 (text): Irritated wording.\n", "").replace(

@@ -735,14 +735,23 @@ def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path, key_env)
 
 
 
-def test_a_second_curation_run_waits_for_the_first(tmp_path):
-    import threading
-
-    store = tmp_path / "cot.jsonl"
-    first = curation.RunLock(store).__enter__()
-    with pytest.raises(curation.CurationError, match="for over 0 s"):
-        curation.RunLock(store, timeout=0.2).__enter__()
-    threading.Timer(0.3, first.__exit__, args=(None, None, None)).start()
-    started = time.monotonic()
-    with curation.RunLock(store, timeout=10):
-        assert time.monotonic() - started >= 0.25      # it waited for the first to let go
+def test_two_curation_runs_on_one_store_write_each_utterance_once(tmp_path, key_env):
+    """Two processes curate one store at once: the second waits for the first (ambinb.runlock), then reads
+    the store again and curates nothing; every utterance is curated, and written, once."""
+    df = make_table(12)
+    df["transcript"] = [f"Plain sentence number {i}." for i in range(len(df))]  # one transcript per utterance
+    with FakeOpenAI(delay=0.08) as srv:  # about 2 s of curation: the second process arrives meanwhile
+        cfg = openai_cfg(tmp_path, srv)
+        (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+        df.to_json(tmp_path / "table.json", orient="records")
+        (tmp_path / "runner.py").write_text(RUNNER)
+        env = {**os.environ, "PYTHONPATH": str(Path(curation.__file__).parents[2])}  # the project root
+        procs = [subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "cfg.json"),
+                                   str(tmp_path / "table.json")], env=env, stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    waited = [o for o in outs if re.search(r"curation is running in process \d+; waiting for it", o)]
+    assert len(waited) == 1, outs                                  # they overlapped, and one waited
+    assert sorted(r["utt_id"] for r in lines(curation.store_path(cfg))) == sorted(df["utt_id"])
+    assert [srv.count("write", t) for t in df["transcript"]] == [1] * len(df)   # curated (and paid for) once

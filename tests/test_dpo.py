@@ -1,13 +1,25 @@
 """On-policy DPO: pair formation on hand-made JS values, the zero-pair step, audio in every forward
 (rollout, policy, reference), the reference really being the model without its adapter (or the frozen
-copy of a full fine-tune), and a tiny training run that moves the trainable weights and not the tower."""
+copy of a full fine-tune), and a tiny training run that moves the trainable weights and not the tower; the
+audio and training checks for each family (``family_model``: the Qwen2-Audio stand-in, a tiny Qwen2.5-Omni)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
+from conftest_model import (
+    CLASSES,
+    assert_adapter_loads_back,
+    encode_waves,
+    family_model,
+    omni,
+    omni_dir,
+    omni_processor,
+    tiny,
+    tiny_dir,
+    tone,
+)
 
 from ambinb import config, cot, engine, lm, metrics, prompt, rollout
 from ambinb import model as model_mod
@@ -15,7 +27,7 @@ from ambinb import policy as policy_mod
 from ambinb.examples import Example
 from ambinb.strategies import dpo
 
-FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+FIXTURES = (tiny, tiny_dir, family_model, omni, omni_dir, omni_processor)  # conftest_model's, used by name below
 
 THINK = cot.render_think(["loud", '"no way"'], "The words are tense.",
                          {"Volume": "loud.", "Speed": "fast.", "Pitch": "high.", "Tone": "harsh."},
@@ -26,8 +38,8 @@ ANSWERS = ["anger", "neutral", "anger"]
 
 
 def make_cfg(**over) -> dict:
-    return config.resolve(dataset="toy", strategy="dpo", overrides={
-        "max_new_tokens": 48, "readout_batch_size": 0, "seed": 0, **over})
+    return config.resolve(dataset="toy", strategy="dpo", overrides={  # the paper's gold positive
+        "max_new_tokens": 48, "readout_batch_size": 0, "seed": 0, "dpo_positive": "gold", **over})
 
 
 def make_examples(model, processor, n: int = 3) -> list[Example]:
@@ -156,7 +168,7 @@ def record_forwards(model, monkeypatch, module) -> list[dict]:
         past = int(cache.get_seq_length()) if cache is not None else 0  # > 0: it continues a prefill's cache
         seen.append({"kind": kind, "embeds": embeds.detach().clone(), "grad": torch.is_grad_enabled(), "past": past})
 
-    handle = lm.core(model).language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = lm.text_model(model).register_forward_pre_hook(hook, with_kwargs=True)
     return seen, handle
 
 
@@ -169,12 +181,12 @@ def check_audio_in(seen: list[dict], projected: list[torch.Tensor], placeholder:
                 assert audio_owner(row, projected) is not None, f"a {rec['kind']} row lacks its utterance's audio"
 
 
-def test_audio_reaches_the_rollout_policy_and_reference_forwards(tiny, monkeypatch):
-    model, processor = tiny
+def test_audio_reaches_the_rollout_policy_and_reference_forwards(family_model, monkeypatch):
+    model, processor = family_model
     model = model_mod.apply_lora(model, make_cfg())
     examples = make_examples(model, processor)
     with torch.no_grad():
-        projected = [lm.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
+        projected = [lm.project_audio(model, [ex.encoded.audio]) for ex in examples]
     placeholder = lm.base_model(model).get_input_embeddings().weight[
         processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")].detach()
     strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, make_cfg(dpo_rollouts=2, tau=0.0))
@@ -190,6 +202,32 @@ def test_audio_reaches_the_rollout_policy_and_reference_forwards(tiny, monkeypat
     policy = [r for r in seen if r["kind"] == "policy"][0]["embeds"]
     owners = [audio_owner(row, projected) for row in policy]
     assert owners == [0, 1, 2, 0, 1, 2]  # chosen rows then rejected rows, each with its own utterance's audio
+
+
+def test_the_audio_check_fails_when_one_forward_drops_its_audio(family_model, monkeypatch):
+    """The check above can fail: with the reference forward reading the ``<|AUDIO|>`` placeholder embeddings
+    instead of the audio (the merge skipped whenever the adapter is disabled), it names that forward."""
+    model, processor = family_model
+    model = model_mod.apply_lora(model, make_cfg())
+    examples = make_examples(model, processor)
+    with torch.no_grad():
+        projected = [lm.project_audio(model, [ex.encoded.audio]) for ex in examples]
+    placeholder = lm.base_model(model).get_input_embeddings().weight[lm.audio_token_id(model)].detach()
+    plain = lm.merge_audio
+
+    def drops_in_reference(m, input_ids, audio):
+        if _adapter_disabled(model):
+            return lm.base_model(m).get_input_embeddings()(input_ids)
+        return plain(m, input_ids, audio)
+
+    monkeypatch.setattr(lm, "merge_audio", drops_in_reference)
+    strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, make_cfg(dpo_rollouts=2, tau=0.0))
+    seen, handle = record_forwards(model, monkeypatch, dpo)
+    strategy.loss(model, [0, 1, 2], 0)
+    handle.remove()
+    check_audio_in([r for r in seen if r["kind"] != "reference"], projected, placeholder)
+    with pytest.raises(AssertionError, match="an unmerged <|AUDIO|> in a reference"):
+        check_audio_in(seen, projected, placeholder)
 
 
 def perturb_lora(model, seed: int = 1) -> None:
@@ -230,7 +268,7 @@ def test_full_fine_tune_reference_is_one_frozen_copy_of_the_start(tiny, tiny_dir
     assert not reference.uses_adapter and reference.copy is not model
     assert not any(p.requires_grad for p in reference.copy.parameters())
     with torch.no_grad():
-        for p in lm.core(model).language_model.parameters():
+        for p in lm.text_model(model).parameters():
             p.add_(0.05)
     examples = make_examples(model, processor, 2)
     args = ([ex.encoded.prompt_ids for ex in examples], [ex.completion.ids for ex in examples],
@@ -262,15 +300,16 @@ def test_completion_logprobs_equal_a_full_forward(tiny):
             assert mask[i].sum() == len(c) and not logps[i, len(c):].any()
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_a_tiny_dpo_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_path, lora):
-    model, processor = tiny
+@pytest.mark.parametrize(("family_model", "lora"), [("qwen2_audio", True), ("qwen2_audio", False),
+                                                     ("qwen2_5_omni", True)], indirect=["family_model"])
+def test_a_tiny_dpo_run_moves_the_trainable_weights_and_not_the_tower(family_model, tmp_path, lora, monkeypatch):
+    model, processor = family_model
     cfg = make_cfg(dpo_rollouts=2, tau=0.0, lora=lora)
     model = model_mod.prepare_trainable(model, cfg)
     examples = make_examples(model, processor)
     strategy = dpo.DPOStrategy(model, processor, examples, CLASSES, cfg)
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
-    tower = {n: p.detach().clone() for n, p in lm.core(model).audio_tower.named_parameters()}
+    tower = {n: p.detach().clone() for n, p in lm.audio_tower(model).named_parameters()}
     tc = engine.TrainConfig.with_defaults(lr=1e-3, max_steps=2, batch_size=2, checkpoint_every=10)
     history = engine.train(model, strategy, tc, tmp_path, progress=False)
     assert len(history) == 2 and all(row["pairs"] == 2 for row in history)
@@ -278,7 +317,8 @@ def test_a_tiny_dpo_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_
     assert len(moved) > len(before) // 2, f"only {len(moved)} of {len(before)} trainable tensors changed"
     if lora:
         assert all("lora_" in n for n in before)
-    for n, p in lm.core(model).audio_tower.named_parameters():
+        assert_adapter_loads_back(model, processor, examples[0], tmp_path, monkeypatch)
+    for n, p in lm.audio_tower(model).named_parameters():
         assert torch.equal(p.detach(), tower[n]) and not p.requires_grad
     assert history[1]["margin"] != 0.0  # after one step the policy differs from the reference
 
@@ -329,3 +369,54 @@ def test_grouped_completion_logprobs_equal_the_flat_ones_with_their_gradients(ti
     assert hidden is not None
     with pytest.raises(ValueError, match="prompts of a group of 3 rows differ"):
         policy_mod.completion_logprobs(model, prompts[1:] + prompts[:1], completions, audio, pad, g)
+
+
+def test_best_rollout_pairs_by_hand():
+    js = [[0.05, 0.3, 0.2], [0.02, 0.08, 0.1], [0.4, 0.4, 0.4], [0.3, 0.1, 0.5]]
+    usable = [[True, True, True], [True, True, True], [True, True, True], [True, False, True]]
+    # row 1: its worst is not above tau; row 2: all equal (no better positive); row 3: rollout 1 unusable
+    assert dpo.form_best_worst(js, 0.1, usable) == [(0, 0, 1), (3, 0, 2)]
+    assert dpo.form_best_worst(js, 0.1, [[False] * 3] * 4) == []
+
+
+def test_a_rollout_positive_keeps_its_own_ids_and_answer_slot(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    class_ids = prompt.class_ids(tok, CLASSES)
+    done = prompt.completion_ids(tok, THINK, "sadness")
+    ex = Example("u0", None, prompt.completion_ids(tok, THINK, "anger"), P_GT[0])
+    t = rollout.Trajectory("u0", done.ids, "", done.ids[: done.slot], True, True, "answer_close")
+    pos = dpo.as_positive(ex, t, class_ids)
+    assert (pos.completion.ids, pos.completion.slot, pos.completion.answer_len) == (done.ids, done.slot,
+                                                                                      done.answer_len)
+    assert pos.utt_id == "u0" and pos.completion.ids[pos.completion.slot] == class_ids[2][0]
+    no_answer = rollout.Trajectory("u0", done.ids[: done.slot], "", [], False, False, "budget")
+    with pytest.raises(ValueError, match="u0: a positive must write a class name"):
+        dpo.as_positive(ex, no_answer, class_ids)
+
+
+def test_any_class_scores_the_slot_as_the_mass_of_every_class_name(tiny):
+    """answer_action any_class: at the answer column the log-prob is log sum_c p(c) over the class names'
+    first tokens (from a full forward by hand); every other column keeps the written token's log-prob."""
+    model, processor = tiny
+    examples = make_examples(model, processor, 2)
+    prompts = [ex.encoded.prompt_ids for ex in examples]
+    completions = [ex.completion.ids for ex in examples]
+    audio = [ex.encoded.audio for ex in examples]
+    first = [ids[0] for ids in prompt.class_ids(processor.tokenizer, CLASSES)]
+    cols = [examples[0].completion.slot, None]
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        plain, _, _ = policy_mod.completion_logprobs(model, prompts, completions, audio, pad)
+        mixed, _, _ = policy_mod.completion_logprobs(model, prompts, completions, audio, pad, answer_cols=cols,
+                                                     answer_ids=first)
+        p, c, slot = prompts[0], completions[0], cols[0]
+        ids = torch.tensor([p + c])
+        hidden, _ = lm.hidden_states(model, ids, torch.ones_like(ids), [audio[0]])
+        logp = torch.log_softmax(lm.head_logits(model, hidden)[0].double(), -1)[len(p) - 1 + slot]
+    expected = torch.logsumexp(logp[first], 0)
+    assert float(mixed[0, slot]) == pytest.approx(float(expected), abs=1e-4)
+    assert float(mixed[0, slot]) > float(plain[0, slot])  # the written name is one of the classes
+    keep = [t for t in range(len(c)) if t != slot]
+    torch.testing.assert_close(mixed[0, keep], plain[0, keep])
+    torch.testing.assert_close(mixed[1], plain[1])  # no answer column: unchanged

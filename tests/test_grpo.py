@@ -1,20 +1,30 @@
 """GRPO and GRPO_z: rewards from the registry, the injected gold always on top, old-policy log-probs
 kept across num_iterations, audio in every forward (rollout, policy, old policy, reference), and a
-tiny training run that moves the trainable weights and not the tower."""
+tiny training run that moves the trainable weights and not the tower; the audio and training checks for each
+family (``family_model``: the Qwen2-Audio stand-in, a tiny Qwen2.5-Omni)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest_model import CLASSES, tiny, tiny_dir
+from conftest_model import (
+    CLASSES,
+    assert_adapter_loads_back,
+    family_model,
+    omni,
+    omni_dir,
+    omni_processor,
+    tiny,
+    tiny_dir,
+)
 from test_dpo import P_GT, audio_owner, check_audio_in, fake_rollout, make_examples, perturb_lora, record_forwards
 
 from ambinb import config, engine, lm, losses, metrics, rewards
 from ambinb import model as model_mod
 from ambinb.strategies import grpo
 
-FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+FIXTURES = (tiny, tiny_dir, family_model, omni, omni_dir, omni_processor)  # conftest_model's, used by name below
 
 
 def make_cfg(strategy: str = "grpo_z", **over) -> dict:
@@ -94,13 +104,13 @@ def test_sampled_groups_rewards_and_gold_member(tiny, monkeypatch):
     assert batch.stats["format_rate"] == 1.0
 
 
-def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(tiny, monkeypatch):
-    model, processor = tiny
+def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(family_model, monkeypatch):
+    model, processor = family_model
     model = model_mod.apply_lora(model, make_cfg())
     perturb_lora(model)
     examples = make_examples(model, processor)
     with torch.no_grad():
-        projected = [lm.core(model).multi_modal_projector(ex.encoded.audio) for ex in examples]
+        projected = [lm.project_audio(model, [ex.encoded.audio]) for ex in examples]
     placeholder = lm.base_model(model).get_input_embeddings().weight[
         processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")].detach()
     strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(grpo_k=2, num_iterations=2))
@@ -180,25 +190,39 @@ def test_one_iteration_has_no_old_policy_forward(tiny, monkeypatch):
     assert st["ratio"] == pytest.approx(1.0) and st["clip_fraction"] == 0.0 and loss.requires_grad
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_a_tiny_grpo_z_run_moves_the_trainable_weights_and_not_the_tower(tiny, tmp_path, lora):
-    model, processor = tiny
+@pytest.mark.parametrize(("family_model", "lora"), [("qwen2_audio", True), ("qwen2_audio", False),
+                                                     ("qwen2_5_omni", True)], indirect=["family_model"])
+def test_a_tiny_grpo_z_run_moves_the_trainable_weights_and_not_the_tower(family_model, tmp_path, lora, monkeypatch):
+    model, processor = family_model
     cfg = make_cfg(grpo_k=2, lora=lora)
     model = model_mod.prepare_trainable(model, cfg)
     examples = make_examples(model, processor)
     strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, cfg)
     assert (strategy.reference.copy is None) == lora
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
-    tower = {n: p.detach().clone() for n, p in lm.core(model).audio_tower.named_parameters()}
+    tower = {n: p.detach().clone() for n, p in lm.audio_tower(model).named_parameters()}
     tc = engine.TrainConfig.with_defaults(lr=1e-3, max_steps=2, batch_size=2, checkpoint_every=10)
     history = engine.train(model, strategy, tc, tmp_path, progress=False)
     assert len(history) == 2 and all(np.isfinite(row["loss"]) for row in history)
     moved = [n for n, p in engine.trainable_parameters(model) if not torch.equal(p.detach(), before[n])]
     assert len(moved) > len(before) // 2, f"only {len(moved)} of {len(before)} trainable tensors changed"
-    for n, p in lm.core(model).audio_tower.named_parameters():
+    for n, p in lm.audio_tower(model).named_parameters():
         assert torch.equal(p.detach(), tower[n]) and not p.requires_grad
     assert history[1]["kl"] > 0  # the policy left the reference after the first step
+    if lora:
+        assert_adapter_loads_back(model, processor, examples[0], tmp_path, monkeypatch)
     if not lora:  # the frozen reference copy stayed at the start
         for n, p in strategy.reference.copy.named_parameters():
             if n in before:
                 torch.testing.assert_close(p, before[n])
+
+
+def test_member_advantages_with_the_gold_in_or_out_of_the_baseline_by_hand():
+    sampled, gold = np.array([[0.0, 1.0]]), np.array([2.0])
+    plain = grpo.member_advantages(sampled, None)
+    sd = float(np.sqrt(0.5)) + 1e-4  # mean 0.5, sample sd 0.7071
+    torch.testing.assert_close(plain, torch.tensor([-0.5, 0.5]) / sd)
+    inside = grpo.member_advantages(sampled, gold, True)  # group (0, 1, 2): mean 1, sd 1
+    torch.testing.assert_close(inside, torch.tensor([-1.0, 0.0, 1.0]) / 1.0001)
+    outside = grpo.member_advantages(sampled, gold, False)  # sampled among themselves; the gold against all
+    torch.testing.assert_close(outside, torch.tensor([-0.5 / sd, 0.5 / sd, 1.0 / 1.0001]))

@@ -19,10 +19,10 @@ LIB = Path(__file__).resolve().parent.parent / "ambinb"
 # bottom to top; a package name covers its submodules
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {"ambinb", "paths", "files", "metrics", "losses", "cot", "sampling", "stopping", "merge",
-                     "progress", "paper", "parameters"}),
+                     "progress", "paper", "parameters", "runlock", "learning"}),
     ("files and parameters", {"results", "rewards", "prosody", "config", "notebook", "outputs", "benchpage"}),
     ("data and curation", {"labels", "toy", "cues", "perception", "plots", "curation", "classical"}),
-    ("the model", {"lm", "audio", "prompt", "readout", "standin", "model", "vocab"}),
+    ("the model", {"families", "lm", "audio", "prompt", "readout", "standin", "model", "vocab"}),
     ("sampling and evaluation", {"rollout", "vllm_rollout", "evaluate", "probe"}),
     ("training", {"examples", "engine", "policy", "strategies", "run"}),
     ("running and reporting", {"sweep", "aggregate", "recap", "book", "report"}),

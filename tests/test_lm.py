@@ -4,16 +4,19 @@ and the padding helpers by hand."""
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 from ambinb import lm, losses
 
 
 class _Head(torch.nn.Module):
-    """The attribute ``lm.head_logits`` reads: ``lm_head`` (and no wrappers)."""
+    """What ``lm.head_logits`` reads: the config's ``model_type`` (its family names the head) and ``lm_head``."""
 
     def __init__(self, hidden: int, vocab: int):
         super().__init__()
+        self.config = types.SimpleNamespace(model_type="qwen2_audio")
         self.lm_head = torch.nn.Linear(hidden, vocab, bias=False)
 
 

@@ -51,7 +51,7 @@ def test_a_notebook_sweep_reports_the_real_error_and_no_kernel_warning(probe_pro
     line = next(line for line in out.splitlines() if line.startswith("toy "))
     assert "failed" in line and "NotebookError: 99_probe.ipynb failed at In [" in line
     assert line.endswith("ValueError: planned failure in the notebook")  # the first line of the real error
-    assert "its second line" in (root / "runs" / "toy" / "probe" / "fold0" / "error.log").read_text()
+    assert "its second line" in (root / "runs" / "toy" / "probe" / "fold0-seed13" / "error.log").read_text()
 
 
 def test_execute_refuses_an_unknown_parameter_before_starting(probe_project, tmp_path):

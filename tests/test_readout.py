@@ -33,7 +33,7 @@ def _brute_force(model, processor, wave, text, tail, names):
     inputs = processor(text=[text], audio=[wave], sampling_rate=16_000, return_tensors="pt")
     scores = []
     for name in names:
-        cont = tok(name, add_special_tokens=False)["input_ids"]
+        cont = tok(cot.slot_text(name), add_special_tokens=False)["input_ids"]  # as it stands in the slot
         ids = torch.cat([inputs["input_ids"], torch.tensor([tail + cont])], dim=1)
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), input_features=inputs["input_features"],

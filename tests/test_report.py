@@ -14,7 +14,9 @@ def test_the_report_runs_every_stage_in_order_through_the_hook(tmp_path):
     assert seen == ["tiny_model_start", "01_labels", "02_curate_cot", "tiny_model_wait", "sweep", "06_ablations",
                     "book_assemble", "book_build"]
     spec = sweep.load_sweep(resolve_path("params/sweeps/toy.yaml"))
-    assert len(runs) == len(spec["strategies"]) * len(spec["folds"])
+    per_strategy = {s: len(spec.get("strategy_seeds", {}).get(s, [0])) for s in spec["strategies"]}
+    assert len(runs) == sum(per_strategy.values()) * len(spec["folds"])  # 5 x 1 + 4 x 3 seeds, per fold
+    assert per_strategy["dpo"] == 3 and per_strategy["sft"] == 1
     assert {r.run_root for r in runs} == {str(tmp_path)}
     seen.clear()
     report.run("params/sweeps/toy.yaml", str(tmp_path), with_book=False, on_stage=lambda stage: seen.append(stage.name))

@@ -1,19 +1,20 @@
 """Group rollouts: the encoder runs once per utterance, audio reaches every forward, no audio token
 is ever sampled, shared prefill equals transformers' own generation, readout slots are placed right;
 every decode loop gives the tokens of the earlier loop (``rollout_reference``), one host sync per
-step, LoRA merged while sampling and the exact weights back after."""
+step, LoRA merged while sampling and the exact weights back after. The encoder, audio and generate
+checks run for each family (``family_model``: the Qwen2-Audio stand-in and a tiny Qwen2.5-Omni Thinker)."""
 
 from __future__ import annotations
 
 import pytest
 import rollout_reference
 import torch
-from conftest_model import CLASSES, encode_waves, tiny, tiny_dir, tone
+from conftest_model import CLASSES, encode_waves, family_model, omni, omni_dir, omni_processor, tiny, tiny_dir, tone
 
 from ambinb import config, cot, lm, merge, prompt, rollout
 from ambinb import model as model_mod
 
-FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+FIXTURES = (tiny, tiny_dir, family_model, omni, omni_dir, omni_processor)  # conftest_model's, used by name below
 
 CFG = {**config.resolve(), "max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0,
        "prompt_preset": "ambinb", "readout_batch_size": 0}
@@ -24,32 +25,32 @@ def _waves():
     return [tone(1.0, 180), tone(2.0, 320), tone(1.5, 500)]
 
 
-def test_encoder_runs_once_per_utterance_in_a_group_rollout(tiny):
-    model, processor = tiny
+def test_encoder_runs_once_per_utterance_in_a_group_rollout(family_model):
+    model, processor = family_model
     rows = []
-    handle = lm.core(model).audio_tower.conv1.register_forward_hook(lambda m, a, o: rows.append(int(a[0].shape[0])))
+    handle = lm.audio_tower(model).conv1.register_forward_hook(lambda m, a, o: rows.append(int(a[0].shape[0])))
     enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
     group = rollout.rollout(model, processor, enc, CLASSES, CFG, k=8)
-    assert sum(rows) == 3  # three utterances, 24 trajectories
+    assert len(rows) == 3  # three utterances (one tower call each), 24 trajectories
     assert len(group.flat()) == 24 and group.p_hat.shape == (3, 8, 4)
     # the naive reference runs it K times per utterance: the hook would see it
     texts = [prompt.prompt_text(processor, t, CLASSES) for t in TRANSCRIPTS[:1]]
     rollout.generate_naive(model, processor, texts, _waves()[:1], k=2, max_new_tokens=4)
-    assert sum(rows) == 3 + 2
+    assert len(rows) == 3 + 2
     handle.remove()
 
 
-def test_audio_features_reach_every_forward(tiny):
+def test_audio_features_reach_every_forward(family_model):
     """A hook where audio enters the language model: every forward of the rollout and of its readout
     that holds prompt positions carries, at the audio positions of each row, the projected tower
     output of that row's utterance; decoding steps never hold the raw <|AUDIO|> placeholder."""
-    model, processor = tiny
+    model, processor = family_model
     enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
     with torch.no_grad():
-        projected = [lm.core(model).multi_modal_projector(e.audio) for e in enc]
+        projected = [lm.project_audio(model, [e.audio]) for e in enc]
     placeholder = model.get_input_embeddings().weight[processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")]
     seen = []
-    handle = lm.core(model).language_model.register_forward_pre_hook(
+    handle = lm.text_model(model).register_forward_pre_hook(
         lambda m, a, kw: seen.append(kw["inputs_embeds"].detach().clone()), with_kwargs=True)
     k = 2
     rollout.rollout(model, processor, enc, CLASSES, CFG, k=k)
@@ -70,7 +71,8 @@ def test_audio_features_reach_every_forward(tiny):
 
 def test_no_audio_token_is_ever_sampled(tiny, monkeypatch):
     model, processor = tiny
-    audio_ids = rollout.suppressed_ids(processor.tokenizer)
+    audio_ids = prompt.suppressed_ids(processor.tokenizer, lm.head(model).weight.shape[0])
+    assert len(audio_ids) == 3  # the stand-in's head has a row per token and no more
     plain_head = lm.head_logits
 
     def audio_loving_head(m, hidden, float32=False):
@@ -91,10 +93,36 @@ def test_no_audio_token_is_ever_sampled(tiny, monkeypatch):
         assert len(tokens) == 2 * 4 * 12 and not set(tokens) & set(audio_ids)
 
 
-def test_shared_prefill_greedy_equals_transformers_generate(tiny):
-    """Greedy decoding through the cache-sharing loop (3 utterances, left-padded, K = 2) gives the
-    same tokens as transformers' own generate on the processor's full inputs, one utterance at a time."""
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_head_rows_past_the_tokenizer_are_never_sampled(tiny, monkeypatch, decode):
+    """The stand-in's head made 40 rows wider than its tokenizer (as Qwen2-Audio-7B's 156,032 rows
+    outnumber its 151,649 ids), and those rows' logits raised above all: no row past the tokenizer is
+    drawn, greedy or sampled; the suppressed ids are derived from the head's width."""
     model, processor = tiny
+    tok = processor.tokenizer
+    model.resize_token_embeddings(len(tok) + 40, mean_resizing=False)
+    assert prompt.suppressed_ids(tok, lm.head(model).weight.shape[0])[3:] == list(range(len(tok), len(tok) + 40))
+    plain_head = lm.head_logits
+
+    def padding_loving_head(m, hidden, float32=False):
+        logits = plain_head(m, hidden, float32).clone()
+        logits[..., len(tok):] += 1e4
+        return logits
+
+    monkeypatch.setattr(lm, "head_logits", padding_loving_head)
+    enc = encode_waves(model, processor, _waves()[:2], TRANSCRIPTS[:2])
+    for greedy in (True, False):
+        groups = rollout.generate_group(model, tok, enc, k=3, max_new_tokens=10, greedy=greedy, decode=decode,
+                                        generator=torch.Generator().manual_seed(0))
+        tokens = [t for group in groups for ids, _ in group for t in ids]
+        assert len(tokens) == 2 * 3 * 10 and max(tokens) < len(tok)
+
+
+def test_shared_prefill_greedy_equals_transformers_generate(family_model):
+    """Greedy decoding through the cache-sharing loop (3 utterances, left-padded, K = 2) gives the
+    same tokens as transformers' own generate on the processor's full inputs, one utterance at a time
+    (for Qwen2.5-Omni: its 3-D rope positions from ``get_rope_index`` against ambinb's 1-D ones)."""
+    model, processor = family_model
     waves = _waves()
     enc = encode_waves(model, processor, waves, TRANSCRIPTS)
     groups = rollout.generate_group(model, processor.tokenizer, enc, k=2, max_new_tokens=20, greedy=True)
@@ -213,12 +241,12 @@ def test_decode_loops_give_the_reference_loops_tokens(tiny, decode):
     model, processor = tiny
     tok = processor.tokenizer
     enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
-    for greedy, budget in ((True, 60), (False, 120)):
+    for greedy, budget, temp in ((True, 60, 1.0), (False, 120, 1.3)):  # at 1.3 some rows write <|im_end|> early
         if (greedy, budget) not in _REFERENCE:  # the earlier loop's result, computed once for both loops
-            _REFERENCE[greedy, budget] = rollout_reference.generate_group(model, tok, enc, 4, budget, greedy, 1.0, 1.0,
+            _REFERENCE[greedy, budget] = rollout_reference.generate_group(model, tok, enc, 4, budget, greedy, temp, 1.0,
                                                                           torch.Generator().manual_seed(7))
         ref = _REFERENCE[greedy, budget]
-        got = rollout.generate_group(model, tok, enc, 4, budget, greedy, 1.0, 1.0, torch.Generator().manual_seed(7),
+        got = rollout.generate_group(model, tok, enc, 4, budget, greedy, temp, 1.0, torch.Generator().manual_seed(7),
                                      decode=decode)
         assert _ids(got) == _ids(ref)
     assert {stop for _, stop in _ids(ref)} == {"answer_close", "eos", "budget"}  # rows left at different steps

@@ -1,9 +1,20 @@
-"""SFT: the loss of Eq. 3 on real forwards of the tiny model, audio in every forward, its variants."""
+"""SFT: the loss of Eq. 3 on real forwards of the tiny model, audio in every forward, its variants; the
+audio and training checks for each family (``family_model``: the Qwen2-Audio stand-in, a tiny Qwen2.5-Omni)."""
 
 import numpy as np
 import pytest
 import torch
-from conftest_model import encode_waves, tiny, tiny_dir, tone
+from conftest_model import (
+    assert_adapter_loads_back,
+    encode_waves,
+    family_model,
+    omni,
+    omni_dir,
+    omni_processor,
+    tiny,
+    tiny_dir,
+    tone,
+)
 
 from ambinb import config, cot, engine, lm, metrics, prompt, readout
 from ambinb import model as model_mod
@@ -11,7 +22,7 @@ from ambinb import policy as policy_mod
 from ambinb.examples import Example
 from ambinb.strategies import sft
 
-FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name below
+FIXTURES = (tiny, tiny_dir, family_model, omni, omni_dir, omni_processor)  # conftest_model's, used by name below
 AUDIO = {"Volume": "loud.", "Speed": "fast.", "Pitch": "high.", "Tone": "tense."}
 CFG = config.resolve(strategy="sft")  # ce_weight 1, kl_weight 1, answer_ce soft, eps 1e-10
 
@@ -64,15 +75,15 @@ def test_ce_term_is_the_token_mean_nll_of_the_completion(tiny):
     assert stats["ce"] == pytest.approx(np.mean(nll), rel=1e-4)
 
 
-def test_audio_reaches_the_training_forward_from_the_cache(tiny):
-    model, processor = tiny
+def test_audio_reaches_the_training_forward_from_the_cache(family_model):
+    model, processor = family_model
     exs = examples(model, processor)
     strategy = sft.SFTStrategy(exs, ["anger", "happiness", "sadness", "neutral"], processor.tokenizer, CFG)
     seen, tower_calls = {}, []
-    text = lm.core(model).language_model
+    text = lm.text_model(model)
     h1 = text.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"].detach()),
                                       with_kwargs=True)
-    h2 = lm.core(model).audio_tower.conv1.register_forward_hook(lambda *a: tower_calls.append(1))
+    h2 = lm.audio_tower(model).conv1.register_forward_hook(lambda *a: tower_calls.append(1))
     try:
         strategy.loss(model, [0, 1, 2], step=0)
     finally:
@@ -80,26 +91,26 @@ def test_audio_reaches_the_training_forward_from_the_cache(tiny):
         h2.remove()
     assert not tower_calls, "the frozen tower ran during training instead of the cached outputs being used"
     audio_id = lm.audio_token_id(model)
-    proj = lm.core(model).multi_modal_projector
     for b, ex in enumerate(exs):
         ids = torch.tensor(ex.encoded.prompt_ids)
         positions = (ids == audio_id).nonzero()[:, 0]
         assert len(positions) == ex.encoded.audio.shape[0] > 0
-        torch.testing.assert_close(seen["embeds"][b, positions], proj(ex.encoded.audio).detach())
+        torch.testing.assert_close(seen["embeds"][b, positions], lm.project_audio(model, [ex.encoded.audio]).detach())
     first = (torch.tensor(exs[0].encoded.prompt_ids) == audio_id).nonzero()[:, 0]
     second = (torch.tensor(exs[1].encoded.prompt_ids) == audio_id).nonzero()[:, 0]
     n = min(len(first), len(second))
     assert not torch.allclose(seen["embeds"][0, first[:n]], seen["embeds"][1, second[:n]])
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_training_changes_what_trains_and_never_the_tower(tiny, tmp_path, lora):
-    model, processor = tiny
+@pytest.mark.parametrize(("family_model", "lora"), [("qwen2_audio", True), ("qwen2_audio", False),
+                                                     ("qwen2_5_omni", True)], indirect=["family_model"])
+def test_training_changes_what_trains_and_never_the_tower(family_model, tmp_path, lora, monkeypatch):
+    model, processor = family_model
     exs = examples(model, processor)
     cfg = {**CFG, "lora": lora, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
            "lora_target_regex": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
     model = model_mod.prepare_trainable(model, cfg)
-    tower = {n: p.detach().clone() for n, p in lm.core(model).audio_tower.named_parameters()}
+    tower = {n: p.detach().clone() for n, p in lm.audio_tower(model).named_parameters()}
     before = {n: p.detach().clone() for n, p in engine.trainable_parameters(model)}
     strategy = sft.SFTStrategy(exs, ["anger", "happiness", "sadness", "neutral"], processor.tokenizer, CFG)
     tc = engine.TrainConfig.with_defaults(lr=1e-2, max_steps=2, batch_size=2)
@@ -109,7 +120,8 @@ def test_training_changes_what_trains_and_never_the_tower(tiny, tmp_path, lora):
     assert any(not torch.equal(before[n], after[n]) for n in before)
     if lora:
         assert all("lora_" in n for n in before)
-    for n, p in lm.core(model).audio_tower.named_parameters():
+        assert_adapter_loads_back(model, processor, exs[0], tmp_path, monkeypatch)
+    for n, p in lm.audio_tower(model).named_parameters():
         assert torch.equal(tower[n], p) and not p.requires_grad
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 
+import answer_slots
 import numpy as np
 import pytest
 import torch
 from conftest_model import CLASSES, audio_logits, encode_waves, tiny, tiny_dir, tone
 
 from ambinb import audio as A
-from ambinb import config, prosody, rollout
+from ambinb import config, cot, prompt, prosody, rollout
 from ambinb import model as M
 from ambinb import standin as S
 from ambinb.standin import (
@@ -97,8 +98,17 @@ def test_tiny_has_the_real_classes_tokens_and_template(small_build):
     assert processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nHi<|im_end|>\n<|im_start|>assistant\n")
-    for name in CLASSES:  # the toy's class names are single tokens of the tiny vocabulary
-        assert len(tok(name, add_special_tokens=False)["input_ids"]) == 1
+
+
+
+@pytest.mark.parametrize("preset", sorted(cot.PRESETS))
+def test_the_scored_answer_is_what_the_stand_in_writes_for_every_class(small_build, preset):
+    """As on the real vocabulary (test_vocab): every class of the toy, IEMOCAP and CREMA-D, in a complete
+    completion tokenised whole by the stand-in's tokenizer, stands right after a clean slot as the ids
+    scored there, and is one token after its space."""
+    tok = small_build[1].tokenizer
+    scored = answer_slots.check_every_dataset(tok, cot.get_format(preset))
+    assert all(len(ids) == 1 for names in scored.values() for ids in names), scored
 
 
 def test_build_is_deterministic_for_a_seed(small_build, fresh_build):
@@ -127,6 +137,9 @@ def test_the_warmed_up_stand_in_speaks_the_format(tiny):
     group = rollout.rollout(model, processor, enc, CLASSES, cfg, k=4)
     rate = np.mean([t.format_ok for t in group.flat()])
     assert rate >= 0.5, [t.text for t in group.flat()]
+    scored = {ids[0] for ids in prompt.class_ids(processor.tokenizer, CLASSES)}
+    answered = [t for t in group.flat() if t.answer_found and len(t.readout_ids) < len(t.token_ids)]
+    assert answered and all(t.token_ids[len(t.readout_ids)] in scored for t in answered), [t.text for t in answered]
 
 
 def test_ensure_tiny_builds_once_and_rebuilds_on_a_new_spec(tmp_path, monkeypatch):

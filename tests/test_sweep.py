@@ -67,7 +67,7 @@ def test_a_failing_run_does_not_stop_the_others(project):
     runs = sweep.run_sweep(sweep.expand(spec), workers=2, progress=False)
     assert [r.status for r in runs] == ["failed"] * 3
     assert runs[0].error == "RuntimeError: planned failure"  # the first line that says something
-    assert (root / "runs/toy/fake/fold0/error.log").exists()
+    assert (root / "runs/toy/fake/fold0-seed13/error.log").exists()  # a seed of its own: its own folder
     assert sweep.main([str(sweep_file)]) == 1
 
 
@@ -117,11 +117,13 @@ def test_per_strategy_overrides_and_stale_runs(project, capsys):
     runs = sweep.expand(sweep.load_sweep(sweep_file))
     assert runs[0].overrides == {"bootstrap": 30, "seed": 4}
     assert sweep.run_sweep(runs[:1], progress=False)[0].status == "done"
-    sweep_file.write_text(sweep_file.read_text().replace("seed: 4", "seed: 5"))
+    sweep_file.write_text(sweep_file.read_text().replace("bootstrap: 30", "bootstrap: 40"))
     again = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file))[:1], progress=False)[0]
-    assert again.status == "stale" and "seed" in again.error      # kept, never overwritten
+    assert again.status == "stale" and "bootstrap" in again.error      # kept, never overwritten
     sweep.main([str(sweep_file), "--dry-run"])
-    assert "finished with other seed, kept" in capsys.readouterr().out
+    assert "finished with other bootstrap, kept" in capsys.readouterr().out
+    sweep_file.write_text(sweep_file.read_text().replace("seed: 4", "seed: 5"))  # another seed: another run
+    assert sweep.expand(sweep.load_sweep(sweep_file))[0].folder.name == "fold0-seed5"
     sweep_file.write_text(sweep_file.read_text() + "strategy_overrides: {sft: {seed: 1}}\n")
     with pytest.raises(ValueError):
         sweep.load_sweep(sweep_file)
@@ -136,7 +138,7 @@ def test_variants_run_apart_and_validation_runs_stay_out_of_the_tables(project, 
                             "variants: {seed_a: {seed: 1}, seed_b: {seed: 2}}\n")
     runs = sweep.expand(sweep.load_sweep(sweep_file))
     assert [(r.variant, r.overrides["seed"]) for r in runs] == [("seed_a", 1), ("seed_b", 2)]
-    assert runs[1].folder == root / "runs" / "seed_b" / "toy" / "fake" / "validation" / "fold0-val1"
+    assert runs[1].folder == root / "runs" / "seed_b" / "toy" / "fake" / "validation" / "fold0-val1-seed2"
     assert sweep.main([str(sweep_file)]) == 0
     out = capsys.readouterr().out
     assert "seed_a" in out and "mean JS per variant, best first:\ntoy/fake: seed_" in out
@@ -175,3 +177,30 @@ def test_a_fold_the_dataset_lacks_is_refused_by_the_dry_run_and_the_run(project,
         err = capsys.readouterr().err
         assert "sweep.yaml: toy/fake/fold7: key 'fold' = 7" in err and "has 5 fold(s)" in err
     assert not (root / "runs" / "toy" / "fake" / "fold0").exists()  # refused before anything ran
+
+
+def test_seeds_run_apart_and_a_run_waits_for_the_run_it_starts_from(project):
+    """``seeds``/``strategy_seeds`` give each seed its own folder; a run with ``init_from`` goes after the run
+    it starts from (its seed-0 run of the same fold), with one worker and with several."""
+    root, sweep_file = project
+    (root / "params" / "strategies" / "fake_rl.yaml").write_text(
+        "runner: sweep_runners:fake_run\ninit_from: fake\n")
+    sweep_file.write_text("datasets: [toy]\nstrategies: [fake_rl, fake]\nfolds: [0, 1]\n"
+                          f"strategy_seeds: {{fake_rl: [0, 2]}}\nrun_root: {root / 'runs'}\n")
+    runs = sweep.expand(sweep.load_sweep(sweep_file))
+    assert [r.label for r in runs] == ["toy/fake_rl/fold0", "toy/fake_rl/fold0-seed2", "toy/fake_rl/fold1",
+                                       "toy/fake_rl/fold1-seed2", "toy/fake/fold0", "toy/fake/fold1"]
+    assert runs[1].needs() == runs[4].folder and runs[4].needs() is None
+    assert [r.label for r in sweep.order_by_needs(runs)][:2] == ["toy/fake/fold0", "toy/fake/fold1"]
+    for workers in (1, 2):
+        done = sweep.run_sweep(sweep.expand(sweep.load_sweep(sweep_file)), workers=workers, progress=False)
+        assert all(r.status in ("done", "skipped") for r in done)
+        mtime = {r.label: (r.folder / "metrics.json").stat().st_mtime_ns for r in done}
+        assert all(mtime[f"toy/fake/fold{r.fold}"] < mtime[r.label] for r in done if r.strategy == "fake_rl")
+        table = sweep.status_table(done)
+        assert table.splitlines()[0].split()[:4] == ["dataset", "strategy", "fold", "seed"]
+        for r in done:
+            (r.folder / "metrics.json").unlink()
+    sweep_file.write_text(sweep_file.read_text() + "seeds: [-1]\n")
+    with pytest.raises(ValueError, match="'seeds' must list non-negative integers"):
+        sweep.load_sweep(sweep_file)

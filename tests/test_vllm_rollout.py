@@ -23,8 +23,8 @@ FIXTURES = (tiny, tiny_dir)  # pytest fixtures from conftest_model, used by name
 K = 4
 # (completion text, how vLLM ended it): the close tag, EOS left out of token_ids, the budget, EOS kept in token_ids
 COMPLETIONS = [
-    ("<think>The voice is tense.</think>\n<answer>anger</answer>", "close"),
-    ("<think>Flat and slow.</think>\n<answer>sadness", "eos_dropped"),
+    ("<think>The voice is tense.</think>\n<answer> anger</answer>", "close"),
+    ("<think>Flat and slow.</think>\n<answer> sadness", "eos_dropped"),
     ("<think>Hard to tell, maybe", "length"),
     ("<think>ok</think>", "eos_kept"),
 ]
@@ -159,9 +159,21 @@ def test_vllm_path_reads_out_what_the_hf_path_reads_for_the_same_completions(tin
     assert params["n"] == K and params["temperature"] == 0.7 and params["top_p"] == 0.9 and params["max_tokens"] == 32
     assert params["stop"] == ["</answer>"] and params["include_stop_str_in_output"]
     assert params["stop_token_ids"] == prompt.eos_ids(tok)
-    assert sorted(params["logit_bias"]) == sorted(rollout.suppressed_ids(tok))
+    assert sorted(params["logit_bias"]) == sorted(prompt.suppressed_ids(tok, len(tok)))  # the head has no extra row
     assert set(params["logit_bias"].values()) == {-100.0}
     assert log["llm"][0]["limit_mm_per_prompt"] == {"audio": 1} and log["llm"][0]["model"] == str(tiny_dir)
+
+
+def test_head_rows_past_the_tokenizer_are_banned_too(tiny, tiny_dir, monkeypatch):
+    """A head 40 rows wider than the tokenizer (as Qwen2-Audio-7B's): vLLM is asked to ban those rows
+    beside the three audio tokens."""
+    model, processor, enc, _, log, cfg = _setup(tiny, tiny_dir, monkeypatch)
+    tok = processor.tokenizer
+    model.resize_token_embeddings(len(tok) + 40, mean_resizing=False)
+    rollout.rollout(model, processor, enc, CLASSES, cfg, k=K)
+    (params,) = log["params"]
+    audio = tok.convert_tokens_to_ids(list(A.AUDIO_SPECIAL_TOKENS))
+    assert sorted(params["logit_bias"]) == sorted(audio) + list(range(len(tok), len(tok) + 40))
 
 
 def test_greedy_rollouts_stay_on_the_hf_path(tiny, tiny_dir, monkeypatch):

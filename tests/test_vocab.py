@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import random
 
+import answer_slots
 import numpy as np
 import pytest
 import torch
 
 from ambinb import audio as A
-from ambinb import config, cot, lm, prompt, rollout, stopping, vocab
+from ambinb import config, cot, labels, lm, prompt, rollout, stopping, vocab
 from ambinb.standin.architecture import tiny_config
 
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
@@ -57,15 +58,41 @@ def test_known_ids_and_special_tokens(tok):
 
 
 def test_class_name_splits(tok):
-    """As scored at the answer slot (each name on its own) and after a space."""
+    """On their own, after a space, and glued to the answer tag's ``>`` as a model would write them
+    without the space (the merge that sets the answer format: ``>s ad ness``, ``>f ear``)."""
     split = {name: tok.convert_ids_to_tokens(tok(name, add_special_tokens=False)["input_ids"])
-             for name in [" Disgust", " neutral", *CLASSES, "disgust", "fear"]}
+             for name in [" Disgust", " neutral", *CLASSES, "disgust", "fear", "<answer>sadness", "<answer>fear"]}
     assert split[" Disgust"] == ["\u0120Dis", "g", "ust"] and split[" neutral"] == ["\u0120neutral"]
     assert split["anger"] == ["anger"] and split["neutral"] == ["neutral"]
     assert split["happiness"] == ["h", "appiness"] and split["sadness"] == ["sad", "ness"]
     assert split["disgust"] == ["dis", "g", "ust"] and split["fear"] == ["f", "ear"]
-    assert [len(ids) for ids in prompt.class_ids(tok, CLASSES)] == [1, 2, 2, 1]
+    assert split["<answer>sadness"] == ["<", "answer", ">s", "ad", "ness"]
+    assert split["<answer>fear"] == ["<", "answer", ">f", "ear"]
     assert tok.convert_ids_to_tokens(prompt.segment_ids(tok, "</answer>")) == ["</", "answer", ">"]
+
+
+@pytest.mark.parametrize("preset", sorted(cot.PRESETS))
+def test_the_scored_answer_is_what_the_model_writes_for_every_class(tok, preset):
+    """Every class of the toy, IEMOCAP and CREMA-D, in a complete completion (think block or none,
+    answer, close tag, ``<|im_end|>``) tokenised whole by the real tokenizer: the rollout's slot is
+    clean and the scored ids follow it (:func:`answer_slots.check_slot`), and each scored name is the
+    one token ``Ġname``, so the read-out is the softmax over single class-token logits at one slot."""
+    scored = answer_slots.check_every_dataset(tok, cot.get_format(preset))
+    for dataset, classes in labels.CLASSES.items():
+        assert scored[dataset] == [["\u0120" + c] for c in classes], dataset
+
+
+def test_multi_token_names_are_scored_whole_and_names_that_cross_the_slot_fail(tok):
+    """A user's names that stay several tokens after the space keep all of them, as the model writes
+    them; a name whose last character merges with the close tag (``.</`` is one pre-token) is refused."""
+    names = ["Anger", "Sadness", "Disgust", "self-conscious"]
+    think = cot.render_think(*answer_slots.THINK_PARTS)
+    for name in names:
+        answer_slots.check_slot(tok, think, name, names, cot.AMBINB)
+    assert [tok.convert_ids_to_tokens(ids) for ids in prompt.class_ids(tok, names)] == [
+        ["\u0120Ang", "er"], ["\u0120Sad", "ness"], ["\u0120Dis", "g", "ust"], ["\u0120self", "-conscious"]]
+    with pytest.raises(prompt.PromptError, match="'other.'.* does not tokenise"):
+        prompt.class_ids(tok, ["anger", "other."])
 
 
 def test_chat_template_puts_the_audio_where_the_processor_expects_it(processor, tok):
@@ -141,7 +168,7 @@ def test_prompt_rollout_readout_and_format_on_the_real_vocabulary(processor, tok
     for t in group.flat():
         assert t.stop == "answer_close" and t.token_ids == script[: len(script) - 1]
         assert t.answer_found and t.readout_ids == gold.ids[: gold.slot] and t.format_ok
-        assert t.text.endswith("<answer>anger</answer>")
+        assert t.text.endswith("<answer> anger</answer>")
     assert group.p_hat.shape == (2, 3, 4) and torch.allclose(group.p_hat.sum(-1), torch.ones(2, 3), atol=1e-5)
     monkeypatch.setattr(lm, "head_logits", plain)
     free = rollout.rollout(model, processor, enc, CLASSES, {**cfg, "max_new_tokens": 12}, k=2)

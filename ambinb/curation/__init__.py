@@ -63,7 +63,7 @@ from ambinb.curation.run import (
     summarize,
     to_curate,
 )
-from ambinb.curation.store import STORE_FILE, CotStore, RunLock, accepted_cots, load_curated, store_path
+from ambinb.curation.store import STORE_FILE, CotStore, accepted_cots, load_curated, store_path
 from ambinb.curation.template import (
     READER_CUE_PRIOR,
     READER_RESOLVED_WEIGHT,
@@ -81,7 +81,7 @@ __all__ = [
     "BACKENDS", "HEDGES", "MIN_SHARE", "READER_CUE_PRIOR",
     "READER_INSTRUCTIONS", "READER_RESOLVED_WEIGHT", "READER_SYNTHESIS_WEIGHT", "RESOLVED_SENTENCE",
     "STORE_FILE", "SUBSETS", "SUMMARY_FILE", "WRITER_INSTRUCTIONS", "AttemptError", "CotStore", "CurationError",
-    "Item", "OpenAIBackend", "Outage", "Reply", "RunLock", "TemplateBackend", "accepted_cots", "add_tokens",
+    "Item", "OpenAIBackend", "Outage", "Reply", "TemplateBackend", "accepted_cots", "add_tokens",
     "api_key", "backoff_delay", "call_with_retries", "cited_cues", "clear_and_ambiguous",
     "closing_line", "cost_usd", "curate", "curate_one", "generation_messages", "hedge",
     "load_curated", "make_backend", "make_items", "parse_generation", "parse_validation", "read_hedges",

@@ -1,4 +1,12 @@
-"""The curation run: which utterances, which backend, curate the missing ones, and the summary."""
+"""The curation run: which utterances, which backend, curate the missing ones, and the summary.
+
+Two runs on one store (two 02 notebooks, or two sweep workers that need a fold's think blocks): a
+run holds the store's folder for its whole length (:func:`ambinb.runlock.hold`). A second run waits
+for the first (up to :data:`WAIT_S`), then reads the store again and curates only what is still
+missing. No utterance is written twice, and no two runs' lines interleave. A lock around each append
+would not be enough: both runs would curate (and pay for) the same utterances before either wrote
+one.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ambinb import labels, prosody
+from ambinb import labels, prosody, runlock
 from ambinb.curation.attempts import add_tokens, curate_one
 from ambinb.curation.errors import CurationError
 from ambinb.curation.items import Item, make_items
 from ambinb.curation.openai_backend import OpenAIBackend
-from ambinb.curation.store import CotStore, RunLock, check_same_reference, store_path
+from ambinb.curation.store import CotStore, check_same_reference, store_path
 from ambinb.curation.template import TemplateBackend
 from ambinb.progress import bar as progress_bar
 from ambinb.results import write_json
@@ -23,6 +31,7 @@ from ambinb.results import write_json
 SUMMARY_FILE = "summary.json"
 BACKENDS = ("template", "openai")
 SUBSETS = ("train", "all")
+WAIT_S = 1800.0  # how long a second curation run of one store waits for the first before giving up
 
 
 def select_utterances(df: pd.DataFrame, fold: int, subset: str = "train") -> pd.DataFrame:
@@ -162,6 +171,7 @@ def curate(cfg: dict[str, Any], df: pd.DataFrame | None = None, subset: str | No
     Raises:
         CurationError: the run cannot go on (see :class:`ambinb.curation.transport.Outage`); every
             record written before stays in the store, and a rerun resumes from there.
+        RunningElsewhere: another run has held the store for :data:`WAIT_S` seconds.
     """
     start = time.perf_counter()
     if df is None:
@@ -174,7 +184,7 @@ def curate(cfg: dict[str, Any], df: pd.DataFrame | None = None, subset: str | No
     path = store_path(cfg)
     store = CotStore(path)
     new: list[dict[str, Any]] = []
-    with RunLock(path):
+    with runlock.hold(path.parent, wait_s=WAIT_S):  # one writer; a second waits, then re-reads
         store.repair()
         done = store.latest()
         check_same_writer(done, backend, version, path)

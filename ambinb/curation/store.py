@@ -2,9 +2,10 @@
 
 Records are keyed by ``(utt_id, prompt_version)``; they are appended with flush and fsync, a rerun
 skips finished keys, and a truncated last line left by a crash is dropped and redone
-(:class:`CotStore`). :class:`RunLock` keeps two runs from appending at once; training reads the
-accepted think blocks through :func:`accepted_cots`. Each record names the ``prosody_reference`` its
-audio step was worded against; one prompt version holds one reference (:func:`check_same_reference`).
+(:class:`CotStore`). A curation run holds the store's folder (:func:`ambinb.runlock.hold`), so two
+runs never append at once; training reads the accepted think blocks through :func:`accepted_cots`.
+Each record names the ``prosody_reference`` its audio step was worded against; one prompt version
+holds one reference (:func:`check_same_reference`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -89,41 +89,6 @@ class CotStore:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
-
-
-class RunLock:
-    """An exclusive lock next to the store, so two curation runs never append to it at once.
-
-    A second run (two sweep workers that both need a fold's CoTs, say) waits for the first, up to
-    ``timeout`` seconds, then reads what it wrote and curates only what is still missing.
-    """
-
-    def __init__(self, path: Path, timeout: float = 1800.0):
-        self.path = path.with_name(path.name + ".lock")
-        self.timeout = timeout
-        self.fh: Any = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "w")
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - no fcntl on Windows: no lock
-            return self
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError as err:
-                if time.monotonic() >= deadline:
-                    self.fh.close()
-                    raise CurationError(f"another curation run has been writing {self.path.with_suffix('')} "
-                                        f"for over {self.timeout:.0f} s") from err
-                time.sleep(0.5)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.fh.close()
 
 
 def store_path(cfg: dict[str, Any]) -> Path:

@@ -27,7 +27,7 @@ from ambinb.standin.words import extra_corpus_words
 log = logging.getLogger(__name__)
 
 TINY_SPEC_FILE = "ambinb_tiny.json"
-TINY_BUILDER_VERSION = 5  # bump whenever a change alters the built weights or tokenizer
+TINY_BUILDER_VERSION = 6  # bump whenever a change alters the built weights or tokenizer
 # The build's arguments; each is the param ``tiny_<key>`` of params/defaults.yaml.
 TINY_KEYS = ("seed", "vocab_size", "hidden_size", "layers", "heads", "kv_heads", "intermediate_size",
              "audio_hidden_size", "audio_layers", "audio_heads", "audio_ffn_size", "recordings", "warmup_steps",

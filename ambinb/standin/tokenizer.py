@@ -41,7 +41,7 @@ def tokenizer_corpus(seed: int, n_examples: int = 300) -> list[str]:
         transcript = cued_transcript(rng, classes, vocabulary)
         think, answer = synthetic_completion(rng, transcript, classes)
         texts.append(prompt.user_text(transcript, classes))
-        texts += [cot.answer_prefix(think), answer, cot.AMBINB.answer_close]  # the segments as tokenised
+        texts.append(cot.render_output(think, answer))  # the completion as the model writes it
     for preset in cot.PRESETS:
         texts.append(prompt.user_text("hello there", list(ALL_CLASSES), preset))
     texts.append("system\nYou are a helpful assistant.\nuser\nAudio 1: \nassistant\n")

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ambinb import cot, losses, policy, rewards, rollout
+from ambinb import cot, learning, losses, policy, prompt, rewards, rollout
 from ambinb.examples import Example
 from ambinb.strategies.base import ExampleStrategy
 
@@ -58,6 +58,7 @@ class RolloutBatch:
     anchor: int                          # the optimizer step that sampled it
     prompts: list[list[int]]             # per member (B * G rows, G = K or K + 1)
     completions: list[list[int]]
+    answer_cols: list[int | None] | None  # per member, its answer slot's column (answer_action any_class)
     audio: list[torch.Tensor]
     advantages: torch.Tensor             # (B * G,)
     old_logps: torch.Tensor | None       # (B * G, W) under the sampling policy, or None (num_iterations 1)
@@ -76,11 +77,36 @@ def with_gold(sampled: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return np.concatenate([sampled, gold], axis=1)
 
 
+def member_advantages(sampled: np.ndarray, gold: np.ndarray | None, gold_in_baseline: bool = True) -> torch.Tensor:
+    """Each member's advantage, group by group (the gold last): (B * G,) with G = K, or K + 1 with a gold.
+
+    Every advantage is ``(r - mean) / (std + 1e-4)`` within its group
+    (:func:`ambinb.losses.group_advantages`). With a gold member and ``gold_in_baseline`` (GRPO_z as the
+    paper has it) the gold's reward is in the group's mean and std; without, the sampled members are
+    centred among themselves and only the gold's own advantage is taken against the whole group.
+
+    Example: ``member_advantages([[0., 1.]], [2.], False)`` -> ``[-0.707, 0.707, 1.0]`` (about; the gold's
+    1.0 is (2 - 1) / std([0, 1, 2])).
+    """
+    sampled = np.asarray(sampled, dtype=np.float64)
+    b, k = sampled.shape
+    if gold is None:
+        return losses.group_advantages(torch.tensor(sampled, dtype=torch.float32), k)
+    table = with_gold(sampled, gold)
+    advantages = losses.group_advantages(torch.tensor(table, dtype=torch.float32), k + 1)
+    if not gold_in_baseline:
+        advantages = advantages.view(b, k + 1).clone()
+        advantages[:, :k] = losses.group_advantages(torch.tensor(sampled, dtype=torch.float32), k).view(b, k)
+        advantages = advantages.view(-1)
+    return advantages
+
+
 class GRPOStrategy(ExampleStrategy):
     """GRPO / GRPO_z (Eq. 6-7) for :func:`ambinb.engine.train`.
 
     Params used: ``grpo_k`` (K), ``clip_eps``, ``grpo_kl_coef``, ``num_iterations``, ``rewards``,
-    ``format_weight`` (lambda3), ``inject_gold``, ``prompt_preset``, ``seed``, ``logprob_chunk`` and the rollout keys
+    ``format_weight`` (lambda3), ``inject_gold``, ``answer_action``, ``prompt_preset``, ``seed``, ``logprob_chunk``
+    and the rollout keys
     (``max_new_tokens``, ``temperature``, ``top_p``, ``readout_batch_size``).
     """
 
@@ -97,6 +123,9 @@ class GRPOStrategy(ExampleStrategy):
         self.fmt = cot.get_format(cfg["prompt_preset"])
         self.seed = int(cfg["seed"])
         self.chunk = int(cfg["logprob_chunk"])
+        self.answer_action = str(cfg["answer_action"])
+        self.class_ids = prompt.class_ids(processor.tokenizer, self.classes)
+        self.gold_in_baseline = bool(cfg["gold_in_baseline"])
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations={self.num_iterations}: must be at least 1")
         self.group = self.k + int(self.inject_gold)  # rows per utterance; they share its prompt's forward
@@ -142,11 +171,12 @@ class GRPOStrategy(ExampleStrategy):
             if self.num_iterations > 1:
                 self._buffer[micro] = batch
         logps, mask, _ = policy.completion_logprobs(model, batch.prompts, batch.completions, batch.audio, self.pad_id,
-                                                    self.group, self.chunk)
+                                                    self.group, self.chunk, **self._answer(batch.answer_cols))
         if self.reference is not None:
             with torch.no_grad(), self.reference(model) as ref_model:
                 ref_logps, _, _ = policy.completion_logprobs(ref_model, batch.prompts, batch.completions,
-                                                             batch.audio, self.pad_id, self.group, self.chunk)
+                                                             batch.audio, self.pad_id, self.group, self.chunk,
+                                                             **self._answer(batch.answer_cols))
         else:
             ref_logps = logps.detach()
         loss, st = losses.grpo_loss(logps, batch.old_logps, ref_logps, batch.advantages.to(logps.device), mask,
@@ -154,16 +184,27 @@ class GRPOStrategy(ExampleStrategy):
         return loss, {**batch.stats, **{k: float(v) for k, v in st.items()}, "resampled": float(resampled),
                       "rollout_s": batch.stats["rollout_s"] if resampled else 0.0}
 
-    def _members(self, chosen: list[Example],
-                 group: rollout.GroupRollout) -> tuple[list[list[int]], list[list[int]], list[torch.Tensor]]:
-        """Prompt, completion and tower output of every group member, group by group (the gold last)."""
-        prompts, completions, audio = [], [], []
+    def _members(self, chosen: list[Example], group: rollout.GroupRollout
+                 ) -> tuple[list[list[int]], list[list[int]], list[int | None], list[torch.Tensor]]:
+        """Prompt, completion, answer column (:func:`ambinb.policy.answer_col`) and tower output of every
+        group member, group by group (the gold last)."""
+        first = {ids[0] for ids in self.class_ids}
+        prompts, completions, cols, audio = [], [], [], []
         for ex, trajectories in zip(chosen, group.trajectories):
-            members = [t.token_ids for t in trajectories] + ([ex.completion.ids] if self.inject_gold else [])
+            members = [(t.token_ids, policy.answer_col(t.token_ids, t.reasoning_len, first)) for t in trajectories]
+            members += [(ex.completion.ids, ex.completion.slot)] if self.inject_gold else []
             prompts.extend([ex.encoded.prompt_ids] * len(members))
-            completions.extend(members)
+            completions.extend(ids for ids, _ in members)
+            cols.extend(col for _, col in members)
             audio.extend([ex.encoded.audio] * len(members))
-        return prompts, completions, audio
+        return prompts, completions, cols, audio
+
+    def _answer(self, answer_cols: list[int | None]) -> dict[str, Any]:
+        """The ``answer_cols``/``answer_ids`` keywords of :func:`ambinb.policy.completion_logprobs`
+        (``answer_action: any_class``), or none (``written``)."""
+        if self.answer_action == "written":
+            return {}
+        return {"answer_cols": answer_cols, "answer_ids": [ids[0] for ids in self.class_ids]}
 
     def sample(self, model: Any, indices: list[int], step: int) -> RolloutBatch:
         """K scored trajectories per utterance (plus the gold member for GRPO_z), their advantages, and
@@ -180,32 +221,29 @@ class GRPOStrategy(ExampleStrategy):
         sampled = np.asarray(rewards.combined_reward(self.reward_names, texts,
                                                      **self._reward_kw(np.repeat(p_gt, k, axis=0), p_hat)))
         sampled = sampled.reshape(b, k)
-        prompts, completions, audio = self._members(chosen, group)
-        table = sampled
-        if self.inject_gold:
-            gold = rewards.gold_reward([self._gold_text(ex) for ex in chosen], format_weight=self.format_weight)
-            table = with_gold(sampled, gold)
-        advantages = losses.group_advantages(torch.tensor(table, dtype=torch.float32), table.shape[1])
+        prompts, completions, answer_cols, audio = self._members(chosen, group)
+        gold = rewards.gold_reward([self._gold_text(ex) for ex in chosen], format_weight=self.format_weight) \
+            if self.inject_gold else None
+        advantages = member_advantages(sampled, gold, self.gold_in_baseline)
         old_logps = None
         if self.num_iterations > 1:
             with torch.no_grad():
                 old_logps, _, _ = policy.completion_logprobs(model, prompts, completions, audio, self.pad_id,
-                                                             self.group, self.chunk)
+                                                             self.group, self.chunk, **self._answer(answer_cols))
         js = policy.rollout_js(p_gt, group.p_hat)
         stats = {"reward_mean": float(sampled.mean()), "reward_std": float(sampled.std()),
                  "reward_group_std": float(sampled.std(axis=1, ddof=1).mean()) if k > 1 else 0.0,
                  "js": float(js.mean()), "format_rate": float(np.mean([t.format_ok for t in group.flat()])),
+                 "p_max": float(group.p_hat.max(dim=-1).values.mean()),
                  "completion_len": float(np.mean([len(t.token_ids) for t in group.flat()])),
                  "rollout_s": float(sum(group.seconds.values()))}
-        return RolloutBatch(step, prompts, completions, audio, advantages, old_logps, stats)
+        return RolloutBatch(step, prompts, completions, answer_cols, audio, advantages, old_logps, stats)
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """GRPO's own ``train`` entries of ``metrics.json``: rewards, JS and format at the start and the end."""
-        fifth = max(1, len(history) // 5)
         out: dict[str, Any] = {}
         for key in ("reward_mean", "js", "format_rate", "kl", "clip_fraction", "completion_len"):
-            values = [row[key] for row in history if key in row]
-            if values:
-                out[f"{key}_first_fifth"] = float(np.mean(values[:fifth]))
-                out[f"{key}_last_fifth"] = float(np.mean(values[-fifth:]))
+            series = learning.values(history, key)
+            if series.size:
+                out[f"{key}_first_fifth"], out[f"{key}_last_fifth"] = learning.fifths(series)
         return out
