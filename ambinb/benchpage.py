@@ -35,7 +35,7 @@ TITLES = {
     "dpo_vs_trl": "DPO: engine vs TRL's DPOTrainer (steps/s, tiny model)",
     "rollouts": "Group rollouts: shared encoder and prefill vs naive (tiny model)",
     "grpo_step": "GRPO step: shared vs naive rollouts (tiny model)",
-    "full_size": "Full size: Qwen2-Audio-7B architecture, random weights, LoRA",
+    "full_size": "Full size: a backbone's real architecture (the file says which), random weights, LoRA",
     "report_timing": "`make report`, stage by stage",
 }
 

@@ -45,8 +45,8 @@ from ambinb import config, notebook, parameters, results, runlock
 from ambinb.paths import init_run_folder, is_path_name, resolve_path, run_folder
 from ambinb.progress import bar as progress_bar
 
-SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "seeds", "strategy_seeds", "workers", "run_root",
-              "overrides", "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
+SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "seeds", "strategy_seeds", "seed_overrides", "workers",
+              "run_root", "overrides", "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
 # recorded parameters that say where or how a run was launched, not what it computed
 LAUNCH_KEYS = {"run_root", "layers", "description", "runner", "device"}  # device: each process records its own
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -160,7 +160,11 @@ def _check_overrides(spec: dict[str, Any], path: Path) -> None:
         if not is_path_name(name):
             raise config.ConfigError(f"{path}: variant {name!r}: names become folders, use lower-case snake_case")
     config.check_layer(overrides, f"{path}: overrides")
-    for kind, table in (("strategy_overrides", per_strategy), ("variants", variants)):
+    per_seed = mapping_of_mappings("seed_overrides", "a seed")
+    bad = [k for k in per_seed if not isinstance(k, int) or isinstance(k, bool) or k < 0]
+    if bad:
+        raise config.ConfigError(f"{path}: seed_overrides must be keyed by non-negative integer seeds, got {bad}")
+    for kind, table in (("strategy_overrides", per_strategy), ("variants", variants), ("seed_overrides", per_seed)):
         for name, layer in table.items():
             config.check_layer(layer, f"{path}: {kind}.{name}")
 
@@ -172,9 +176,12 @@ def run_overrides(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
 
 def seed_overrides(spec: dict[str, Any], strategy: str) -> list[dict[str, int]]:
     """One override per seed a strategy runs with: ``strategy_seeds[strategy]``, else ``seeds``, else none
-    (the params' seed). Example: ``seeds: [0, 1]`` -> ``[{"seed": 0}, {"seed": 1}]``; neither key -> ``[{}]``."""
+    (the params' seed), each with that seed's ``seed_overrides`` (e.g. another ``runner`` for the seeds whose
+    notebook the book does not show). Example: ``seeds: [0, 1]`` -> ``[{"seed": 0}, {"seed": 1}]``; neither
+    key -> ``[{}]``."""
     seeds = (spec.get("strategy_seeds") or {}).get(strategy, spec.get("seeds"))
-    return [{"seed": int(s)} for s in seeds] if seeds else [{}]
+    per_seed = spec.get("seed_overrides") or {}
+    return [{**per_seed.get(int(s), {}), "seed": int(s)} for s in seeds] if seeds else [{}]
 
 
 def stale_keys(run: Run) -> list[str]:

@@ -114,3 +114,66 @@ def test_bootstrap_ci_equals_scoring_each_resample_on_its_own(pair):
             assert np.isnan(ci[name]).all(), name
         else:
             assert ci[name] == pytest.approx(expected, abs=1e-12), name
+
+
+def test_cluster_indices_draws_whole_groups():
+    """Groups ``b a b c a c``: a = rows {1, 4}, b = {0, 2}, c = {3, 5}; every resample is three drawn groups'
+    rows (in row order within a group), the groups drawn as ``rng.integers(0, 3)`` over the sorted labels."""
+    groups = np.array(["b", "a", "b", "c", "a", "c"])
+    members = {0: [1, 4], 1: [0, 2], 2: [3, 5]}          # a, b, c: np.unique's sorted order
+    idx = metrics.cluster_indices(groups, 50, np.random.default_rng(7))
+    assert idx.shape == (50, 6)
+    drawn = np.random.default_rng(7).integers(0, 3, size=(50, 3))
+    expected = np.array([[i for g in row for i in members[int(g)]] for row in drawn])
+    np.testing.assert_array_equal(idx, expected)
+    as_groups = {tuple(m) for m in members.values()}
+    for row in idx:                                          # and, independently: whole groups, nothing else
+        assert all(tuple(pair) in as_groups for pair in row.reshape(3, 2))
+    assert len({tuple(row) for row in idx}) > 1              # the resamples differ
+
+
+def test_cluster_indices_of_singleton_groups_is_the_plain_bootstrap():
+    """One row per group: the same draws as the ungrouped bootstrap (labels already in sorted order)."""
+    idx = metrics.cluster_indices(np.arange(5), 20, np.random.default_rng(3))
+    np.testing.assert_array_equal(idx, np.random.default_rng(3).integers(0, 5, size=(20, 5)))
+
+
+@pytest.mark.parametrize(("groups", "sizes"), [(["a", "a", "b"], r"\[1, 2\]"),
+                                               ([0, 0, 0, 1, 2, 2], r"\[1, 2, 3\]")])
+def test_cluster_indices_refuses_groups_of_unequal_size(groups, sizes):
+    with pytest.raises(ValueError, match=rf"groups must be of one size, got sizes {sizes}"):
+        metrics.cluster_indices(np.array(groups), 10, np.random.default_rng(0))
+    p = np.full((len(groups), 2), 0.5)
+    with pytest.raises(ValueError, match=rf"got sizes {sizes}"):
+        metrics.bootstrap_ci(p, p, n_boot=10, groups=np.array(groups))
+
+
+def test_grouped_bootstrap_of_identical_copies_equals_the_ungrouped_one_of_the_rows(pair):
+    """Three seeds that predicted alike: each utterance's three rows are copies. Drawing whole groups, a
+    resample holds every drawn row three times, which changes no mean, no ratio and no correlation; and the
+    group draws are the ungrouped draws over the 8 distinct rows, so the CIs are the same numbers."""
+    p, q = pair[0][:8], pair[1][:8].copy()
+    q[:3] = [0.97, 0.01, 0.01, 0.01]                          # so that collapse_rate varies
+    utts = [f"u{i}" for i in range(8)]                        # sorted labels: u0 .. u7 in row order
+    p3, q3 = np.concatenate([p] * 3), np.concatenate([q] * 3)  # seed-major rows: u0..u7, u0..u7, u0..u7
+    groups = np.array(utts * 3)
+    grouped = metrics.bootstrap_ci(p3, q3, n_boot=200, seed=4, groups=groups)
+    plain = metrics.bootstrap_ci(p, q, n_boot=200, seed=4)
+    assert grouped.keys() == plain.keys()
+    for name in plain:
+        assert grouped[name] == pytest.approx(plain[name], abs=1e-12, nan_ok=True), name
+    # without the groups the 24 copies count as 24 independent utterances: a narrower, different interval
+    rows = metrics.bootstrap_ci(p3, q3, n_boot=200, seed=4)
+    assert rows["js"][1] - rows["js"][0] < plain["js"][1] - plain["js"][0]
+
+
+def test_grouped_bootstrap_of_two_groups_by_hand():
+    """Two utterances, each twice: a resample is (a, a), (a, b), (b, a) or (b, b), so the mean JS is js_a,
+    their midpoint or js_b; with 400 resamples each end is drawn about 100 times, so the 2.5 % and 97.5 %
+    quantiles are js_a and js_b exactly. js_a = 0 (p_hat = p_gt); js_b = 0.3113 (the module's worked example)."""
+    p = np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    q = np.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [1.0, 0.0]])
+    js_b = 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(2)) + 0.5 * math.log2(1 / 0.75)
+    ci = metrics.bootstrap_ci(p, q, n_boot=400, seed=0, groups=np.array(["a", "b", "a", "b"]))
+    assert ci["js"] == pytest.approx((0.0, js_b), abs=1e-8)
+    assert ci["brier"] == pytest.approx((0.0, 0.25), abs=1e-12)

@@ -201,6 +201,14 @@ def test_seeds_run_apart_and_a_run_waits_for_the_run_it_starts_from(project):
         assert table.splitlines()[0].split()[:4] == ["dataset", "strategy", "fold", "seed"]
         for r in done:
             (r.folder / "metrics.json").unlink()
-    sweep_file.write_text(sweep_file.read_text() + "seeds: [-1]\n")
+    sweep_file.write_text(sweep_file.read_text() + "seed_overrides: {2: {runner: 'sweep_runners:slow_run'}}\n")
+    runs = sweep.expand(sweep.load_sweep(sweep_file))
+    assert [r.config()["runner"] for r in runs[:2]] == ["sweep_runners:fake_run", "sweep_runners:slow_run"]
+    assert runs[1].overrides == {"runner": "sweep_runners:slow_run", "seed": 2}
+    bad = sweep_file.read_text().replace("{2: {", "{two: {")
+    sweep_file.write_text(bad)
+    with pytest.raises(ValueError, match="seed_overrides must be keyed by non-negative integer seeds"):
+        sweep.load_sweep(sweep_file)
+    sweep_file.write_text(bad.replace("{two: {", "{2: {") + "seeds: [-1]\n")
     with pytest.raises(ValueError, match="'seeds' must list non-negative integers"):
         sweep.load_sweep(sweep_file)
