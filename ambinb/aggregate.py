@@ -290,14 +290,10 @@ def pooled_ci(run_root: str, dataset: str, strategy: str, folds: list[int], n_bo
     preds = pooled_predictions(run_root, dataset, strategy, folds)
     if preds.empty:
         return {}
+    # a fold with more finished seeds than another keeps its lowest ones: every utterance, one group size
+    n_seeds = preds.groupby("fold")["seed"].nunique().min()
+    preds = preds[preds.groupby("fold")["seed"].rank(method="dense") <= n_seeds]
     groups = preds["fold"].astype(str) + "/" + preds["utt_id"].astype(str)
-    sizes = groups.value_counts()
-    if sizes.min() != sizes.max():  # a seed that finished only some folds: its runs are left out of the CI
-        full = preds.groupby(["fold", "seed"]).size().index
-        n_seeds = preds.groupby("fold")["seed"].nunique().min()
-        keep = {(k, s) for k, s in full if s in sorted(preds[preds.fold == k].seed.unique())[:n_seeds]}
-        preds = preds[[(k, s) in keep for k, s in zip(preds.fold, preds.seed)]]
-        groups = preds["fold"].astype(str) + "/" + preds["utt_id"].astype(str)
     return metrics.bootstrap_ci(np.stack(preds.p_gt), np.stack(preds.p_hat), n_boot=n_boot, seed=seed,
                                 groups=groups.to_numpy())
 

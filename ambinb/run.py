@@ -79,10 +79,10 @@ def init_folder(cfg: dict[str, Any]) -> Path | None:
     return folder / "adapter"
 
 
-def trainable_start(cfg: dict[str, Any], model: Any) -> Any:
-    """The policy before training: the loaded model, with the ``init_from`` run's weights folded in when the
-    reference is that starting point (``reference: init``), then made trainable (LoRA or full)."""
-    source = init_folder(cfg)
+def trainable_start(cfg: dict[str, Any], model: Any, source: Path | None) -> Any:
+    """The policy before training: the loaded model, with the ``init_from`` run's weights (``source``,
+    :func:`init_folder`) folded in when the reference is that starting point (``reference: init``), then made
+    trainable (LoRA or full)."""
     if source is not None and cfg["reference"] == "init":
         model = model_mod.fold_in(model, source)
     return model_mod.prepare_trainable(model, cfg)
@@ -127,12 +127,13 @@ def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy],
         train_df, test_df = labels.split_for_run(df, cfg)
         cots = training_cots(cfg, df, train_df)
         model, processor = model_mod.load_model(cfg)
-    model = trainable_start(cfg, model)
+    source = init_folder(cfg)  # the init_from run's adapter/, checked once before anything trains
+    model = trainable_start(cfg, model, source)
     cache = audio.feature_cache(model, processor, cfg)
     examples = build_examples(train_df, cots, processor, cache, cfg, progress)
     strategy = strategy_cls.build(model, processor, examples, labels.class_names(train_df), cfg)
-    if cfg["reference"] == "base" and init_folder(cfg) is not None:  # the reference is taken: the base model
-        model_mod.load_into(model, init_folder(cfg))
+    if cfg["reference"] == "base" and source is not None:  # the reference is taken: the base model
+        model_mod.load_into(model, source)
     tc = engine.TrainConfig.from_cfg(cfg)
     history = engine.train(model, strategy, tc, out, accelerator, resume=bool(cfg["resume"]),
                            progress=progress and accelerator.is_main_process, stop_at=stop_at)
@@ -140,7 +141,7 @@ def train_and_evaluate(cfg: dict[str, Any], strategy_cls: type[engine.Strategy],
     stopped = stop_at is not None and len(history) < tc.total_steps(len(examples))
     if stopped or not accelerator.is_main_process:
         return {**info, "metrics": None}
-    folded = init_folder(cfg) if cfg["reference"] == "init" else None
+    folded = source if cfg["reference"] == "init" else None
     model_mod.save_trained(model, processor, out / "adapter", folded)
     model.eval()
     prior = results.prior_distribution(labels.p_matrix(train_df))

@@ -114,6 +114,15 @@ def assert_adapter_loads_back(model, processor, example, tmp_path: Path, monkeyp
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
+def perturb_lora(model, seed: int = 1) -> None:
+    """A trained adapter: every LoRA B matrix random (B = 0 leaves the model as it was)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
 def tone(seconds: float, freq: float, rate: int = 16_000, amp: float = 0.3) -> np.ndarray:
     """A sine tone: distinct, deterministic test audio."""
     t = np.arange(int(seconds * rate)) / rate

@@ -250,3 +250,20 @@ def test_sampled_verdicts_count_the_runs_that_improved(seeds_root):
     assert sorted(verdicts) == ["toy/dpo: rollout_js improved in 5 of 6 runs (mean change -0.020)",
                                 "toy/grpo: reward_mean improved in 1 of 2 runs (mean change +0.075)"]
     assert aggregate.sampled_verdicts(aggregate.sampled_trends(str(seeds_root), ["toy"], [])) == []
+
+
+def test_pooled_ci_keeps_as_many_seeds_per_fold_as_every_fold_has(seeds_root):
+    """Fold 1 lost seeds 1 and 2: the CI is that of seed 0 on both folds, each utterance one group, and with
+    every seed present it is the clustered bootstrap of all six runs."""
+    import shutil
+
+    full = aggregate.pooled_ci(str(seeds_root), "toy", "dpo", [0, 1], n_boot=200)
+    preds = aggregate.pooled_predictions(str(seeds_root), "toy", "dpo", [0, 1])
+    groups = (preds.fold.astype(str) + "/" + preds.utt_id.astype(str)).to_numpy()
+    assert full == metrics.bootstrap_ci(np.stack(preds.p_gt), np.stack(preds.p_hat), n_boot=200, groups=groups)
+    for seed in (1, 2):
+        shutil.rmtree(seeds_root / "toy" / "dpo" / f"fold1-seed{seed}")
+    cut = aggregate.pooled_ci(str(seeds_root), "toy", "dpo", [0, 1], n_boot=200)
+    zero = preds[preds.seed == 0]
+    groups = (zero.fold.astype(str) + "/" + zero.utt_id.astype(str)).to_numpy()
+    assert cut == metrics.bootstrap_ci(np.stack(zero.p_gt), np.stack(zero.p_hat), n_boot=200, groups=groups)

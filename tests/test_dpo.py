@@ -16,6 +16,7 @@ from conftest_model import (
     omni,
     omni_dir,
     omni_processor,
+    perturb_lora,
     tiny,
     tiny_dir,
     tone,
@@ -228,14 +229,6 @@ def test_the_audio_check_fails_when_one_forward_drops_its_audio(family_model, mo
     check_audio_in([r for r in seen if r["kind"] != "reference"], projected, placeholder)
     with pytest.raises(AssertionError, match="an unmerged <|AUDIO|> in a reference"):
         check_audio_in(seen, projected, placeholder)
-
-
-def perturb_lora(model, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
 def test_reference_is_the_model_without_its_adapter(tiny, tiny_dir):

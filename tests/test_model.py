@@ -8,7 +8,18 @@ import re
 
 import pytest
 import torch
-from conftest_model import OMNI_TINY, audio_logits, family_model, omni, omni_dir, omni_processor, tiny, tiny_dir, tone
+from conftest_model import (
+    OMNI_TINY,
+    audio_logits,
+    family_model,
+    omni,
+    omni_dir,
+    omni_processor,
+    perturb_lora,
+    tiny,
+    tiny_dir,
+    tone,
+)
 from full_disk import fill, small_disk  # noqa: F401
 
 from ambinb import config, lm
@@ -227,15 +238,6 @@ def text_logits(model) -> torch.Tensor:
 def trainable_cfg(tiny_dir, lora: bool) -> dict:
     return config.resolve(overrides={"model_name_or_path": str(tiny_dir), "dtype": "float32", "device": "cpu",
                                      "lora": lora, "lora_dropout": 0.0})
-
-
-def perturb_lora(model, seed: int) -> None:
-    """A trained adapter: every LoRA B matrix random (B = 0 leaves the model as it was)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
 def fresh(tiny_dir):
