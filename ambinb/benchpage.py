@@ -29,6 +29,7 @@ COMMANDS = {
     "grpo_step": ".venv/bin/python bench/grpo_step.py",
     "full_size": ".venv/bin/python bench/full_size.py",
     "report_timing": ".venv/bin/python bench/report_timing.py",
+    "logprobs": ".venv/bin/python bench/logprobs.py",
 }
 TITLES = {
     "sft_vs_trl": "SFT: engine vs TRL's SFTTrainer (steps/s, tiny model)",
@@ -37,6 +38,7 @@ TITLES = {
     "grpo_step": "GRPO step: shared vs naive rollouts (tiny model)",
     "full_size": "Full size: a backbone's real architecture (the file says which), random weights, LoRA",
     "report_timing": "`make report`, stage by stage",
+    "logprobs": "Token log-probs: row-wise log-softmax vs TRL's selective_log_softmax",
 }
 
 
@@ -233,9 +235,23 @@ def report_timing_table(data: dict[str, Any]) -> str:
         f"\nSweep `{data.get('sweep', '?')}`{', reusing an earlier run' if data.get('reuse') else ', from nothing'}.\n")
 
 
+def logprobs_table(data: dict[str, Any]) -> str:
+    def row(r: dict[str, Any]) -> list[str]:
+        med, ratio = r["median_seconds"], r["trl_over_ambinb"]
+        return [f"{r['positions']:,} x {r['vocab']:,}", fmt(med["ambinb_forward"], 4), fmt(med["trl_forward"], 4),
+                f"{ratio['forward']:.2f}x", fmt(med["ambinb_forward_backward"], 4),
+                fmt(med["trl_forward_backward"], 4), f"{ratio['forward_backward']:.2f}x"]
+
+    repeats = data["rows"][0]["repeats"] if data["rows"] else "?"
+    return table(["positions x vocabulary", "forward s", "TRL forward s", "TRL / ambinb", "with backward s",
+                  "TRL with backward s", "TRL / ambinb"], [row(r) for r in data["rows"]]) + (
+        f"\nMedians of {repeats} alternating calls, {data.get('torch_threads', '?')} torch thread(s).\n")
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
     "sft_vs_trl": sft_vs_trl_table, "dpo_vs_trl": dpo_vs_trl_table, "rollouts": rollouts_table,
     "grpo_step": grpo_step_table, "full_size": full_size_table, "report_timing": report_timing_table,
+    "logprobs": logprobs_table,
 }
 
 

@@ -13,9 +13,8 @@ matches, and ``tests/test_losses.py`` checks the numbers against it.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,22 +29,17 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@functools.cache
-def _selective_log_softmax() -> Callable[..., torch.Tensor]:
-    """TRL's ``selective_log_softmax`` (trl/trainer/utils.py), or an equivalent when trl lacks it.
-
-    Imported on first use: importing trl costs seconds, and most users of this module never need it.
-    """
-    try:
-        from trl.trainer.utils import selective_log_softmax  # heavy
-    except ImportError:  # pragma: no cover - trl is a dependency; the fallback keeps the module usable
-        return _row_log_softmax_gather
-    return selective_log_softmax
-
-
 def _row_log_softmax_gather(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[..., index], one batch row at a time (peak memory: one row's (T, V))."""
-    rows = [torch.log_softmax(row, dim=-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1) for row, idx in zip(logits, index)]
+    """log_softmax(logits)[..., index], one batch row at a time, each row in float32 (float64 stays float64).
+
+    The same values as TRL's ``selective_log_softmax`` (trl/trainer/utils.py; ``tests/test_losses.py``
+    compares them), which takes ``gather(logits) - logsumexp(logits)``. Both keep one (T, V) tensor per
+    row for the backward pass (TRL the logits, this the log-softmax), but the fused log-softmax kernel
+    and its backward take about half the time of logsumexp's separate max, subtract, exp and sum on a
+    CPU (``bench/logprobs.py``).
+    """
+    rows = [torch.log_softmax(row.to(_compute_dtype(row)), dim=-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+            for row, idx in zip(logits, index)]
     return torch.stack(rows)
 
 
@@ -56,10 +50,9 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     (for a causal LM: ``logits[:, :-1]`` with ``input_ids[:, 1:]``). Labels below 0 (``-100``,
     positions without a target) get log-prob 0.
 
-    Uses TRL's ``selective_log_softmax`` (trl/trainer/utils.py), which loops over rows to keep
-    memory low. Logits in half precision are cast to float32 one row at a time, so the result is
-    float32 without a float32 copy of the whole (B, T, V) tensor (TRL itself would compute
-    bf16 logits in bf16).
+    One batch row at a time (:func:`_row_log_softmax_gather`, equal to TRL's ``selective_log_softmax``):
+    logits in half precision are cast to float32 one row at a time, so the result is float32 without a
+    float32 copy of the whole (B, T, V) tensor (TRL itself would compute bf16 logits in bf16).
 
     Args:
         logits: (B, T, V), any float dtype.
@@ -75,12 +68,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                          f"and {tuple(labels.shape)}")
     has_target = labels >= 0
     safe = torch.where(has_target, labels, torch.zeros_like(labels))
-    gather = _selective_log_softmax()
-    if logits.dtype in (torch.float32, torch.float64):
-        out = gather(logits, safe)
-    else:
-        out = torch.stack([gather(row.float(), idx) for row, idx in zip(logits, safe)])
-    return out.masked_fill(~has_target, 0.0)
+    return _row_log_softmax_gather(logits, safe).masked_fill(~has_target, 0.0)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

@@ -30,6 +30,7 @@ COMMANDS = {
     "full_size_omni_3b": ["bench/full_size.py", "--smoke", "--model", "qwen2_5_omni_3b"],
     "rollouts": ["bench/rollouts.py", "--k", "2", "--utterances", "1", "--seconds", "1", "--max-new-tokens", "4",
                  "--skip-hf-batched"],
+    "logprobs": ["bench/logprobs.py", "--shapes", "64x50", "--repeats", "1"],
 }
 
 
@@ -86,6 +87,14 @@ def test_rollouts_smoke_writes_its_table(bench_runs):
     row = data["rows"][0]
     assert row["shared_tower_calls"] == 1  # the encoder ran once for the one utterance, not K times
     assert row["naive_tokens"] > 0 and row["shared_tokens"] > 0
+
+
+def test_logprobs_smoke_times_both_paths_and_renders(bench_runs):
+    data = _finished(bench_runs, "logprobs")
+    row = data["rows"][0]
+    assert (row["positions"], row["vocab"], row["repeats"]) == (64, 50, 1)
+    assert all(v > 0 for v in row["median_seconds"].values()) and len(row["median_seconds"]) == 4
+    assert "TRL / ambinb" in benchpage.logprobs_table(data)
 
 
 def test_dpo_vs_trl_smoke_runs_every_path_on_the_same_pairs(bench_runs):

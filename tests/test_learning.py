@@ -7,8 +7,13 @@ the stand-in trains on again and again, with short completions and a full fine-t
 Learning is possible there, so a policy that does not improve its samples is broken. The mutation
 tests (``-m slow``) break the losses the ways this check must catch, a flipped GRPO advantage and
 DPO's chosen and rejected swapped, and assert that the check then fails (it does: GRPO_z's reward
-falls by about 1, DPO's rollout JS rises by about 0.03, where unbroken they improve by about 0.12
-and 0.11).
+falls by about 1, DPO's rollout JS rises by about 0.03, where unbroken DPO improves by 0.10 to 0.16
+over seeds 0-3).
+
+GRPO_z does NOT pass this check reliably (a strict xfail, :data:`GRPO_Z_DOES_NOT_LEARN_HERE`): its
++0.12 at seed 0 was one lucky draw (seeds 1-3: -0.15, -0.02, +0.02; 60 steps: worse at every seed),
+found when a 1e-7 change of the log-prob arithmetic flipped seed 0 to -0.08. Its mutation test
+therefore shows nothing until GRPO_z learns here; issue 24 stays open on it.
 
 An unmasked prompt is no such mutation: the prompt is the same for every member of a GRPO group and
 for both sides of a DPO pair, so its terms cancel in group-centred advantages and in the DPO margin,
@@ -89,7 +94,14 @@ def test_the_sampled_curve_states_the_change(tmp_path):
     assert titles[1].startswith("js: 0.391 -> 0.311 (-0.080)") and "lower is better; improved" in titles[1]
 
 
-@pytest.mark.parametrize("strategy_name", ["dpo", "grpo_z"])
+GRPO_Z_DOES_NOT_LEARN_HERE = pytest.mark.xfail(strict=True, reason=(
+    "GRPO_z from the base stand-in on this three-utterance task does not reliably improve its sampled reward "
+    "(issue 24 open): first -> last fifth over seeds 0-3, 30 steps: -0.080, -0.111, +0.041, +0.012 (TRL's "
+    "logsumexp log-probs: +0.121, -0.150, -0.019, +0.022; 60 steps: -0.205, -0.148, -0.029, -0.334). Seed 0's "
+    "+0.121 passed by luck; a 1e-7 change of the log-probs flipped it. DPO here: +0.10 to +0.16 over seeds 0-3."))
+
+
+@pytest.mark.parametrize("strategy_name", ["dpo", pytest.param("grpo_z", marks=GRPO_Z_DOES_NOT_LEARN_HERE)])
 def test_a_few_dozen_steps_improve_what_the_policy_samples(tiny, tmp_path, strategy_name):
     model, processor = tiny
     history = train(model, processor, strategy_name, tmp_path)

@@ -32,9 +32,24 @@ def test_token_logprobs_matches_naive_and_ignores_minus_100():
     naive = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(out[labels >= 0], naive[labels >= 0])
     assert (out[0, :2] == 0).all()
-    torch.testing.assert_close(losses._row_log_softmax_gather(logits, labels.clamp(min=0)), naive)  # trl-less fallback
     out.sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[0, :2].abs().sum() == 0
+
+
+def test_token_logprobs_equal_trl_selective_log_softmax_with_gradients():
+    from trl.trainer.utils import selective_log_softmax  # an independent implementation (gather - logsumexp)
+
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(2, 7, 13, generator=g) * 3).requires_grad_()
+    labels = torch.randint(0, 13, (2, 7), generator=g)
+    weights = torch.randn(2, 7, generator=g)
+    ours = losses.token_logprobs(logits, labels)
+    (ours * weights).sum().backward()
+    ours_grad, logits.grad = logits.grad.clone(), None
+    theirs = selective_log_softmax(logits, labels)
+    (theirs * weights).sum().backward()
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours_grad, logits.grad)
 
 
 def test_token_logprobs_bf16_is_computed_in_float32():
