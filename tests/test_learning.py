@@ -12,8 +12,8 @@ over seeds 0-3).
 
 GRPO_z does NOT pass this check reliably (a strict xfail, :data:`GRPO_Z_DOES_NOT_LEARN_HERE`): its
 +0.12 at seed 0 was one lucky draw (seeds 1-3: -0.15, -0.02, +0.02; 60 steps: worse at every seed),
-found when a 1e-7 change of the log-prob arithmetic flipped seed 0 to -0.08. Its mutation test
-therefore shows nothing until GRPO_z learns here; issue 24 stays open on it.
+found when a 1e-7 change of the log-prob arithmetic flipped seed 0 to -0.08 (the marker's reason has
+every number). Its mutation test is skipped until GRPO_z learns here; issue 24 stays open on it.
 
 An unmasked prompt is no such mutation: the prompt is the same for every member of a GRPO group and
 for both sides of a DPO pair, so its terms cancel in group-centred advantages and in the DPO margin,
@@ -122,10 +122,13 @@ def swap_preferences(monkeypatch):
 
 MUTATIONS = {("grpo_z", "flipped advantage sign"): flip_advantages,
              ("dpo", "chosen and rejected swapped"): swap_preferences}
+# a mutation test shows something only where the unmutated check passes
+UNGUARDED = {"grpo_z": pytest.mark.skip(reason="the unmutated GRPO_z check fails too (GRPO_Z_DOES_NOT_LEARN_HERE)")}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy_name", "mutation"), list(MUTATIONS), ids=[f"{s}: {m}" for s, m in MUTATIONS])
+@pytest.mark.parametrize(("strategy_name", "mutation"),
+                         [pytest.param(s, m, id=f"{s}: {m}", marks=UNGUARDED.get(s, ())) for s, m in MUTATIONS])
 def test_the_learning_check_fails_under_a_mutation(tiny, tmp_path, monkeypatch, strategy_name, mutation):
     MUTATIONS[(strategy_name, mutation)](monkeypatch)
     model, processor = tiny
