@@ -5,7 +5,9 @@ Every strategy (:mod:`ambinb.strategies`) scores the model it trains through the
 * :func:`completion_logprobs`: the log-prob of every completion token given its prompt (with the
   utterance's cached tower output), one right-padded forward, or for rows in groups that share a
   prompt (GRPO's K samples) one prefill per prompt that the group continues; SFT's CE (Eq. 3), DPO's
-  sequence log-probs (Eq. 5) and GRPO's token ratios (Eq. 7) are all built from it.
+  sequence log-probs (Eq. 5) and GRPO's token ratios (Eq. 7) are all built from it;
+  :func:`score_completions` is the same forward that also returns the class names' log-probs at given
+  slots, differentiable (GRPO's ``readout_grad``).
 * :class:`Reference`: pi_ref of Eq. 5 and Eq. 7, the model before training (the LoRA adapter
   switched off, or one frozen copy for a full fine-tune).
 * :func:`slot_class_log_likelihoods`: the class names' log-likelihoods at a teacher-forced
@@ -25,7 +27,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -110,10 +112,29 @@ def slot_class_log_likelihoods(model: Any, hidden: torch.Tensor, examples: Seque
     return readout.class_log_likelihoods(model, prefixes, [ex.encoded.audio for ex in examples], class_ids, pad_id)
 
 
+class Scored(NamedTuple):
+    """What :func:`score_completions` returns (see there)."""
+
+    logps: torch.Tensor              # (N, W) log-prob of each scored completion token, 0 elsewhere
+    mask: torch.Tensor               # (N, W) 1 on the scored tokens
+    hidden: torch.Tensor | None      # (N, T, H) last hidden states of the whole rows, or None (grouped forward)
+    slot_ll: torch.Tensor | None     # (N, C) class names' first-token log-probs at ``readout_cols``, or None
+
+
 def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
                         audio: list[torch.Tensor], pad_id: int, group_size: int = 1, chunk: int = 0,
                         scored: list[list[int]] | None = None, answer_cols: list[int | None] | None = None,
                         answer_ids: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(logps, mask, hidden)`` of :func:`score_completions` (same arguments, no read-out)."""
+    out = score_completions(model, prompts, completions, audio, pad_id, group_size, chunk, scored, answer_cols,
+                            answer_ids)
+    return out.logps, out.mask, out.hidden
+
+
+def score_completions(model: Any, prompts: list[list[int]], completions: list[list[int]], audio: list[torch.Tensor],
+                      pad_id: int, group_size: int = 1, chunk: int = 0, scored: list[list[int]] | None = None,
+                      answer_cols: list[int | None] | None = None, answer_ids: list[int] | None = None,
+                      readout_cols: list[int | None] | None = None) -> Scored:
     """Log-probability of every completion token given its prompt (with audio) and the tokens before it:
     the one per-token log-prob path of every strategy (SFT's CE, DPO's Eq. 5, GRPO's Eq. 7).
 
@@ -135,13 +156,16 @@ def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[
         answer_cols: per completion, the column of the class name at its answer slot (:func:`answer_col`)
             or None; there the log-prob is that of writing *any* of ``answer_ids``,
             ``log sum_c p(c)`` (``answer_action: any_class``), not of the written name.
-        answer_ids: the class names' first token ids.
+        answer_ids: the class names' first token ids (for ``answer_cols`` and ``readout_cols``).
+        readout_cols: per completion, the column right after its answer tag (a scored token), or None:
+            ``slot_ll`` then holds the log-probs of ``answer_ids`` at the state that predicts that column,
+            differentiable (the read-out of single-token class names; GRPO's ``readout_grad``).
 
     Returns:
-        ``(logps (N, W), mask (N, W), hidden)``: W the longest completion, ``logps[i, t]`` the log-prob
-        of ``completions[i][t]`` where ``mask`` is 1 (a scored token) and 0 elsewhere, and the last hidden
-        states of the whole rows (N, T, H) for a read-out at a slot: None from the grouped forward, which
-        has no whole rows.
+        :class:`Scored`: W the longest completion, ``logps[i, t]`` the log-prob of ``completions[i][t]``
+        where ``mask`` is 1 (a scored token) and 0 elsewhere; ``hidden`` the last hidden states of the
+        whole rows (N, T, H) for a read-out at a slot, None from the grouped forward (no whole rows);
+        ``slot_ll`` (N, C), zero in the rows without a ``readout_cols`` entry, or None when none was asked.
     """
     _check_rows(prompts, completions, audio, group_size)
     device = lm.device_of(model)
@@ -153,26 +177,44 @@ def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[
         targets.extend(c[t] for t in keep)
     h, hidden = lm.completion_states(model, prompts, completions, audio, pad_id, rows, cols, group_size)
     flat = lm.token_logprobs(model, h, torch.tensor(targets, device=device), chunk)
-    if answer_cols is not None:
-        flat = _any_class(model, h, flat, rows, cols, answer_cols, answer_ids or [])
+    slot_ll = None
+    if answer_cols is not None or readout_cols is not None:
+        flat, slot_ll = _at_slots(model, h, flat, rows, cols, answer_cols, readout_cols, answer_ids or [])
     rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
     width = max(len(c) for c in completions)
     logps = torch.zeros((len(completions), width), dtype=flat.dtype, device=device).index_put((rows_t, cols_t), flat)
     mask = torch.zeros((len(completions), width), dtype=torch.float32, device=device)
     mask[rows_t, cols_t] = 1.0
-    return logps, mask, hidden
+    return Scored(logps, mask, hidden, slot_ll)
 
 
-def _any_class(model: Any, h: torch.Tensor, flat: torch.Tensor, rows: list[int], cols: list[int],
-               answer_cols: list[int | None], answer_ids: list[int]) -> torch.Tensor:
-    """``flat`` with the log-prob at each row's answer column replaced by ``log sum_c p(c)`` over ``answer_ids``."""
-    at = [j for j, (i, t) in enumerate(zip(rows, cols)) if answer_cols[i] is not None and t == answer_cols[i]]
+def _at_slots(model: Any, h: torch.Tensor, flat: torch.Tensor, rows: list[int], cols: list[int],
+              answer_cols: list[int | None] | None, readout_cols: list[int | None] | None, answer_ids: list[int]
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``flat`` with the log-prob at each row's answer column replaced by ``log sum_c p(c)`` over
+    ``answer_ids``, and the (N, C) log-probs of ``answer_ids`` at the ``readout_cols`` (or None)."""
+    n = max(rows, default=-1) + 1
+    want = {i: c for i, c in enumerate(answer_cols or []) if c is not None}
+    read = {i: c for i, c in enumerate(readout_cols or []) if c is not None}
+    at = [j for j, (i, t) in enumerate(zip(rows, cols)) if want.get(i) == t or read.get(i) == t]
+    slot_ll = torch.zeros((n, len(answer_ids)), dtype=torch.float32, device=flat.device) \
+        if readout_cols is not None else None
     if not at:
-        return flat
+        return flat, slot_ll
     index = torch.tensor(at, device=flat.device)
     logp = torch.log_softmax(lm.head_logits(model, h[index], float32=True), dim=-1)
-    mass = torch.logsumexp(logp[:, torch.tensor(answer_ids, device=flat.device)], dim=-1)
-    return flat.index_put((index,), mass)
+    ll = logp[:, torch.tensor(answer_ids, device=flat.device)]
+    keep = [k for k, j in enumerate(at) if want.get(rows[j]) == cols[j]]
+    if keep:
+        k_t = torch.tensor(keep, device=flat.device)
+        flat = flat.index_put((index[k_t],), torch.logsumexp(ll[k_t], dim=-1).to(flat.dtype))
+    if slot_ll is not None:
+        mine = [k for k, j in enumerate(at) if read.get(rows[j]) == cols[j]]
+        if mine:
+            m_t = torch.tensor(mine, device=flat.device)
+            owners = torch.tensor([rows[at[k]] for k in mine], device=flat.device)
+            slot_ll = slot_ll.index_put((owners,), ll[m_t])
+    return flat, slot_ll
 
 
 def _check_rows(prompts: list[list[int]], completions: list[list[int]], audio: list[torch.Tensor],

@@ -110,6 +110,19 @@ REWARDS: dict[str, RewardFn] = {
 }
 
 
+READOUT_KL = ("distribution", "grpo")  # rewards equal to -KL(p_gt || p_hat) plus terms of the text alone
+
+
+def readout_kl_weight(rewards: Iterable[str]) -> float:
+    """How many times -KL(p_gt || p_hat) stands in the summed ``rewards`` (each with weight 1): the weight of
+    the reward's own gradient through p_hat (GRPO's ``readout_grad``). Example: ``[grpo]`` -> 1.0,
+    ``[format]`` -> 0.0 (a reward of the text alone has none)."""
+    names = [str(n) for n in rewards]
+    for name in names:
+        get_reward(name)
+    return float(sum(n in READOUT_KL for n in names))
+
+
 def get_reward(name: str) -> RewardFn:
     """The reward function registered as ``name``.
 

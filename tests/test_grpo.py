@@ -18,9 +18,18 @@ from conftest_model import (
     tiny,
     tiny_dir,
 )
-from test_dpo import P_GT, audio_owner, check_audio_in, fake_rollout, make_examples, perturb_lora, record_forwards
+from test_dpo import (
+    P_GT,
+    THINK,
+    audio_owner,
+    check_audio_in,
+    fake_rollout,
+    make_examples,
+    perturb_lora,
+    record_forwards,
+)
 
-from ambinb import config, engine, lm, losses, metrics, rewards
+from ambinb import config, engine, lm, losses, metrics, prompt, rewards, rollout
 from ambinb import model as model_mod
 from ambinb.strategies import grpo
 
@@ -120,13 +129,61 @@ def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(family_m
     kinds = [r["kind"] for r in seen]
     assert {"rollout", "policy", "old_policy", "reference"} <= set(kinds)
     check_audio_in(seen, projected, placeholder)
+    ro = strategy._buffer[0].readout  # readout_grad: members without their own slot are read out by one forward
+    unread = [m // 3 for m in ro.members if ro.cols[m] is None]
+    if unread:
+        read = [r for r in seen if r["kind"] == "policy" and r["past"] == 0][1]
+        assert read["grad"] and [audio_owner(row, projected) for row in read["embeds"]] == unread
     for kind in ("policy", "old_policy", "reference"):  # each utterance's prompt once, its group continues it
         prefill = [r for r in seen if r["kind"] == kind and r["past"] == 0]
         tails = [r for r in seen if r["kind"] == kind and r["past"] > 0]
-        assert len(prefill) == 1 and len(tails) == 1
+        assert len(prefill) == 1 + (kind == "policy" and bool(unread)) and len(tails) == 1
         assert [audio_owner(row, projected) for row in prefill[0]["embeds"]] == [0, 1, 2]
         assert tails[0]["embeds"].shape[0] == 9  # K = 2 samples + the gold, per utterance
         assert tails[0]["past"] == prefill[0]["embeds"].shape[1]  # on top of the whole prefill, audio included
+
+
+def written_rollout(model, processor, encoded, classes, cfg, k=None, greedy=False, generator=None):
+    """A stand-in for ``rollout.rollout`` with fixed texts: per utterance, the gold CoT answering each class
+    in turn (a slot of its own), then the gold CoT cut before its answer tag (the tag appended); p_hat read
+    out by the rollout's own no-grad path (:func:`ambinb.rollout.read_trajectories`)."""
+    tok = processor.tokenizer
+    groups = []
+    for e in encoded:
+        written = [prompt.completion_ids(tok, THINK, classes[j % len(classes)]).ids for j in range(k - 1)]
+        cut = prompt.completion_ids(tok, THINK, classes[0])
+        groups.append([rollout.make_trajectory(tok, e.utt_id, ids, "answer_close", classes) for ids in written]
+                      + [rollout.make_trajectory(tok, e.utt_id, cut.ids[: cut.slot - 4], "budget", classes)])
+    p_hat = rollout.read_trajectories(model, encoded, groups, prompt.class_ids(tok, classes), tok.pad_token_id)
+    return rollout.GroupRollout(groups, p_hat.view(len(encoded), k, len(classes)), list(classes))
+
+
+@pytest.mark.parametrize("strategy_name", ["grpo", "grpo_z"])
+def test_the_readout_gradient_is_the_sampled_members_kl_at_their_own_slots(tiny, monkeypatch, strategy_name):
+    """``readout_grad``: the loss adds mean KL(p_gt || p_hat) of the sampled members (not the gold), p_hat
+    read from the policy forward at a member's own slot or by a forward of its prefix when its tag was
+    appended; it equals the KL of the rollout's own no-grad read-out, and it carries the gradient."""
+    model, processor = tiny
+    examples = make_examples(model, processor)
+    monkeypatch.setattr(grpo.rollout, "rollout", written_rollout)
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(strategy_name, grpo_k=3,
+                                                                             num_iterations=2))
+    loss, st = strategy.loss(model, [0, 1, 2], 0)
+    batch = strategy._buffer[0]
+    ro = batch.readout
+    assert [ro.cols[m] is None for m in ro.members] == [False, False, True] * 3  # both read-out paths are used
+    assert len(ro.members) == 9 and all(m % strategy.group < 3 for m in ro.members)  # the gold is not among them
+    p_hat = written_rollout(model, processor, [ex.encoded for ex in examples], CLASSES, {}, k=3).p_hat
+    expected = float(np.mean(metrics.kl(np.repeat(P_GT, 3, axis=0), p_hat.reshape(9, -1).double().numpy())))
+    assert st["readout_kl"] == pytest.approx(expected, rel=1e-4)
+    model.zero_grad()
+    by_forward = strategy._readout_loss(model, batch, None)  # every member by the prefix forward: the same value
+    assert float(by_forward) == pytest.approx(expected, rel=1e-4)
+    by_forward.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    off = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(strategy_name, grpo_k=3,
+                                                                        readout_grad=False))
+    assert off.readout_kl == 0.0 and "readout_kl" not in off.loss(model, [0, 1, 2], 0)[1]
 
 
 def test_num_iterations_reuses_the_rollouts_with_the_old_policy_logprobs(tiny, monkeypatch):

@@ -3,17 +3,23 @@
 against the last), not only their surrogate losses.
 
 The task: three utterances (distinct tones and transcripts, hand-made annotator distributions) that
-the stand-in trains on again and again, with short completions and a full fine-tune at lr 1e-3.
-Learning is possible there, so a policy that does not improve its samples is broken. The mutation
-tests (``-m slow``) break the losses the ways this check must catch, a flipped GRPO advantage and
-DPO's chosen and rejected swapped, and assert that the check then fails (it does: GRPO_z's reward
-falls by about 1, DPO's rollout JS rises by about 0.03, where unbroken DPO improves by 0.10 to 0.16
-over seeds 0-3).
+the stand-in trains on again and again, with a full fine-tune at lr 1e-3. GRPO_z's rollouts may run to
+72 tokens, past the gold CoT's answer (66 tokens): with the earlier budget of 40 no rollout could ever
+write an answer, which is why the GRPO_z check of before passed or failed by chance. Learning is
+possible there, so a policy that does not improve its samples is broken.
 
-GRPO_z does NOT pass this check reliably (a strict xfail, :data:`GRPO_Z_DOES_NOT_LEARN_HERE`): its
-+0.12 at seed 0 was one lucky draw (seeds 1-3: -0.15, -0.02, +0.02; 60 steps: worse at every seed),
-found when a 1e-7 change of the log-prob arithmetic flipped seed 0 to -0.08 (the marker's reason has
-every number). Its mutation test is skipped until GRPO_z learns here; issue 24 stays open on it.
+GRPO_z is checked twice, because its gradient has two halves (``readout_grad``, the method chapter):
+- with Eq. 6's reward (``[grpo]``) its sampled reward rises (seeds 0-3 measured: +0.35, +0.44, +0.44,
+  +0.48). Without the reward's own gradient through p_hat (``readout_grad: false``, Eq. 7 as printed) it
+  falls at every seed (-0.25, -0.03, -0.20, -0.03): the mutation test drops that term and asserts the
+  check then fails;
+- with a reward of the text alone (``[format]``, ``format_weight`` 1 so the gold stays on top) only the
+  policy-gradient half acts: the format rate rises (+0.38, +0.38, +0.22, +0.28), and with the advantage
+  sign flipped it stays at 0 at every seed: the mutation test flips it. (With ``[grpo]`` a flipped sign
+  does not show: the read-out gradient alone still raises that reward, +0.36 and +0.35 measured.)
+
+DPO's mutation swaps chosen and rejected; its rollout JS then rises by about 0.03, where unbroken DPO
+improves by 0.10 to 0.16 over seeds 0-3.
 
 An unmasked prompt is no such mutation: the prompt is the same for every member of a GRPO group and
 for both sides of a DPO pair, so its terms cancel in group-centred advantages and in the DPO margin,
@@ -43,22 +49,33 @@ from ambinb.strategies import dpo, grpo
 FIXTURES = (tiny, tiny_dir)  # conftest_model's, used by name below
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
 STEPS = 30
-MARGIN = {"dpo": 0.03, "grpo_z": 0.05}  # the least improvement, first fifth -> last fifth, that counts
-LR = {"dpo": 1e-3, "grpo_z": 1e-3}
+# per check: strategy, overrides, the least improvement (first fifth -> last fifth) that counts
+CHECKS = {"dpo": ("dpo", {"max_new_tokens": 40}, 0.03),
+          "grpo_z": ("grpo_z", {"max_new_tokens": 72}, 0.05),
+          "grpo_z, format reward": ("grpo_z", {"max_new_tokens": 72, "rewards": ["format"], "format_weight": 1.0},
+                                    0.05)}
+LR = 1e-3
 
 
 def train(model, processor, strategy_name: str, tmp_path, steps: int = STEPS, **over) -> list[dict]:
     """``steps`` optimizer steps of ``strategy_name`` on the three-utterance task; the training log."""
     cfg = config.resolve(dataset="toy", strategy=strategy_name, overrides={
-        "max_new_tokens": 40, "readout_batch_size": 0, "seed": 0, "lora": False, "grpo_k": 4, "dpo_rollouts": 4,
+        "readout_batch_size": 0, "seed": 0, "lora": False, "grpo_k": 4, "dpo_rollouts": 4,
         "tau": 0.0, "dpo_positive": "gold", **over})
     model = model_mod.prepare_trainable(model, cfg)
     examples = make_examples(model, processor)
     cls = grpo.GRPOStrategy if strategy_name.startswith("grpo") else dpo.DPOStrategy
     strategy = cls(model, processor, examples, CLASSES, cfg)
-    tc = engine.TrainConfig.with_defaults(lr=LR[strategy_name], max_steps=steps, batch_size=3, checkpoint_every=10_000,
-                                          seed=0)
+    tc = engine.TrainConfig.with_defaults(lr=LR, max_steps=steps, batch_size=3, checkpoint_every=10_000, seed=0)
     return engine.train(model, strategy, tc, tmp_path, progress=False)
+
+
+def run_check(tiny, tmp_path, check: str, **over) -> tuple[learning.Trend, float]:
+    """The trend of check ``check``'s sampled quantity and the margin it must beat."""
+    strategy_name, base, margin = CHECKS[check]
+    model, processor = tiny
+    history = train(model, processor, strategy_name, tmp_path, **{**base, **over})
+    return learned(history, strategy_name), margin
 
 
 def learned(history: list[dict], strategy_name: str) -> learning.Trend:
@@ -94,19 +111,10 @@ def test_the_sampled_curve_states_the_change(tmp_path):
     assert titles[1].startswith("js: 0.391 -> 0.311 (-0.080)") and "lower is better; improved" in titles[1]
 
 
-GRPO_Z_DOES_NOT_LEARN_HERE = pytest.mark.xfail(strict=True, reason=(
-    "GRPO_z from the base stand-in on this three-utterance task does not reliably improve its sampled reward "
-    "(issue 24 open): first -> last fifth over seeds 0-3, 30 steps: -0.080, -0.111, +0.041, +0.012 (TRL's "
-    "logsumexp log-probs: +0.121, -0.150, -0.019, +0.022; 60 steps: -0.205, -0.148, -0.029, -0.334). Seed 0's "
-    "+0.121 passed by luck; a 1e-7 change of the log-probs flipped it. DPO here: +0.10 to +0.16 over seeds 0-3."))
-
-
-@pytest.mark.parametrize("strategy_name", ["dpo", pytest.param("grpo_z", marks=GRPO_Z_DOES_NOT_LEARN_HERE)])
-def test_a_few_dozen_steps_improve_what_the_policy_samples(tiny, tmp_path, strategy_name):
-    model, processor = tiny
-    history = train(model, processor, strategy_name, tmp_path)
-    tr = learned(history, strategy_name)
-    assert improvement(tr) > MARGIN[strategy_name], tr.sentence()
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_a_few_dozen_steps_improve_what_the_policy_samples(tiny, tmp_path, check):
+    tr, margin = run_check(tiny, tmp_path, check)
+    assert improvement(tr) > margin, tr.sentence()
 
 
 def flip_advantages(monkeypatch):
@@ -120,19 +128,18 @@ def swap_preferences(monkeypatch):
                         real(pol_r, pol_c, ref_r, ref_c, *a, **kw))
 
 
-MUTATIONS = {("grpo_z", "flipped advantage sign"): flip_advantages,
-             ("dpo", "chosen and rejected swapped"): swap_preferences}
-# a mutation test shows something only where the unmutated check passes
-UNGUARDED = {"grpo_z": pytest.mark.skip(reason="the unmutated GRPO_z check fails too (GRPO_Z_DOES_NOT_LEARN_HERE)")}
+# per check, a mutation (a monkeypatch, or overrides that drop a term) the check must catch
+MUTATIONS = {("dpo", "chosen and rejected swapped"): swap_preferences,
+             ("grpo_z", "read-out gradient dropped"): {"readout_grad": False},
+             ("grpo_z, format reward", "flipped advantage sign"): flip_advantages}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy_name", "mutation"),
-                         [pytest.param(s, m, id=f"{s}: {m}", marks=UNGUARDED.get(s, ())) for s, m in MUTATIONS])
-def test_the_learning_check_fails_under_a_mutation(tiny, tmp_path, monkeypatch, strategy_name, mutation):
-    MUTATIONS[(strategy_name, mutation)](monkeypatch)
-    model, processor = tiny
-    history = train(model, processor, strategy_name, tmp_path)
-    tr = learned(history, strategy_name)
-    assert not improvement(tr) > MARGIN[strategy_name], f"the check passed under '{mutation}': {tr.sentence()}"
+@pytest.mark.parametrize(("check", "mutation"), [pytest.param(c, m, id=f"{c}: {m}") for c, m in MUTATIONS])
+def test_the_learning_check_fails_under_a_mutation(tiny, tmp_path, monkeypatch, check, mutation):
+    broken = MUTATIONS[(check, mutation)]
+    if callable(broken):
+        broken(monkeypatch)
+    tr, margin = run_check(tiny, tmp_path, check, **({} if callable(broken) else broken))
+    assert not improvement(tr) > margin, f"the check passed under '{mutation}': {tr.sentence()}"
     assert np.isfinite(tr.first) and np.isfinite(tr.last)

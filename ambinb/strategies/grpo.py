@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ambinb import cot, learning, losses, policy, prompt, rewards, rollout
+from ambinb import cot, learning, lm, losses, policy, prompt, readout, rewards, rollout
 from ambinb.examples import Example
 from ambinb.strategies.base import ExampleStrategy
 
@@ -63,6 +63,17 @@ class RolloutBatch:
     advantages: torch.Tensor             # (B * G,)
     old_logps: torch.Tensor | None       # (B * G, W) under the sampling policy, or None (num_iterations 1)
     stats: dict[str, float]
+    readout: Readout                     # where the sampled members were read out (``readout_grad``)
+
+
+@dataclass
+class Readout:
+    """Where each sampled member of a :class:`RolloutBatch` was read out, to differentiate its p_hat."""
+
+    members: list[int]                   # the sampled members' rows among the B * G (the gold excluded)
+    cols: list[int | None]               # per row of B * G: the column after its own answer tag, or None
+    prefixes: list[list[int]]            # per sampled member: prompt + the ids its p_hat follows
+    p_gt: np.ndarray                     # (B * K, C)
 
 
 def with_gold(sampled: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -124,7 +135,8 @@ class GRPOStrategy(ExampleStrategy):
         self.seed = int(cfg["seed"])
         self.chunk = int(cfg["logprob_chunk"])
         self.answer_action = str(cfg["answer_action"])
-        self.class_ids = prompt.class_ids(processor.tokenizer, self.classes)
+        self.class_ids = prompt.class_ids(processor.tokenizer, self.classes, self.fmt)
+        self.readout_kl = rewards.readout_kl_weight(self.reward_names) if bool(cfg["readout_grad"]) else 0.0
         self.gold_in_baseline = bool(cfg["gold_in_baseline"])
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations={self.num_iterations}: must be at least 1")
@@ -170,8 +182,10 @@ class GRPOStrategy(ExampleStrategy):
             batch.anchor = anchor
             if self.num_iterations > 1:
                 self._buffer[micro] = batch
-        logps, mask, _ = policy.completion_logprobs(model, batch.prompts, batch.completions, batch.audio, self.pad_id,
-                                                    self.group, self.chunk, **self._answer(batch.answer_cols))
+        scored = policy.score_completions(model, batch.prompts, batch.completions, batch.audio, self.pad_id,
+                                          self.group, self.chunk,
+                                          **{**self._answer(batch.answer_cols), **self._readout_cols(batch)})
+        logps, mask = scored.logps, scored.mask
         if self.reference is not None:
             with torch.no_grad(), self.reference(model) as ref_model:
                 ref_logps, _, _ = policy.completion_logprobs(ref_model, batch.prompts, batch.completions,
@@ -181,6 +195,9 @@ class GRPOStrategy(ExampleStrategy):
             ref_logps = logps.detach()
         loss, st = losses.grpo_loss(logps, batch.old_logps, ref_logps, batch.advantages.to(logps.device), mask,
                                     self.clip_eps, self.kl_coef)  # Eq. 7
+        if self.readout_kl > 0:  # the reward's own gradient through p_hat (readout_grad)
+            st["readout_kl"] = self._readout_loss(model, batch, scored.slot_ll)
+            loss = loss + self.readout_kl * st["readout_kl"]
         return loss, {**batch.stats, **{k: float(v) for k, v in st.items()}, "resampled": float(resampled),
                       "rollout_s": batch.stats["rollout_s"] if resampled else 0.0}
 
@@ -198,6 +215,47 @@ class GRPOStrategy(ExampleStrategy):
             cols.extend(col for _, col in members)
             audio.extend([ex.encoded.audio] * len(members))
         return prompts, completions, cols, audio
+
+    def _readout_cols(self, batch: RolloutBatch) -> dict[str, Any]:
+        """The ``readout_cols``/``answer_ids`` keywords of :func:`ambinb.policy.score_completions`, or none."""
+        if self.readout_kl <= 0:
+            return {}
+        return {"readout_cols": batch.readout.cols, "answer_ids": [ids[0] for ids in self.class_ids]}
+
+    def _readout_loss(self, model: Any, batch: RolloutBatch, slot_ll: torch.Tensor | None) -> torch.Tensor:
+        """Mean KL(p_gt || p_hat) of the sampled members, p_hat differentiable: read from the policy forward's
+        states at each member's own slot (``slot_ll``), or by one read-out forward for the members without one
+        there (the tag appended, class names of several tokens, whose p_hat the slot's first token does not
+        give, or no ``slot_ll``)."""
+        ro = batch.readout
+        device = lm.device_of(model)
+        ll = torch.zeros((len(ro.members), len(self.classes)), dtype=torch.float32, device=device)
+        have = [j for j, r in enumerate(ro.members) if ro.cols[r] is not None and slot_ll is not None]
+        if have:
+            ll = ll.index_put((torch.tensor(have, device=device),),
+                              slot_ll[torch.tensor([ro.members[j] for j in have], device=device)])
+        rest = sorted(set(range(len(ro.members))) - set(have))
+        if rest:
+            audio = [batch.audio[ro.members[j]] for j in rest]
+            extra = readout.class_log_likelihoods(model, [ro.prefixes[j] for j in rest], audio, self.class_ids,
+                                                  self.pad_id)
+            ll = ll.index_put((torch.tensor(rest, device=device),), extra.to(device))
+        return losses.kl_dist_loss(torch.as_tensor(ro.p_gt, dtype=torch.float32, device=device),
+                                   losses.class_log_probs(ll))
+
+    def _readout(self, chosen: list[Example], group: rollout.GroupRollout, p_gt: np.ndarray) -> Readout:
+        """The sampled members' read-out slots: the column right after the answer tag the model wrote, when a
+        token follows it and every class name is one token; else None (read by a forward of the prefix)."""
+        single = all(len(ids) == 1 for ids in self.class_ids)
+        members, cols, prefixes = [], [], []
+        for b, (ex, trajectories) in enumerate(zip(chosen, group.trajectories)):
+            for j, t in enumerate(trajectories):
+                members.append(b * self.group + j)
+                slot = len(t.readout_ids)
+                cols.append(slot if single and t.answer_found and slot < len(t.token_ids) else None)
+                prefixes.append(ex.encoded.prompt_ids + t.readout_ids)
+            cols.extend([None] * (self.group - len(trajectories)))  # the gold member
+        return Readout(members, cols, prefixes, np.repeat(p_gt, self.k, axis=0))
 
     def _answer(self, answer_cols: list[int | None]) -> dict[str, Any]:
         """The ``answer_cols``/``answer_ids`` keywords of :func:`ambinb.policy.completion_logprobs`
@@ -237,7 +295,8 @@ class GRPOStrategy(ExampleStrategy):
                  "p_max": float(group.p_hat.max(dim=-1).values.mean()),
                  "completion_len": float(np.mean([len(t.token_ids) for t in group.flat()])),
                  "rollout_s": float(sum(group.seconds.values()))}
-        return RolloutBatch(step, prompts, completions, answer_cols, audio, advantages, old_logps, stats)
+        return RolloutBatch(step, prompts, completions, answer_cols, audio, advantages, old_logps, stats,
+                            self._readout(chosen, group, p_gt))
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """GRPO's own ``train`` entries of ``metrics.json``: rewards, JS and format at the start and the end."""
