@@ -17,7 +17,15 @@ Each rollout step, for the B utterances of the micro-batch:
 6. the clipped ratio objective with per-token averaging and a k3 KL to the reference
    (:func:`ambinb.losses.grpo_loss`, Eq. 7). The reference is the starting model
    (:class:`ambinb.policy.Reference`: LoRA adapter disabled, or one frozen copy for a full fine-tune);
-   with ``grpo_kl_coef: 0`` no reference forward runs.
+   with ``grpo_kl_coef: 0`` no reference forward runs;
+7. with ``readout_grad`` (the default) the reward's own gradient through p_hat joins the loss: Eq. 6's
+   -KL(p_gt || p_hat) is a function of the weights (p_hat is the policy's read-out), so the gradient
+   of the expected reward is E[r grad log pi] + E[grad r], and Eq. 7's ratio estimates only the first.
+   The second is the mean KL(p_gt || p_hat) of the sampled members (not the gold) at their own slots,
+   weight 1 per KL-bearing reward (:func:`ambinb.rewards.readout_kl_weight`), logged as ``readout_kl``;
+   p_hat comes from the policy forward's states at each slot (:func:`ambinb.policy.score_completions`),
+   or from one read-out forward of the prefixes for members whose tag was appended (or class names of
+   several tokens). The book's method chapter has the experiments; ``false`` is Eq. 7 as printed.
 
 ``num_iterations`` > 1 reuses one batch of rollouts for that many consecutive optimizer steps (TRL's
 ``num_iterations``): at the first step of each block the rollouts are sampled and the policy's
@@ -116,9 +124,9 @@ class GRPOStrategy(ExampleStrategy):
     """GRPO / GRPO_z (Eq. 6-7) for :func:`ambinb.engine.train`.
 
     Params used: ``grpo_k`` (K), ``clip_eps``, ``grpo_kl_coef``, ``num_iterations``, ``rewards``,
-    ``format_weight`` (lambda3), ``inject_gold``, ``answer_action``, ``prompt_preset``, ``seed``, ``logprob_chunk``
-    and the rollout keys
-    (``max_new_tokens``, ``temperature``, ``top_p``, ``readout_batch_size``).
+    ``format_weight`` (lambda3), ``inject_gold``, ``gold_in_baseline``, ``readout_grad``, ``answer_action``,
+    ``prompt_preset``, ``seed``, ``logprob_chunk`` and the rollout keys (``max_new_tokens``, ``temperature``,
+    ``top_p``, ``readout_batch_size``).
     """
 
     def __init__(self, model: Any, processor: Any, examples: list[Example], classes: list[str],
