@@ -179,7 +179,8 @@ def score_completions(model: Any, prompts: list[list[int]], completions: list[li
     flat = lm.token_logprobs(model, h, torch.tensor(targets, device=device), chunk)
     slot_ll = None
     if answer_cols is not None or readout_cols is not None:
-        flat, slot_ll = _at_slots(model, h, flat, rows, cols, answer_cols, readout_cols, answer_ids or [])
+        flat, slot_ll = _at_slots(model, h, flat, rows, cols, len(completions), answer_cols, readout_cols,
+                                  answer_ids or [])
     rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
     width = max(len(c) for c in completions)
     logps = torch.zeros((len(completions), width), dtype=flat.dtype, device=device).index_put((rows_t, cols_t), flat)
@@ -188,32 +189,30 @@ def score_completions(model: Any, prompts: list[list[int]], completions: list[li
     return Scored(logps, mask, hidden, slot_ll)
 
 
-def _at_slots(model: Any, h: torch.Tensor, flat: torch.Tensor, rows: list[int], cols: list[int],
+def _at_slots(model: Any, h: torch.Tensor, flat: torch.Tensor, rows: list[int], cols: list[int], n: int,
               answer_cols: list[int | None] | None, readout_cols: list[int | None] | None, answer_ids: list[int]
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``flat`` with the log-prob at each row's answer column replaced by ``log sum_c p(c)`` over
-    ``answer_ids``, and the (N, C) log-probs of ``answer_ids`` at the ``readout_cols`` (or None)."""
-    n = max(rows, default=-1) + 1
-    want = {i: c for i, c in enumerate(answer_cols or []) if c is not None}
-    read = {i: c for i, c in enumerate(readout_cols or []) if c is not None}
-    at = [j for j, (i, t) in enumerate(zip(rows, cols)) if want.get(i) == t or read.get(i) == t]
+    ``answer_ids``, and the (n, C) log-probs of ``answer_ids`` at the ``readout_cols`` (or None)."""
+    want = dict(enumerate(answer_cols or []))
+    read = dict(enumerate(readout_cols or []))
+    is_answer = [want.get(i) == c for i, c in zip(rows, cols)]  # a None entry matches no column
+    is_read = [read.get(i) == c for i, c in zip(rows, cols)]
+    at = [j for j in range(len(rows)) if is_answer[j] or is_read[j]]
     slot_ll = torch.zeros((n, len(answer_ids)), dtype=torch.float32, device=flat.device) \
         if readout_cols is not None else None
     if not at:
         return flat, slot_ll
-    index = torch.tensor(at, device=flat.device)
-    logp = torch.log_softmax(lm.head_logits(model, h[index], float32=True), dim=-1)
-    ll = logp[:, torch.tensor(answer_ids, device=flat.device)]
-    keep = [k for k, j in enumerate(at) if want.get(rows[j]) == cols[j]]
-    if keep:
-        k_t = torch.tensor(keep, device=flat.device)
-        flat = flat.index_put((index[k_t],), torch.logsumexp(ll[k_t], dim=-1).to(flat.dtype))
-    if slot_ll is not None:
-        mine = [k for k, j in enumerate(at) if read.get(rows[j]) == cols[j]]
-        if mine:
-            m_t = torch.tensor(mine, device=flat.device)
-            owners = torch.tensor([rows[at[k]] for k in mine], device=flat.device)
-            slot_ll = slot_ll.index_put((owners,), ll[m_t])
+    logp = torch.log_softmax(lm.head_logits(model, h[torch.tensor(at, device=flat.device)], float32=True), dim=-1)
+    ll = dict(zip(at, logp[:, torch.tensor(answer_ids, device=flat.device)]))
+    answers = [j for j in at if is_answer[j]]
+    if answers:
+        mass = torch.logsumexp(torch.stack([ll[j] for j in answers]), dim=-1).to(flat.dtype)
+        flat = flat.index_put((torch.tensor(answers, device=flat.device),), mass)
+    reads = [j for j in at if is_read[j]]
+    if slot_ll is not None and reads:
+        owners = torch.tensor([rows[j] for j in reads], device=flat.device)
+        slot_ll = slot_ll.index_put((owners,), torch.stack([ll[j] for j in reads]))
     return flat, slot_ll
 
 

@@ -131,9 +131,9 @@ def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(family_m
     check_audio_in(seen, projected, placeholder)
     ro = strategy._buffer[0].readout  # readout_grad: members without their own slot are read out by one forward
     unread = [m // 3 for m in ro.members if ro.cols[m] is None]
-    if unread:
-        read = [r for r in seen if r["kind"] == "policy" and r["past"] == 0][1]
-        assert read["grad"] and [audio_owner(row, projected) for row in read["embeds"]] == unread
+    assert unread  # 48 tokens end before any answer tag here: the read-out forward runs
+    read = [r for r in seen if r["kind"] == "policy" and r["past"] == 0][1]
+    assert read["grad"] and [audio_owner(row, projected) for row in read["embeds"]] == unread
     for kind in ("policy", "old_policy", "reference"):  # each utterance's prompt once, its group continues it
         prefill = [r for r in seen if r["kind"] == kind and r["past"] == 0]
         tails = [r for r in seen if r["kind"] == kind and r["past"] > 0]
