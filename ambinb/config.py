@@ -190,7 +190,8 @@ RULES: dict[str, Rule] = {
     "trackers": _text(rf"\s*|\s*({_TRACKER})\s*(,\s*({_TRACKER})\s*)*", f"comma-separated names of {list(TRACKERS)}"),
     "ce_weight": _at_least(0), "kl_weight": _at_least(0), "answer_ce": _one_of("soft", "majority", "none"),
     # DPO and GRPO
-    "answer_action": _one_of("any_class", "written"), "dpo_positive": _one_of("gold", "best_rollout"),
+    "answer_action": _one_of("any_class", "written"),
+    "readout_grad": _one_of("written", "all", "none"), "dpo_positive": _one_of("gold", "best_rollout"),
     "reference": _one_of("base", "init"), "init_from": _text(r"|[a-z0-9_]+", '"" or a strategy name'),
     "init_root": _text(r".*", "a folder or \"\""),
     "beta": _positive(), "tau": _share(), "dpo_rollouts": _at_least(1), "dpo_kl_weight": _at_least(0),

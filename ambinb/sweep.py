@@ -7,9 +7,12 @@ Usage::
 
 A sweep file names ``datasets``, ``strategies`` and ``folds`` (and optionally ``workers``,
 ``run_root``, ``overrides`` applied to every run, ``strategy_overrides`` applied to one strategy's
-runs (``{dpo: {max_steps: 8}}``), ``variants`` that repeat every run with other settings, each in
-its own run root ``<run_root>/<variant>`` (``{lr_x4: {lr_scale: 40}}``: choose settings with
-``eval_split: validation``, never on the test fold), ``executor`` and ``slurm`` options). Each
+runs (``{dpo: {max_steps: 8}}``), ``notebook_folds`` (the folds whose notebook runs stay notebooks: a
+run of another fold whose runner is a notebook calls :data:`DIRECT_RUNNER`, the code the notebooks
+are chapters over, which saves a kernel start where the book shows no notebook), ``variants`` that
+repeat every run with other settings, each in its own run root ``<run_root>/<variant>``
+(``{lr_x4: {lr_scale: 40}}``: choose settings with ``eval_split: validation``, never on the test
+fold), ``executor`` and ``slurm`` options). Each
 strategy's ``runner`` parameter says what runs it: a notebook name (executed through papermill
 into ``<run>/<notebook>.ipynb``) or ``module:function`` called with the resolved config.
 
@@ -45,8 +48,10 @@ from ambinb import config, notebook, parameters, results, runlock
 from ambinb.paths import init_run_folder, is_path_name, resolve_path, run_folder
 from ambinb.progress import bar as progress_bar
 
-SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "seeds", "strategy_seeds", "seed_overrides", "workers",
+SWEEP_KEYS = {"description", "datasets", "strategies", "folds", "seeds", "strategy_seeds", "seed_overrides",
+              "notebook_folds", "workers",
               "run_root", "overrides", "strategy_overrides", "variants", "executor", "slurm", "threads_per_run"}
+DIRECT_RUNNER = "ambinb.run:run"  # what a notebook runner's run outside ``notebook_folds`` calls instead
 # recorded parameters that say where or how a run was launched, not what it computed
 LAUNCH_KEYS = {"run_root", "layers", "description", "runner", "device"}  # device: each process records its own
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -120,11 +125,12 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_counts(spec: dict[str, Any], path: Path) -> None:
-    """``folds``: integers >= 0; ``workers`` and ``threads_per_run``: integers >= 1 (or absent)."""
+    """``folds``, ``seeds``, ``notebook_folds``: integers >= 0; ``workers``, ``threads_per_run``: integers >= 1
+    (or absent)."""
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    lists = {"folds": spec["folds"], "seeds": spec.get("seeds", [0]),
+    lists = {"folds": spec["folds"], "seeds": spec.get("seeds", [0]), "notebook_folds": spec.get("notebook_folds", [0]),
              **{f"strategy_seeds.{k}": v for k, v in (spec.get("strategy_seeds") or {}).items()}}
     for key, values in lists.items():
         bad = values if not isinstance(values, list) or not values else [v for v in values if not is_int(v) or v < 0]
@@ -207,11 +213,15 @@ def expand(spec: dict[str, Any], run_root: str | None = None) -> list[Run]:
             for v, extra in variants.items()
             for d in spec["datasets"] for s in spec["strategies"] for f in spec["folds"]
             for seed in seed_overrides(spec, s)]
+    shown = spec.get("notebook_folds")
     for run in runs:
         try:
             runner = run.config()["runner"]
         except config.ConfigError as err:
             raise config.ConfigError(f"{run.label}: {err}") from None
+        if shown is not None and runner and ":" not in runner and run.fold not in shown:
+            run.overrides = {**run.overrides, "runner": DIRECT_RUNNER}
+            runner = DIRECT_RUNNER
         if not runner:
             raise config.ConfigError(f"strategy {run.strategy!r} declares no runner")
         if ":" not in runner:

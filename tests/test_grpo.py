@@ -122,14 +122,15 @@ def test_audio_reaches_rollout_policy_old_policy_and_reference_forwards(family_m
         projected = [lm.project_audio(model, [ex.encoded.audio]) for ex in examples]
     placeholder = lm.base_model(model).get_input_embeddings().weight[
         processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")].detach()
-    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(grpo_k=2, num_iterations=2))
+    strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES,  # all: the appended members' forward runs
+                                 make_cfg(grpo_k=2, num_iterations=2, readout_grad="all"))
     seen, handle = record_forwards(model, monkeypatch, grpo)
     strategy.loss(model, [0, 1, 2], 0)
     handle.remove()
     kinds = [r["kind"] for r in seen]
     assert {"rollout", "policy", "old_policy", "reference"} <= set(kinds)
     check_audio_in(seen, projected, placeholder)
-    ro = strategy._buffer[0].readout  # readout_grad: members without their own slot are read out by one forward
+    ro = strategy._buffer[0].readout  # readout_grad all: members without their own slot are read out by one forward
     unread = [m // 3 for m in ro.members if ro.cols[m] is None]
     assert unread  # 48 tokens end before any answer tag here: the read-out forward runs
     read = [r for r in seen if r["kind"] == "policy" and r["past"] == 0][1]
@@ -158,23 +159,29 @@ def written_rollout(model, processor, encoded, classes, cfg, k=None, greedy=Fals
     return rollout.GroupRollout(groups, p_hat.view(len(encoded), k, len(classes)), list(classes))
 
 
+@pytest.mark.parametrize("members", ["all", "written"])
 @pytest.mark.parametrize("strategy_name", ["grpo", "grpo_z"])
-def test_the_readout_gradient_is_the_sampled_members_kl_at_their_own_slots(tiny, monkeypatch, strategy_name):
-    """``readout_grad``: the loss adds mean KL(p_gt || p_hat) of the sampled members (not the gold), p_hat
-    read from the policy forward at a member's own slot or by a forward of its prefix when its tag was
-    appended; it equals the KL of the rollout's own no-grad read-out, and it carries the gradient."""
+def test_the_readout_gradient_is_the_sampled_members_kl_at_their_own_slots(tiny, monkeypatch, strategy_name, members):
+    """``readout_grad``: the loss adds KL(p_gt || p_hat) summed over the sampled members it names (not the gold;
+    ``written``: only those that wrote their own tag) over the number of sampled members, p_hat read from the
+    policy forward at a member's own slot or by a forward of its prefix when its tag was appended; it equals
+    the KL of the rollout's own no-grad read-out, and it carries the gradient."""
     model, processor = tiny
     examples = make_examples(model, processor)
     monkeypatch.setattr(grpo.rollout, "rollout", written_rollout)
     strategy = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(strategy_name, grpo_k=3,
-                                                                             num_iterations=2))
+                                                                             num_iterations=2, readout_grad=members))
     loss, st = strategy.loss(model, [0, 1, 2], 0)
     batch = strategy._buffer[0]
     ro = batch.readout
-    assert [ro.cols[m] is None for m in ro.members] == [False, False, True] * 3  # both read-out paths are used
+    appended = [False, False, True] * 3  # per utterance: two members wrote their tag, the third's was appended
+    assert [ro.cols[m] is None for m in ro.members] == appended  # both read-out paths are used
+    assert ro.written == [not a for a in appended]
     assert len(ro.members) == 9 and all(m % strategy.group < 3 for m in ro.members)  # the gold is not among them
     p_hat = written_rollout(model, processor, [ex.encoded for ex in examples], CLASSES, {}, k=3).p_hat
-    expected = float(np.mean(metrics.kl(np.repeat(P_GT, 3, axis=0), p_hat.reshape(9, -1).double().numpy())))
+    kl = metrics.kl(np.repeat(P_GT, 3, axis=0), p_hat.reshape(9, -1).double().numpy())
+    kept = np.ones(9) if members == "all" else 1.0 - np.asarray(appended, dtype=float)
+    expected = float(np.sum(kl * kept) / 9)  # the appended members count zero under written
     assert st["readout_kl"] == pytest.approx(expected, rel=1e-4)
     model.zero_grad()
     by_forward = strategy._readout_loss(model, batch, None)  # every member by the prefix forward: the same value
@@ -182,7 +189,7 @@ def test_the_readout_gradient_is_the_sampled_members_kl_at_their_own_slots(tiny,
     by_forward.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     off = grpo.GRPOStrategy(model, processor, examples, CLASSES, make_cfg(strategy_name, grpo_k=3,
-                                                                        readout_grad=False))
+                                                                        readout_grad="none"))
     assert off.readout_kl == 0.0 and "readout_kl" not in off.loss(model, [0, 1, 2], 0)[1]
 
 

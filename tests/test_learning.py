@@ -130,7 +130,7 @@ def swap_preferences(monkeypatch):
 
 # per check, a mutation (a monkeypatch, or overrides that drop a term) the check must catch
 MUTATIONS = {("dpo", "chosen and rejected swapped"): swap_preferences,
-             ("grpo_z", "read-out gradient dropped"): {"readout_grad": False},
+             ("grpo_z", "read-out gradient dropped"): {"readout_grad": "none"},
              ("grpo_z, format reward", "flipped advantage sign"): flip_advantages}
 
 

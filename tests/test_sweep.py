@@ -205,7 +205,19 @@ def test_seeds_run_apart_and_a_run_waits_for_the_run_it_starts_from(project):
     runs = sweep.expand(sweep.load_sweep(sweep_file))
     assert [r.config()["runner"] for r in runs[:2]] == ["sweep_runners:fake_run", "sweep_runners:slow_run"]
     assert runs[1].overrides == {"runner": "sweep_runners:slow_run", "seed": 2}
-    bad = sweep_file.read_text().replace("{2: {", "{two: {")
+    plain = sweep_file.read_text()
+    (root / "params" / "strategies" / "fake_nb.yaml").write_text("runner: 03_sft\n")
+    (root / "notebooks").mkdir(exist_ok=True)  # expand checks a notebook run's parameters against its notebook
+    shutil.copy(Path(__file__).parents[1] / "notebooks" / "03_sft.ipynb", root / "notebooks")
+    sweep_file.write_text(plain.replace("strategies: [fake_rl, fake]", "strategies: [fake_rl, fake, fake_nb]")
+                          + "notebook_folds: [0]\n")  # fold 1's notebook run calls the same code directly
+    runners = {r.label: r.config()["runner"] for r in sweep.expand(sweep.load_sweep(sweep_file))}
+    assert runners["toy/fake_nb/fold0"] == "03_sft" and runners["toy/fake_nb/fold1"] == sweep.DIRECT_RUNNER
+    assert runners["toy/fake/fold1"] == "sweep_runners:fake_run"  # a module runner stays as it is
+    sweep_file.write_text(plain.replace("folds: [0, 1]", "folds: [0, 1]\nnotebook_folds: [zero]"))
+    with pytest.raises(ValueError, match="'notebook_folds' must list non-negative integers"):
+        sweep.load_sweep(sweep_file)
+    bad = plain.replace("{2: {", "{two: {")
     sweep_file.write_text(bad)
     with pytest.raises(ValueError, match="seed_overrides must be keyed by non-negative integer seeds"):
         sweep.load_sweep(sweep_file)

@@ -18,14 +18,18 @@ Each rollout step, for the B utterances of the micro-batch:
    (:func:`ambinb.losses.grpo_loss`, Eq. 7). The reference is the starting model
    (:class:`ambinb.policy.Reference`: LoRA adapter disabled, or one frozen copy for a full fine-tune);
    with ``grpo_kl_coef: 0`` no reference forward runs;
-7. with ``readout_grad`` (the default) the reward's own gradient through p_hat joins the loss: Eq. 6's
+7. with ``readout_grad`` the reward's own gradient through p_hat joins the loss: Eq. 6's
    -KL(p_gt || p_hat) is a function of the weights (p_hat is the policy's read-out), so the gradient
    of the expected reward is E[r grad log pi] + E[grad r], and Eq. 7's ratio estimates only the first.
-   The second is the mean KL(p_gt || p_hat) of the sampled members (not the gold) at their own slots,
-   weight 1 per KL-bearing reward (:func:`ambinb.rewards.readout_kl_weight`), logged as ``readout_kl``;
-   p_hat comes from the policy forward's states at each slot (:func:`ambinb.policy.score_completions`),
-   or from one read-out forward of the prefixes for members whose tag was appended (or class names of
-   several tokens). The book's method chapter has the experiments; ``false`` is Eq. 7 as printed.
+   The second is KL(p_gt || p_hat) summed over the sampled members (not the gold) at their own slots,
+   over the number of sampled members, weight 1 per KL-bearing reward
+   (:func:`ambinb.rewards.readout_kl_weight`), logged as ``readout_kl``. ``written`` (the default)
+   counts the members that wrote their own answer tag: a read-out after a tag ambinb appended scores a
+   malformed sample, and training it teaches the slot to do without the format; ``all`` counts them
+   too; ``none`` is Eq. 7 as printed. p_hat comes from the policy forward's states at each slot
+   (:func:`ambinb.policy.score_completions`), or from one read-out forward of the prefixes where that
+   cannot give it (an appended tag under ``all``, class names of several tokens). The book's method
+   chapter has the experiments.
 
 ``num_iterations`` > 1 reuses one batch of rollouts for that many consecutive optimizer steps (TRL's
 ``num_iterations``): at the first step of each block the rollouts are sampled and the policy's
@@ -82,6 +86,7 @@ class Readout:
     cols: list[int | None]               # per row of B * G: the column after its own answer tag, or None
     prefixes: list[list[int]]            # per sampled member: prompt + the ids its p_hat follows
     p_gt: np.ndarray                     # (B * K, C)
+    written: list[bool]                  # per sampled member: it wrote its own answer tag
 
 
 def with_gold(sampled: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -144,7 +149,8 @@ class GRPOStrategy(ExampleStrategy):
         self.chunk = int(cfg["logprob_chunk"])
         self.answer_action = str(cfg["answer_action"])
         self.class_ids = prompt.class_ids(processor.tokenizer, self.classes, self.fmt)
-        self.readout_kl = rewards.readout_kl_weight(self.reward_names) if bool(cfg["readout_grad"]) else 0.0
+        self.readout_members = str(cfg["readout_grad"])
+        self.readout_kl = rewards.readout_kl_weight(self.reward_names) if self.readout_members != "none" else 0.0
         self.gold_in_baseline = bool(cfg["gold_in_baseline"])
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations={self.num_iterations}: must be at least 1")
@@ -206,7 +212,8 @@ class GRPOStrategy(ExampleStrategy):
         if self.readout_kl > 0:  # the reward's own gradient through p_hat (readout_grad)
             st["readout_kl"] = self._readout_loss(model, batch, scored.slot_ll)
             loss = loss + self.readout_kl * st["readout_kl"]
-        return loss, {**batch.stats, **{k: float(v) for k, v in st.items()}, "resampled": float(resampled),
+        return loss, {**batch.stats, **{k: float(torch.as_tensor(v).detach()) for k, v in st.items()},
+                      "resampled": float(resampled),
                       "rollout_s": batch.stats["rollout_s"] if resampled else 0.0}
 
     def _members(self, chosen: list[Example], group: rollout.GroupRollout
@@ -231,39 +238,45 @@ class GRPOStrategy(ExampleStrategy):
         return {"readout_cols": batch.readout.cols, "answer_ids": [ids[0] for ids in self.class_ids]}
 
     def _readout_loss(self, model: Any, batch: RolloutBatch, slot_ll: torch.Tensor | None) -> torch.Tensor:
-        """Mean KL(p_gt || p_hat) of the sampled members, p_hat differentiable: read from the policy forward's
-        states at each member's own slot (``slot_ll``), or by one read-out forward for the members without one
-        there (the tag appended, class names of several tokens, whose p_hat the slot's first token does not
-        give, or no ``slot_ll``)."""
+        """KL(p_gt || p_hat) summed over the sampled members ``readout_grad`` names (``written``: those that
+        wrote their own answer tag; ``all``: every one) over the number of sampled members, p_hat
+        differentiable: read from the policy forward's states at each member's own slot (``slot_ll``), or by
+        one read-out forward for the members without one there (the tag appended, class names of several
+        tokens, whose p_hat the slot's first token does not give, or no ``slot_ll``)."""
         ro = batch.readout
         device = lm.device_of(model)
-        ll = torch.zeros((len(ro.members), len(self.classes)), dtype=torch.float32, device=device)
-        have = [j for j, r in enumerate(ro.members) if ro.cols[r] is not None and slot_ll is not None]
+        use = [j for j, w in enumerate(ro.written) if w or self.readout_members == "all"]
+        if not use:
+            return torch.zeros((), dtype=torch.float32, device=device)
+        rows = [ro.members[j] for j in use]
+        ll = torch.zeros((len(use), len(self.classes)), dtype=torch.float32, device=device)
+        have = [i for i, r in enumerate(rows) if ro.cols[r] is not None and slot_ll is not None]
         if have:
             ll = ll.index_put((torch.tensor(have, device=device),),
-                              slot_ll[torch.tensor([ro.members[j] for j in have], device=device)])
-        rest = sorted(set(range(len(ro.members))) - set(have))
+                              slot_ll[torch.tensor([rows[i] for i in have], device=device)])
+        rest = sorted(set(range(len(use))) - set(have))
         if rest:
-            audio = [batch.audio[ro.members[j]] for j in rest]
-            extra = readout.class_log_likelihoods(model, [ro.prefixes[j] for j in rest], audio, self.class_ids,
-                                                  self.pad_id)
+            audio = [batch.audio[rows[i]] for i in rest]
+            extra = readout.class_log_likelihoods(model, [ro.prefixes[use[i]] for i in rest], audio,
+                                                  self.class_ids, self.pad_id)
             ll = ll.index_put((torch.tensor(rest, device=device),), extra.to(device))
-        return losses.kl_dist_loss(torch.as_tensor(ro.p_gt, dtype=torch.float32, device=device),
-                                   losses.class_log_probs(ll))
+        p_gt = torch.as_tensor(ro.p_gt[use], dtype=torch.float32, device=device)
+        return losses.kl_dist_loss(p_gt, losses.class_log_probs(ll)) * (len(use) / len(ro.members))
 
     def _readout(self, chosen: list[Example], group: rollout.GroupRollout, p_gt: np.ndarray) -> Readout:
         """The sampled members' read-out slots: the column right after the answer tag the model wrote, when a
         token follows it and every class name is one token; else None (read by a forward of the prefix)."""
         single = all(len(ids) == 1 for ids in self.class_ids)
-        members, cols, prefixes = [], [], []
+        members, cols, prefixes, written = [], [], [], []
         for b, (ex, trajectories) in enumerate(zip(chosen, group.trajectories)):
             for j, t in enumerate(trajectories):
                 members.append(b * self.group + j)
                 slot = len(t.readout_ids)
                 cols.append(slot if single and t.answer_found and slot < len(t.token_ids) else None)
                 prefixes.append(ex.encoded.prompt_ids + t.readout_ids)
+                written.append(bool(t.answer_found))
             cols.extend([None] * (self.group - len(trajectories)))  # the gold member
-        return Readout(members, cols, prefixes, np.repeat(p_gt, self.k, axis=0))
+        return Readout(members, cols, prefixes, np.repeat(p_gt, self.k, axis=0), written)
 
     def _answer(self, answer_cols: list[int | None]) -> dict[str, Any]:
         """The ``answer_cols``/``answer_ids`` keywords of :func:`ambinb.policy.completion_logprobs`
