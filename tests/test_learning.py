@@ -9,8 +9,9 @@ write an answer, which is why the GRPO_z check of before passed or failed by cha
 possible there, so a policy that does not improve its samples is broken.
 
 GRPO_z is checked twice, because its gradient has two halves (``readout_grad``, the method chapter):
-- with Eq. 6's reward (``[grpo]``) its sampled reward rises (seeds 0-3 measured: +0.35, +0.44, +0.44,
-  +0.48). Without the reward's own gradient through p_hat (``readout_grad: false``, Eq. 7 as printed) it
+- with Eq. 6's reward (``[grpo]``) its sampled reward rises (seeds 0-3 measured with ``readout_grad: all``:
+  +0.35, +0.44, +0.44, +0.48; with ``written``, the default: +0.31, +0.50 at seeds 0-1). Without the reward's
+  own gradient through p_hat (``readout_grad: none``, Eq. 7 as printed) it
   falls at every seed (-0.25, -0.03, -0.20, -0.03): the mutation test drops that term and asserts the
   check then fails;
 - with a reward of the text alone (``[format]``, ``format_weight`` 1 so the gold stays on top) only the

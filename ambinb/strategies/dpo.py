@@ -116,7 +116,7 @@ class DPOStrategy(ExampleStrategy):
     def __init__(self, model: Any, processor: Any, examples: list[Example], classes: list[str],
                  cfg: dict[str, Any]):
         self.hold_run(processor, examples, classes, cfg)
-        self.class_ids = prompt.class_ids(processor.tokenizer, self.classes)
+        self.class_ids = prompt.class_ids(processor.tokenizer, self.classes, str(cfg["prompt_preset"]))
         self.beta = float(cfg["beta"])
         self.tau = float(cfg["tau"])
         self.r = int(cfg["dpo_rollouts"])

@@ -37,12 +37,13 @@ from ambinb.strategies.base import ExampleStrategy
 class SFTStrategy(ExampleStrategy):
     """Teacher-forced CE on the completion plus KL at the answer slot (Eq. 3), for :func:`ambinb.engine.train`.
 
-    Params used: ``ce_weight``, ``kl_weight``, ``answer_ce``, ``eps``, ``logprob_chunk``.
+    Params used: ``ce_weight``, ``kl_weight``, ``answer_ce``, ``eps``, ``logprob_chunk``, ``prompt_preset``
+    (the answer format whose slot the class ids are scored in).
     """
 
     def __init__(self, examples: list[Example], classes: list[str], tokenizer: Any, cfg: dict[str, Any]):
         self.examples = examples
-        self.class_ids = prompt.class_ids(tokenizer, classes)
+        self.class_ids = prompt.class_ids(tokenizer, classes, str(cfg["prompt_preset"]))
         self.pad_id = int(tokenizer.pad_token_id)
         self.ce_weight = float(cfg["ce_weight"])
         self.kl_weight = float(cfg["kl_weight"])
