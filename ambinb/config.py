@@ -12,8 +12,9 @@ A strategy file may name the strategy it ``extends``; it then overrides only wha
 
 A model may size a strategy for itself in ``params/models/<model>/<strategy>.yaml`` (the tiny
 stand-in's step counts and learning rates, for example); these files follow the strategy's
-``extends`` chain too (``models/tiny/grpo.yaml`` also applies to ``grpo_z``) and come after every
-strategy file.
+``extends`` chain too (``models/tiny/grpo.yaml`` also applies to ``grpo_z``). Each comes right after
+the strategy file it sizes, so a variant's own keys beat the sizing of what it extends
+(``dpo_ce``'s ``dpo_kl_weight: 0`` beats ``models/tiny/dpo.yaml``) and its own sizing beats both.
 
 Beyond its type, each key accepts what :data:`RULES` says: a range for counts, rates and
 probabilities, a set of choices for enumerated keys (``device: gpu`` fails here, naming the key and
@@ -405,11 +406,14 @@ def resolve(dataset: str = "toy", strategy: str = "base", model: str | None = No
 
 
 def _model_and_strategy_files(model: str, strategy: str) -> list[tuple[str, Path]]:
-    """The layers after the dataset's, in order, as (name in ``layers``, file): the model, the
-    strategy's ``extends`` chain, then the model's files sizing those strategies."""
-    chain = [path for path, _ in _strategy_chain(strategy)]
+    """The layers after the dataset's, in order, as (name in ``layers``, file): the model, then for
+    each strategy of the ``extends`` chain (most general first) its file and the model's file sizing it.
+
+    Example: ``dpo_ce`` on tiny -> models/tiny.yaml, strategies/dpo.yaml, models/tiny/dpo.yaml,
+    strategies/dpo_ce.yaml (its ``dpo_kl_weight: 0`` beats the sizing of dpo), models/tiny/dpo_ce.yaml.
+    """
     files = [(f"models/{model}.yaml", _layer_file("models", model))]
-    files += [(f"strategies/{path.stem}.yaml", path) for path in chain]
-    files += [(f"models/{model}/{path.stem}.yaml", path)
-              for path in model_strategy_files(model, [p.stem for p in chain])]
+    for path, _ in _strategy_chain(strategy):
+        files.append((f"strategies/{path.stem}.yaml", path))
+        files += [(f"models/{model}/{sized.stem}.yaml", sized) for sized in model_strategy_files(model, [path.stem])]
     return files

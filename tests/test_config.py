@@ -94,10 +94,14 @@ def test_model_strategy_layer_follows_the_extends_chain(params_copy):
     sized.mkdir(exist_ok=True)
     (sized / "parent.yaml").write_text("bootstrap: 20\nseed: 7\n")
     cfg = config.resolve(strategy="child", model="tiny")
-    # the model's file beats every strategy file, for the strategy and what extends it
-    assert (cfg["seed"], cfg["bootstrap"], cfg["eps"]) == (7, 20, 0.5)
-    assert cfg["layers"][-3:] == ["strategies/parent.yaml", "strategies/child.yaml", "models/tiny/parent.yaml"]
+    # the model's file sizes the strategy and what extends it; the child's own keys beat that sizing
+    assert (cfg["seed"], cfg["bootstrap"], cfg["eps"]) == (6, 20, 0.5)
+    assert cfg["layers"][-3:] == ["strategies/parent.yaml", "models/tiny/parent.yaml", "strategies/child.yaml"]
+    assert config.resolve(strategy="parent", model="tiny")["seed"] == 7
     assert config.resolve(strategy="child", model="tiny", seed=1)["seed"] == 1   # the notebook still wins
+    (sized / "child.yaml").write_text("seed: 8\n")   # the child's own sizing beats both
+    assert config.resolve(strategy="child", model="tiny")["layers"][-1:] == ["models/tiny/child.yaml"]
+    assert config.resolve(strategy="child", model="tiny")["seed"] == 8
     assert "models/qwen2_audio_7b/parent.yaml" not in config.resolve(strategy="child", model="qwen2_audio_7b")["layers"]
     (sized / "child.yaml").write_text("sed: 1\n")
     with pytest.raises(config.ConfigError, match=r"tiny/child.yaml: unknown key 'sed'"):
@@ -199,6 +203,14 @@ def test_a_fold_the_dataset_lacks_is_refused():
     with pytest.raises(config.ConfigError, match="'validation_fold' = 5"):
         config.resolve(overrides={"eval_split": "validation", "validation_fold": 5})
 
+
+def test_a_variant_keeps_its_defining_keys_under_the_sizing_of_what_it_extends():
+    # params/models/tiny/dpo.yaml sizes dpo (lambda1 among it); dpo_ce is defined by lambda1 = 0
+    sized = config.resolve(strategy="dpo", model="tiny")
+    variant = config.resolve(strategy="dpo_ce", model="tiny")
+    assert sized["dpo_kl_weight"] > 0 and variant["dpo_kl_weight"] == 0.0
+    assert (variant["init_from"], variant["dpo_positive"]) == (sized["init_from"], sized["dpo_positive"])
+    assert variant["layers"].index("strategies/dpo_ce.yaml") > variant["layers"].index("models/tiny/dpo.yaml")
 
 def test_attention_heads_must_divide_the_tiny_widths():
     with pytest.raises(config.ConfigError, match="'tiny_hidden_size' = 64 .* not a multiple of key 'tiny_heads' = 5"):

@@ -19,8 +19,14 @@ GRPO_z is checked twice, because its gradient has two halves (``readout_grad``, 
   sign flipped it stays at 0 at every seed: the mutation test flips it. (With ``[grpo]`` a flipped sign
   does not show: the read-out gradient alone still raises that reward, +0.36 and +0.35 measured.)
 
-DPO's mutation swaps chosen and rejected; its rollout JS then rises by about 0.03, where unbroken DPO
-improves by 0.10 to 0.16 over seeds 0-3.
+The ``[grpo]`` check runs at the paper's lambda3 (``format_weight: 0.1``), where the numbers above were
+measured; the toy report's is 1 (``params/models/tiny/grpo.yaml``).
+
+DPO's mutation swaps chosen and rejected; its rollout JS then rises by about 0.03 (+0.029, +0.011 at
+seeds 0-1), where unbroken DPO improves by 0.10 to 0.16 over seeds 0-3. The check runs at the paper's
+lambda1 (``dpo_kl_weight: 0.1``), not the toy report's 1 (``params/models/tiny/dpo.yaml``): at lambda1 = 1
+the read-out KL alone improves the samples, and the swapped pairs still did (by 0.078 and 0.130, against
+0.123 and 0.131 unbroken), so that check could not see the preference term.
 
 An unmasked prompt is no such mutation: the prompt is the same for every member of a GRPO group and
 for both sides of a DPO pair, so its terms cancel in group-centred advantages and in the DPO margin,
@@ -51,8 +57,8 @@ FIXTURES = (tiny, tiny_dir)  # conftest_model's, used by name below
 CLASSES = ["anger", "happiness", "sadness", "neutral"]
 STEPS = 30
 # per check: strategy, overrides, the least improvement (first fifth -> last fifth) that counts
-CHECKS = {"dpo": ("dpo", {"max_new_tokens": 40}, 0.03),
-          "grpo_z": ("grpo_z", {"max_new_tokens": 72}, 0.05),
+CHECKS = {"dpo": ("dpo", {"max_new_tokens": 40, "dpo_kl_weight": 0.1}, 0.03),
+          "grpo_z": ("grpo_z", {"max_new_tokens": 72, "format_weight": 0.1}, 0.05),
           "grpo_z, format reward": ("grpo_z", {"max_new_tokens": 72, "rewards": ["format"], "format_weight": 1.0},
                                     0.05)}
 LR = 1e-3
