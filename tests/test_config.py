@@ -212,6 +212,7 @@ def test_a_variant_keeps_its_defining_keys_under_the_sizing_of_what_it_extends()
     assert (variant["init_from"], variant["dpo_positive"]) == (sized["init_from"], sized["dpo_positive"])
     assert variant["layers"].index("strategies/dpo_ce.yaml") > variant["layers"].index("models/tiny/dpo.yaml")
 
+
 def test_attention_heads_must_divide_the_tiny_widths():
     with pytest.raises(config.ConfigError, match="'tiny_hidden_size' = 64 .* not a multiple of key 'tiny_heads' = 5"):
         config.resolve(overrides={"tiny_heads": 5})
