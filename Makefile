@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 SWEEP  ?= params/sweeps/toy.yaml
 KERNEL := ambinb
 
@@ -23,8 +24,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv, install ambinb with its pinned dependencies and register its Jupyter kernel
 
-test: $(STAMP)  ## run the unit tests and the notebook tests (nbval)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
+test: $(STAMP)  ## run the unit tests and the notebook tests (nbval), on every core (TEST_WORKERS=0: in one process)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
 
 report: $(STAMP)  ## run the default job (toy corpus, tiny model; SWEEP=... for another) and build the book
 	$(BIN)/python -m ambinb.report --sweep $(SWEEP)
