@@ -4,10 +4,12 @@ Run folders written during tests go to a temporary folder, never to the user's `
 corpus and the tiny model are deterministic caches and are shared with normal use (each is built under
 a lock, so parallel workers wait for one build).
 
-``make test`` runs the tests on every core with pytest-xdist. Each worker writes
-its run folders under its own ``$AMBINB_RUN_ROOT/<worker>``; the tests of one file stay on one worker
-(its module fixtures are built once), and the notebooks all run on one, in order, since 04 and 05
-start from the SFT run that 03 leaves (``init_from: sft``).
+``make test`` runs the tests on every core with pytest-xdist. Each worker writes its run folders
+under its own ``$AMBINB_RUN_ROOT/<worker>``; the tests of one file stay on one worker (its module
+fixtures are built once), and the notebooks all run on one, in order, since 04 and 05 start from the
+SFT run that 03 leaves (``init_from: sft``). The scheduler overrides ``_split_scope``, the hook
+xdist's own ``--dist loadfile`` overrides; its ``--dist loadgroup`` marks are ignored under pytest 9.2
+(xdist 3.8.0 renames ``item._nodeid``, which pytest 9.2 no longer reads).
 """
 
 import os
@@ -31,7 +33,6 @@ def pytest_runtest_setup(item):
         os.environ["AMBINB_FAST_DEV"] = "1"
     else:
         os.environ.pop("AMBINB_FAST_DEV", None)
-
 
 
 def _scope(nodeid: str) -> str:
