@@ -174,7 +174,7 @@ RULES: dict[str, Rule] = {
     # prompt, readout, rollouts, evaluation
     "max_new_tokens": _at_least(1), "temperature": _at_least(0), "top_p": Rule(low=0, high=1, low_open=True),
     "rollout_k": _at_least(1), "rollout_batch_size": _at_least(1), "rollout_backend": _one_of("hf", "vllm"),
-    "rollout_decode": _one_of("dynamic", "static", "compiled"),
+    "rollout_decode": _one_of("dynamic", "lean", "static", "compiled"),
     "vllm_gpu_memory_utilization": Rule(low=0, high=1, low_open=True), "vllm_max_model_len": _at_least(0),
     "eval_batch_size": _at_least(1), "eval_max_utterances": _at_least(0), "readout_batch_size": _at_least(0),
     "eval_prompt_classes": _CLASS, "tiny_dir": _NOT_EMPTY,

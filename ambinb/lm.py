@@ -14,8 +14,9 @@ and GRPO) goes through this module, whatever wraps the model (peft, DDP's ``.mod
   TRL's GRPOTrainer). Tests hook :func:`text_model` to check that every forward carries its audio;
 * :func:`hidden_states` (the language model on merged embeddings, no head), :func:`head_logits`
   (the head where a caller needs logits), :func:`token_logprobs` (the log-probs of target tokens,
-  the head applied ``chunk`` positions at a time when asked) and :func:`decode_step` (one decoding
-  forward of the rollout loop);
+  the head applied ``chunk`` positions at a time when asked), :func:`decode_step` (one decoding
+  forward of the rollout loop) and the loop's step objects over it: :class:`CacheStep` (transformers'
+  cache) and :class:`LeanStep` (the same parts without transformers' wrappers, ``rollout_decode: lean``);
 * batches: :func:`right_pad` (training and read-out forwards, no attention mask needed),
   :func:`left_pad` and :func:`shared_prefill` (B prompts run once for K rows to continue: the
   rollout's prefill, and GRPO's grouped log-probs); :func:`completion_states`, the hidden states that
@@ -221,6 +222,107 @@ def decode_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Te
         mask = mask[:, None, None, :].bool()
     out = text_model(model)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
     return head_logits(model, out.last_hidden_state[:, -1])
+
+
+class CacheStep:
+    """The decode loop's forward over a transformers KV cache: :func:`decode_step` one token per row at
+    a time, its key mask and positions kept here; :meth:`select` drops finished rows (the cache too).
+
+    ``mask`` (R, keys) is the prefill's key mask, ``last_pos`` (R,) each row's last position."""
+
+    def __init__(self, model: Any, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor) -> None:
+        self.model, self.cache, self.mask, self.pos = model, cache, mask, last_pos
+
+    def select(self, sel: torch.Tensor) -> None:
+        """Keep rows ``sel`` (indices into the current rows), in that order."""
+        self.cache.batch_select_indices(sel)
+        self.mask, self.pos = self.mask[sel], self.pos[sel]
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids (A,) at each row's next position -> next-token logits (A, V)."""
+        self.mask = torch.cat([self.mask, torch.ones((self.mask.shape[0], 1), dtype=self.mask.dtype,
+                                                     device=self.mask.device)], dim=1)
+        self.pos = self.pos + 1
+        return decode_step(self.model, ids[:, None], self.mask, self.pos[:, None], self.cache)
+
+
+class LeanStep(CacheStep):
+    """:class:`CacheStep` without transformers' model and layer wrappers (``rollout_decode: lean``).
+
+    One decoding token per row costs a small model more in per-call overhead (output capturing,
+    mask preparation, a cache that grows by concatenation) than in arithmetic. This step calls the
+    language model's own parts in the order its decoder layers do (embedding, rotary table, per layer:
+    input norm, q/k/v projections, ``apply_rotary_pos_emb``, the SDPA attention function, output
+    projection, residual, post-attention norm, MLP, residual; the final norm and the head) over keys
+    and values preallocated for ``room`` more tokens and written in place. The projections are the
+    modules themselves, so LoRA layers apply as they would. Only Qwen2-type language models with SDPA
+    and the default rotary embedding qualify (:meth:`problems`; ``rollout_decode: lean`` decodes any
+    other model with :class:`CacheStep`). Tests check its logits against :class:`CacheStep`'s, bit for
+    bit on the CPU. Its speed against :class:`CacheStep` on the stand-in: ``bench/rollouts.py``."""
+
+    def __init__(self, model: Any, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, room: int) -> None:
+        super().__init__(model, None, mask, last_pos)
+        self.lm = text_model(model)
+        self.check(self.lm.config)
+        rows, width = mask.shape
+        self.keys, self.values = [], []
+        for layer in cache.layers:
+            k = layer.keys.new_zeros((*layer.keys.shape[:2], width + room, layer.keys.shape[3]))
+            v = k.clone()
+            k[:, :, :width], v[:, :, :width] = layer.keys, layer.values
+            self.keys.append(k)
+            self.values.append(v)
+        self.keymask = torch.zeros((rows, 1, 1, width + room), dtype=torch.bool, device=mask.device)
+        self.keymask[:, 0, 0, :width] = mask.bool()
+        self.t = width
+
+    @staticmethod
+    def problems(config: Any) -> list[str]:
+        """What keeps this step from reproducing a language model of ``config``; empty when it qualifies."""
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        found = [f"model_type {config.model_type!r} (qwen2 only)" if config.model_type != "qwen2" else "",
+                 f"attn_implementation {config._attn_implementation!r} (sdpa only)"
+                 if config._attn_implementation != "sdpa" else "",
+                 "a sliding window" if getattr(config, "use_sliding_window", False) else "",
+                 f"rope_type {rope.get('rope_type')!r}" if rope.get("rope_type", "default") != "default" else ""]
+        return [p for p in found if p]
+
+    @classmethod
+    def check(cls, config: Any) -> None:
+        """Raise ValueError unless the language model qualifies (:meth:`problems`, named in the message)."""
+        if cls.problems(config):
+            raise ValueError("LeanStep reproduces Qwen2 language models with SDPA and the default rotary "
+                             f"embedding; this one has {', '.join(cls.problems(config))}")
+
+    def select(self, sel: torch.Tensor) -> None:
+        self.keys = [k[sel] for k in self.keys]
+        self.values = [v[sel] for v in self.values]
+        self.keymask, self.pos = self.keymask[sel], self.pos[sel]
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # heavy
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+        if self.t == self.keys[0].shape[2]:
+            raise RuntimeError(f"LeanStep: no room left after {self.t} positions")
+        self.keymask[:, 0, 0, self.t] = True
+        self.pos = self.pos + 1
+        hidden = base_model(self.model).get_input_embeddings()(ids[:, None])
+        cos, sin = self.lm.rotary_emb(hidden, self.pos[:, None])
+        attend = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        mask, end = self.keymask[..., : self.t + 1], self.t + 1
+        for layer, keys, values in zip(self.lm.layers, self.keys, self.values):
+            attn, residual = layer.self_attn, hidden
+            hidden = layer.input_layernorm(hidden)
+            shape = (hidden.shape[0], 1, -1, attn.head_dim)
+            q, k, v = (proj(hidden).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            keys[:, :, self.t: end], values[:, :, self.t: end] = k, v
+            out, _ = attend(attn, q, keys[:, :, :end], values[:, :, :end], mask, dropout=0.0, scaling=attn.scaling)
+            hidden = residual + attn.o_proj(out.reshape(hidden.shape[0], 1, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        self.t = end
+        return head_logits(self.model, self.lm.norm(hidden)[:, -1])
 
 
 # --- batches --------------------------------------------------------------------------------

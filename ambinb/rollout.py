@@ -14,12 +14,14 @@ The shared path (:func:`generate_group`), per batch of B utterances:
    answer close tag, ``<|im_end|>``/``<|endoftext|>`` or ``max_new_tokens``. The close tag is found
    on token ids (:mod:`ambinb.stopping`: one table lookup per row and step, on the device), the
    generated ids stay on the device, and each step makes one host sync (which rows finished). Two
-   loops (``rollout_decode``): ``dynamic`` drops finished rows from the batch and the KV cache;
-   ``static`` keeps every row in a preallocated ``StaticCache`` (finished rows are fed along, never
-   sampled), which ``compiled`` runs through ``torch.compile`` (CUDA graphs on a GPU). All give the
-   same tokens on the CPU (tests). LoRA adapters are merged into the weights while sampling
-   (``rollout_merge_lora``; :func:`ambinb.merge.merged_lora` restores the exact base weights after).
-   ``timings`` reports seconds per phase of the loop (:class:`PhaseClock`), for profiling;
+   loops (``rollout_decode``): ``dynamic`` drops finished rows from the batch and the KV cache
+   (``lean``: the same loop through :class:`ambinb.lm.LeanStep`, the language model's parts without
+   transformers' wrappers, over a preallocated cache, where the model qualifies); ``static`` keeps
+   every row in a preallocated ``StaticCache`` (finished rows are fed along, never sampled), which
+   ``compiled`` runs through ``torch.compile`` (CUDA graphs on a GPU). All give the same tokens on the CPU (tests). LoRA
+   adapters are merged into the weights while sampling (``rollout_merge_lora``;
+   :func:`ambinb.merge.merged_lora` restores the exact base weights after). ``timings`` reports
+   seconds per phase of the loop (:class:`PhaseClock`), for profiling;
 4. readout (:func:`rollout`, :func:`read_trajectories`): p_hat for every trajectory at the slot
    right after the answer tag *the model generated*; a trajectory without one gets the tag appended
    to its text (``answer_prefix(think)``) and is read out there, with ``answer_found = False``.
@@ -84,7 +86,7 @@ class GroupRollout:
         return [t for group in self.trajectories for t in group]
 
 
-DECODES = ("dynamic", "static", "compiled")
+DECODES = ("dynamic", "lean", "static", "compiled")
 STATIC_BUCKET = 256  # the static cache's length is rounded up to a multiple of this (prompt widths vary)
 
 
@@ -160,9 +162,10 @@ def _prefill(model: Any, encoded: list[prompt.Encoded], k: int, pad_id: int
     return (logits.repeat_interleave(k, dim=0) if k > 1 else logits), cache, mask, pos[:, -1]
 
 
-def _decode_dynamic(model: Any, first: torch.Tensor, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor,
-                    rows: _Rows, pick: Any, stop: Any, clock: PhaseClock) -> None:
-    """Rows leave the batch (and the KV cache) as they finish."""
+def _decode_dynamic(first: torch.Tensor, step_fn: lm.CacheStep, rows: _Rows, pick: Any, stop: Any,
+                    clock: PhaseClock) -> None:
+    """Rows leave the batch (and the KV cache) as they finish; ``step_fn`` is the forward
+    (:class:`ambinb.lm.CacheStep`, or :class:`ambinb.lm.LeanStep` for ``lean``)."""
     logits, device = first, first.device
     for step in range(rows.tokens.shape[1]):
         nxt = pick(step, logits)
@@ -173,12 +176,10 @@ def _decode_dynamic(model: Any, first: torch.Tensor, cache: Any, mask: torch.Ten
             break
         if len(keep) < len(rows.active_rows):
             sel = torch.tensor(keep, device=device)
-            cache.batch_select_indices(sel)
+            step_fn.select(sel)
             rows.active, rows.active_rows = rows.active[sel], [rows.active_rows[j] for j in keep]
-            nxt, mask, last_pos = nxt[sel], mask[sel], last_pos[sel]
-        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
-        last_pos = last_pos + 1
-        logits = lm.decode_step(model, nxt[:, None], mask, last_pos[:, None], cache)
+            nxt = nxt[sel]
+        logits = step_fn(nxt)
         clock.lap("forward")
 
 
@@ -280,8 +281,11 @@ def generate_group(model: Any, tokenizer: Any, encoded: list[prompt.Encoded], k:
     def stop(step: int, nxt: torch.Tensor) -> list[int]:
         return rows.record(step, nxt, automaton, eos)
 
-    if decode == "dynamic":
-        _decode_dynamic(model, logits, cache, mask, last_pos, rows, pick, stop, clock)
+    if decode in ("dynamic", "lean"):
+        lean = decode == "lean" and not lm.LeanStep.problems(lm.text_model(model).config)
+        step_fn = (lm.LeanStep(model, cache, mask, last_pos, max_new_tokens) if lean
+                   else lm.CacheStep(model, cache, mask, last_pos))
+        _decode_dynamic(logits, step_fn, rows, pick, stop, clock)
     else:
         _decode_static(model, logits, cache, mask, last_pos, rows, pick, stop, clock,
                        compiled_step() if decode == "compiled" else lm.decode_step)

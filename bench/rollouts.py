@@ -13,6 +13,10 @@ Paths timed, per K (one run each, after one warm-up call):
   :func:`ambinb.rollout.generate_group` (all utterances' prompts prefilled once, KV cache repeated K
   times, B*K rows decoded together).
 
+And the decoding loop's forward, side by side on the same prefill and seed (``rollout_decode``):
+``dynamic`` (transformers' model forward per step) against ``lean`` (:class:`ambinb.lm.LeanStep`),
+alternately, the best of three each; both give the same tokens (``lean_same_tokens``).
+
 All sample with the same temperature, suppress the audio tokens and stop at ``</answer>``, an end
 token or ``--max-new-tokens``; sampled lengths differ between paths, so tokens/s is printed beside
 the wall-time ratio. The readout forward that follows a rollout is timed separately (it is the same
@@ -85,6 +89,26 @@ def time_shared(model, processor, texts_raw, ws, k, max_new, device):
     return elapsed, tokens, time.perf_counter() - t0, cache.tower_calls
 
 
+def time_decodes(model, processor, texts_raw, ws, k, max_new, device, reps=3):
+    """Best-of-``reps`` seconds of the shared path's generation with ``dynamic`` and with ``lean``
+    (alternating), and whether their tokens are the same."""
+    cache = A.AudioFeatureCache(model, processor.feature_extractor)
+    feats = cache.features([f"u{i}" for i in range(len(ws))], ws)
+    enc = [prompt.Encoded(f"u{i}", prompt.prompt_ids(processor.tokenizer, prompt.prompt_text(processor, t, CLASSES),
+                                                     f.shape[0]), f) for i, (t, f) in enumerate(zip(texts_raw, feats))]
+    best, tokens = {"dynamic": float("inf"), "lean": float("inf")}, {}
+    for _ in range(reps):
+        for decode in best:
+            gen = torch.Generator(device=device).manual_seed(0)
+            sync(device)
+            start = time.perf_counter()
+            tokens[decode] = rollout.generate_group(model, processor.tokenizer, enc, k, max_new, generator=gen,
+                                                    decode=decode)
+            sync(device)
+            best[decode] = min(best[decode], time.perf_counter() - start)
+    return best["dynamic"], best["lean"], tokens["dynamic"] == tokens["lean"]
+
+
 def row_for(k: int, args: Any, model: Any, processor: Any, texts_raw: list[str], ws: list) -> dict[str, Any]:
     """One K's timings of the three paths (module docstring) and the speed-ups; prints them."""
     texts = [prompt.prompt_text(processor, t, CLASSES) for t in texts_raw]
@@ -93,7 +117,10 @@ def row_for(k: int, args: Any, model: Any, processor: Any, texts_raw: list[str],
         model, processor, texts, ws, k, args.max_new_tokens, args.device, True)
     shared_s, shared_tok, readout_s, tower_calls = time_shared(model, processor, texts_raw, ws, k,
                                                                args.max_new_tokens, args.device)
-    row = {"k": k, "utterances": args.utterances, "naive_s": naive_s, "naive_tokens": naive_tok,
+    dynamic_s, lean_s, same = time_decodes(model, processor, texts_raw, ws, k, args.max_new_tokens, args.device)
+    row = {"k": k, "utterances": args.utterances, "dynamic_s": dynamic_s, "lean_s": lean_s,
+           "lean_over_dynamic": lean_s / dynamic_s, "lean_same_tokens": same, "naive_s": naive_s,
+           "naive_tokens": naive_tok,
            "hf_batched_s": hf_s, "hf_batched_tokens": hf_tok, "shared_s": shared_s, "shared_tokens": shared_tok,
            "readout_s": readout_s, "shared_tower_calls": tower_calls, "speedup_wall": naive_s / shared_s,
            "speedup_tokens_per_s": (shared_tok / shared_s) / (naive_tok / naive_s),
@@ -103,6 +130,8 @@ def row_for(k: int, args: Any, model: Any, processor: Any, texts_raw: list[str],
           f"encoder {tower_calls}x)  readout {readout_s:.3f} s")
     print(f"      speed-up of shared over naive: {row['speedup_wall']:.1f}x wall, "
           f"{row['speedup_tokens_per_s']:.1f}x tokens/s; over hf_batched: {row['speedup_vs_hf_batched_wall']:.1f}x")
+    print(f"      decode forward: dynamic {dynamic_s:.3f} s, lean {lean_s:.3f} s ({lean_s / dynamic_s:.2f}x; "
+          f"same tokens: {same})")
     return row
 
 

@@ -17,7 +17,8 @@ from ambinb import model as model_mod
 FIXTURES = (tiny, tiny_dir, family_model, omni, omni_dir, omni_processor)  # conftest_model's, used by name below
 
 CFG = {**config.resolve(), "max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0,
-       "prompt_preset": "ambinb", "readout_batch_size": 0}
+       "prompt_preset": "ambinb", "readout_batch_size": 0,
+       "rollout_decode": "dynamic"}  # the hooks below watch decode_step; lean has tests of its own
 TRANSCRIPTS = ["No way, not again.", "The train leaves at seven.", "I miss her so much."]
 
 
@@ -93,7 +94,7 @@ def test_no_audio_token_is_ever_sampled(tiny, monkeypatch):
         assert len(tokens) == 2 * 4 * 12 and not set(tokens) & set(audio_ids)
 
 
-@pytest.mark.parametrize("decode", ["dynamic", "static"])
+@pytest.mark.parametrize("decode", ["dynamic", "lean", "static"])
 def test_head_rows_past_the_tokenizer_are_never_sampled(tiny, monkeypatch, decode):
     """The stand-in's head made 40 rows wider than its tokenizer (as Qwen2-Audio-7B's 156,032 rows
     outnumber its 151,649 ids), and those rows' logits raised above all: no row past the tokenizer is
@@ -233,10 +234,11 @@ def _ids(groups):
 _REFERENCE: dict = {}
 
 
-@pytest.mark.parametrize("decode", ["dynamic", "static", pytest.param("compiled", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("decode", ["dynamic", "lean", "static", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_decode_loops_give_the_reference_loops_tokens(tiny, decode):
     """Greedy and seeded sampling, 3 utterances x K = 4, rows finishing at different steps (the close
-    tag, an end token or the budget): the same ids and stop reasons as the earlier text-matching loop.
+    tag, an end token or the budget): the same ids and stop reasons as the earlier text-matching loop,
+    also through ``lean``'s own decoding forward.
     The compiled loop (marker ``slow``: torch.compile takes minutes on a CPU) as well."""
     model, processor = tiny
     tok = processor.tokenizer
@@ -250,6 +252,61 @@ def test_decode_loops_give_the_reference_loops_tokens(tiny, decode):
                                      decode=decode)
         assert _ids(got) == _ids(ref)
     assert {stop for _, stop in _ids(ref)} == {"answer_close", "eos", "budget"}  # rows left at different steps
+
+
+def _steps(step_fn, first, n, drop_at):
+    """``n`` greedy steps of ``step_fn`` from logits ``first``; at ``drop_at`` every other row leaves."""
+    nxt, out = first.argmax(-1), []
+    for s in range(n):
+        if s == drop_at:
+            keep = torch.arange(0, nxt.shape[0], 2)
+            step_fn.select(keep)
+            nxt = nxt[keep]
+        out.append(step_fn(nxt))
+        nxt = out[-1].argmax(-1)
+    return out
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_lean_step_gives_the_cache_steps_logits(tiny, lora):
+    """LeanStep against transformers' forward (CacheStep): left-padded prompts of three widths, K = 2,
+    rows leaving mid-way; the same logits at every step, bit for bit, and through LoRA layers (their
+    modules are called, not their base weights)."""
+    model, processor = tiny
+    model = _lora_model(model) if lora else model
+    enc = encode_waves(model, processor, _waves(), TRANSCRIPTS)
+    prompts, audio = [e.prompt_ids for e in enc], [e.audio for e in enc]
+    with torch.no_grad():
+        runs = []
+        for make in (lambda c, m, p: lm.CacheStep(model, c, m, p), lambda c, m, p: lm.LeanStep(model, c, m, p, 12)):
+            last, cache, mask, pos = lm.shared_prefill(model, prompts, audio, 2, int(processor.tokenizer.pad_token_id))
+            first = lm.head_logits(model, last).repeat_interleave(2, dim=0)
+            runs.append(_steps(make(cache, mask, pos[:, -1]), first, 12, drop_at=5))
+    assert len(set(len(p) for p in prompts)) == 3 and runs[0][0].shape[0] == 6 and runs[0][-1].shape[0] == 3
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    if lora:  # the same prefill, the first step without the adapters: other logits, so the step applies them
+        with torch.no_grad():
+            last, cache, mask, pos = lm.shared_prefill(model, prompts, audio, 2, int(processor.tokenizer.pad_token_id))
+            first = lm.head_logits(model, last).repeat_interleave(2, dim=0)
+            with model.disable_adapter():
+                bare = lm.LeanStep(model, cache, mask, pos[:, -1], 1)(first.argmax(-1))
+        assert not torch.allclose(bare, runs[1][0], atol=1e-4)
+
+
+def test_the_lean_step_refuses_what_it_does_not_reproduce_and_its_full_room(tiny, omni):
+    model, processor = tiny
+    enc = encode_waves(model, processor, _waves()[:1], TRANSCRIPTS[:1])
+    with torch.no_grad():
+        last, cache, mask, pos = lm.shared_prefill(model, [enc[0].prompt_ids], [enc[0].audio], 1, 0)
+        step = lm.LeanStep(model, cache, mask, pos[:, -1], room=2)
+        nxt = lm.head_logits(model, last).argmax(-1)
+        step(step(nxt).argmax(-1))
+        with pytest.raises(RuntimeError, match="no room left"):
+            step(nxt)
+    config_ = lm.text_model(omni[0]).config
+    assert lm.LeanStep.problems(config_) == ["model_type 'qwen2_5_omni_text' (qwen2 only)"]
+    with pytest.raises(ValueError, match="LeanStep reproduces Qwen2 .* model_type 'qwen2_5_omni_text'"):
+        lm.LeanStep.check(config_)
 
 
 def test_one_host_sync_per_decode_step(tiny, monkeypatch):
